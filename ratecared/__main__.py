@@ -1,0 +1,3 @@
+from ratecared.cli import main
+
+main()

@@ -1,0 +1,341 @@
+"""The TOML config file as frozen dataclasses.
+
+The file holds only what the daemon needs before it can reach the database;
+operational knobs live in the `settings` table (see `settings.py`). Every
+error names the file, the key and the problem, and the command line turns it
+into exit status 78 (EX_CONFIG) so that systemd does not restart in a loop.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+
+DEFAULT_PATH = Path("/etc/ratecared/ratecared.toml")
+EX_CONFIG = 78
+
+DEFAULT_PLATFORMS = ("booking", "expedia", "agoda", "hotels", "trivago", "tripadvisor", "google")
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; `str()` is the message for the operator."""
+
+    def __init__(self, path: Path | str, key: str | None, problem: str) -> None:
+        self.path = str(path)
+        self.key = key
+        self.problem = problem
+        where = f"{self.path}: {key}" if key else self.path
+        super().__init__(f"{where}: {problem}")
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    socket: Path = Path("/run/ratecared/ratecared.sock")
+    socket_group: str = "ratecare"
+    admin_group: str = "ratecare-admin"
+    timezone: str = ""
+    snapshot_interval: float = 30.0
+    settings_refresh: float = 60.0
+    max_connections: int = 256
+    idle_timeout: float = 10.0
+    max_body_bytes: int = 65536
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone) if self.timezone else _system_zone()
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str
+    password_file: Path | None = None
+    auto_migrate: bool = False
+    connect_timeout: float = 5.0
+
+    def password(self) -> str | None:
+        """The password from `password_file` or systemd's credential directory.
+
+        Read at connect time, not at load time, so a rotated password file is
+        picked up by the next reconnect.
+        """
+        candidates = []
+        if self.password_file is not None:
+            candidates.append(self.password_file)
+        creds = os.environ.get("CREDENTIALS_DIRECTORY")
+        if creds:
+            candidates.append(Path(creds) / "db-password")
+        for path in candidates:
+            if path.is_file():
+                return path.read_text(encoding="utf-8").strip()
+        return None
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    dir: Path = Path("/var/log/ratecared")
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    schedule: str
+    starting_deadline: float
+    url: str | None = None
+    concurrency: int = 4
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    platforms: tuple[str, ...] = DEFAULT_PLATFORMS
+    permit_lease: float = 30.0
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    database: DatabaseConfig
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    jobs: dict[str, JobConfig] = field(default_factory=dict)
+    circuit_breaker: BreakerConfig = field(default_factory=BreakerConfig)
+
+    def masked(self) -> dict[str, Any]:
+        """The effective config as plain data, with the database password hidden."""
+        return {
+            "daemon": {
+                "socket": str(self.daemon.socket),
+                "socket_group": self.daemon.socket_group,
+                "admin_group": self.daemon.admin_group,
+                "timezone": str(self.daemon.tz.key),
+                "snapshot_interval": self.daemon.snapshot_interval,
+                "settings_refresh": self.daemon.settings_refresh,
+                "max_connections": self.daemon.max_connections,
+                "idle_timeout": self.daemon.idle_timeout,
+                "max_body_bytes": self.daemon.max_body_bytes,
+            },
+            "database": {
+                "url": mask_url(self.database.url),
+                "password_file": str(self.database.password_file or ""),
+                "auto_migrate": self.database.auto_migrate,
+                "connect_timeout": self.database.connect_timeout,
+            },
+            "logging": {"dir": str(self.logging.dir), "level": self.logging.level},
+            "jobs": {
+                name: {k: v for k, v in vars(job).items() if v is not None}
+                for name, job in self.jobs.items()
+            },
+            "circuit_breaker": {
+                "platforms": list(self.circuit_breaker.platforms),
+                "permit_lease": self.circuit_breaker.permit_lease,
+            },
+        }
+
+
+def mask_url(url: str) -> str:
+    """Hide the password part of `scheme://user:password@host`."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user, colon, _ = creds.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}"
+
+
+def _system_zone() -> ZoneInfo:
+    tz = os.environ.get("TZ", "").lstrip(":")
+    if tz:
+        try:
+            return ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    try:
+        link = os.readlink("/etc/localtime")
+        return ZoneInfo(link.split("zoneinfo/", 1)[1])
+    except (OSError, IndexError, ZoneInfoNotFoundError, ValueError):
+        pass
+    try:
+        return ZoneInfo(Path("/etc/timezone").read_text().strip())
+    except (OSError, ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+JOB_DEFAULTS: dict[str, dict[str, Any]] = {
+    "aggregate_statistics": {"schedule": "0 2 * * *", "starting_deadline": 20 * 3600},
+    "cleanup_expired_cache": {"schedule": "0 3 * * *", "starting_deadline": 20 * 3600},
+    "warm_cache": {
+        "schedule": "0 6 * * *",
+        "starting_deadline": 2 * 3600,
+        "url": "http://127.0.0.1/api/v1/widgets/{widget_id}/rates",
+        "concurrency": 4,
+        "timeout": 10.0,
+    },
+}
+
+
+class _Section:
+    """Typed reads from one table of the file, each failure naming its key."""
+
+    def __init__(self, path: Path, name: str, data: Any) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(path, name, "must be a table")
+        self.path, self.name, self.data = path, name, dict(data)
+
+    def _key(self, key: str) -> str:
+        return f"{self.name}.{key}" if self.name else key
+
+    def _take(self, key: str, default: Any, types: tuple[type, ...], kind: str) -> Any:
+        if key not in self.data:
+            return default
+        value = self.data.pop(key)
+        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+            raise ConfigError(self.path, self._key(key), f"must be {kind}, not {value!r}")
+        return value
+
+    def string(self, key: str, default: str | None) -> str:
+        value = self._take(key, default, (str,), "a string")
+        if value is None:
+            raise ConfigError(self.path, self._key(key), "is required")
+        return value
+
+    def number(self, key: str, default: float, low: float, high: float) -> float:
+        value = float(self._take(key, default, (int, float), "a number"))
+        if not low <= value <= high:
+            raise ConfigError(self.path, self._key(key), f"must be between {low:g} and {high:g}, not {value:g}")
+        return value
+
+    def integer(self, key: str, default: int, low: int, high: int) -> int:
+        value = self._take(key, default, (int,), "an integer")
+        if not low <= value <= high:
+            raise ConfigError(self.path, self._key(key), f"must be between {low} and {high}, not {value}")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        return self._take(key, default, (bool,), "true or false")
+
+    def path_(self, key: str, default: Path | None) -> Path | None:
+        value = self._take(key, None, (str,), "a path")
+        if value is None:
+            return default
+        if not value:
+            raise ConfigError(self.path, self._key(key), "must not be empty")
+        return Path(os.path.normpath(self.path.parent / value))
+
+    def done(self) -> None:
+        if self.data:
+            unknown = sorted(self.data)[0]
+            raise ConfigError(self.path, self._key(unknown), "unknown key")
+
+
+def load(path: Path | str | None = None) -> Config:
+    """Read and validate the config file; raise ConfigError naming the culprit.
+
+    Relative paths in the file are taken relative to the file itself, so that
+    `examples/dev.toml` works from any working directory.
+    """
+    path = Path(path or os.environ.get("RATECARED_CONFIG") or DEFAULT_PATH)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(path, None, "file not found") from None
+    except OSError as exc:
+        raise ConfigError(path, None, f"cannot read: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, None, f"not valid TOML: {exc}") from None
+    return _parse(path.resolve(), raw)
+
+
+def _parse(path: Path, raw: dict[str, Any]) -> Config:
+    top = _Section(path, "", raw)
+    sections = {name: top.data.pop(name, {}) for name in ("daemon", "database", "logging", "jobs", "circuit_breaker")}
+    top.done()
+
+    d = _Section(path, "daemon", sections["daemon"])
+    timezone = d.string("timezone", "")
+    if timezone:
+        try:
+            ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(path, "daemon.timezone", f"unknown time zone {timezone!r}") from None
+    daemon = DaemonConfig(
+        socket=d.path_("socket", DaemonConfig.socket),
+        socket_group=d.string("socket_group", DaemonConfig.socket_group),
+        admin_group=d.string("admin_group", DaemonConfig.admin_group),
+        timezone=timezone,
+        snapshot_interval=d.number("snapshot_interval", DaemonConfig.snapshot_interval, 0.05, 86400),
+        settings_refresh=d.number("settings_refresh", DaemonConfig.settings_refresh, 0.05, 86400),
+        max_connections=d.integer("max_connections", DaemonConfig.max_connections, 1, 100000),
+        idle_timeout=d.number("idle_timeout", DaemonConfig.idle_timeout, 0.05, 3600),
+        max_body_bytes=d.integer("max_body_bytes", DaemonConfig.max_body_bytes, 1024, 64 << 20),
+    )
+    if len(os.fsencode(daemon.socket)) > 107:
+        raise ConfigError(path, "daemon.socket", "path longer than the 107 bytes a Unix socket allows")
+    d.done()
+
+    db = _Section(path, "database", sections["database"])
+    url = db.string("url", None)
+    if not (url.startswith("sqlite:///") or url.startswith("mysql://")):
+        raise ConfigError(path, "database.url", f"must start with sqlite:/// or mysql://, not {mask_url(url)!r}")
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
+        url = "sqlite:///" + os.path.normpath(path.parent / url[len("sqlite:///"):])
+    database = DatabaseConfig(
+        url=url,
+        password_file=db.path_("password_file", None),
+        auto_migrate=db.boolean("auto_migrate", False),
+        connect_timeout=db.number("connect_timeout", 5.0, 0.1, 300),
+    )
+    db.done()
+
+    lg = _Section(path, "logging", sections["logging"])
+    level = lg.string("level", "info").lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise ConfigError(path, "logging.level", f"must be debug, info, warning or error, not {level!r}")
+    logging_ = LoggingConfig(dir=lg.path_("dir", LoggingConfig.dir), level=level)
+    lg.done()
+
+    jobs_section = _Section(path, "jobs", sections["jobs"])
+    jobs = {}
+    for name, defaults in JOB_DEFAULTS.items():
+        js = _Section(path, f"jobs.{name}", jobs_section.data.pop(name, {}))
+        schedule = js.string("schedule", defaults["schedule"])
+        if not croniter.is_valid(schedule) or len(schedule.split()) != 5:
+            raise ConfigError(path, f"jobs.{name}.schedule", f"not a valid five-field cron expression: {schedule!r}")
+        job = JobConfig(
+            schedule=schedule,
+            starting_deadline=js.number("starting_deadline", defaults["starting_deadline"], 0, 7 * 86400),
+        )
+        if "url" in defaults:
+            template = js.string("url", defaults["url"])
+            if "{widget_id}" not in template or not template.startswith(("http://", "https://")):
+                raise ConfigError(path, f"jobs.{name}.url", "must be an http(s) URL containing {widget_id}")
+            job = JobConfig(
+                schedule=job.schedule,
+                starting_deadline=job.starting_deadline,
+                url=template,
+                concurrency=js.integer("concurrency", defaults["concurrency"], 1, 64),
+                timeout=js.number("timeout", defaults["timeout"], 0.1, 600),
+            )
+        js.done()
+        jobs[name] = job
+    jobs_section.done()
+
+    cb = _Section(path, "circuit_breaker", sections["circuit_breaker"])
+    platforms = cb._take("platforms", list(DEFAULT_PLATFORMS), (list,), "a list of platform names")
+    for name in platforms:
+        if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(path, "circuit_breaker.platforms", f"not a platform name: {name!r}")
+    if len(set(platforms)) != len(platforms):
+        raise ConfigError(path, "circuit_breaker.platforms", "lists a platform twice")
+    breaker = BreakerConfig(
+        platforms=tuple(platforms),
+        permit_lease=cb.number("permit_lease", BreakerConfig.permit_lease, 0.01, 3600),
+    )
+    cb.done()
+
+    return Config(path=path, daemon=daemon, database=database, logging=logging_, jobs=jobs, circuit_breaker=breaker)

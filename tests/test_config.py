@@ -1,0 +1,114 @@
+"""The config file: defaults, validation naming file and key, exit 78, check-config."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ratecared.config import ConfigError, load, mask_url
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "ratecared.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_fill_everything_but_the_url(tmp_path: Path) -> None:
+    config = load(write(tmp_path, '[database]\nurl = "mysql://ratecare@localhost:3306/ratecare"\n'))
+    assert str(config.daemon.socket) == "/run/ratecared/ratecared.sock"
+    assert config.daemon.socket_group == "ratecare" and config.daemon.admin_group == "ratecare-admin"
+    assert config.daemon.snapshot_interval == 30 and config.daemon.settings_refresh == 60
+    assert config.database.auto_migrate is False
+    assert str(config.logging.dir) == "/var/log/ratecared"
+    assert config.jobs["aggregate_statistics"].schedule == "0 2 * * *"
+    assert config.jobs["cleanup_expired_cache"].schedule == "0 3 * * *"
+    assert config.jobs["warm_cache"].schedule == "0 6 * * *"
+    assert config.jobs["warm_cache"].concurrency == 4
+    assert len(config.circuit_breaker.platforms) == 7
+
+
+@pytest.mark.parametrize(
+    "text,key,problem",
+    [
+        ("[daemon]\nsocket = '/x'\n", "database.url", "is required"),
+        ("[database]\nurl = 'postgres://x/y'\n", "database.url", "must start with"),
+        ("[database]\nurl = 'sqlite:////x.db'\nauto_migrate = 'yes'\n", "database.auto_migrate", "true or false"),
+        ("[database]\nurl = 'sqlite:////x.db'\n[daemon]\nsnapshot_interval = -1\n", "daemon.snapshot_interval",
+         "between"),
+        ("[database]\nurl = 'sqlite:////x.db'\n[daemon]\ntimezone = 'Mars/Olympus'\n", "daemon.timezone",
+         "unknown time zone"),
+        ("[database]\nurl = 'sqlite:////x.db'\n[daemon]\nsockett = '/x'\n", "daemon.sockett", "unknown key"),
+        ("[database]\nurl = 'sqlite:////x.db'\n[jobs.warm_cache]\nschedule = '0 25 * * *'\n",
+         "jobs.warm_cache.schedule", "cron"),
+        ("[database]\nurl = 'sqlite:////x.db'\n[jobs.warm_cache]\nurl = 'http://x/'\n", "jobs.warm_cache.url",
+         "{widget_id}"),
+        ("[database]\nurl = 'sqlite:////x.db'\n[circuit_breaker]\nplatforms = ['a', 'a']\n",
+         "circuit_breaker.platforms", "twice"),
+        ("[database]\nurl = 'sqlite:////x.db'\n[logging]\nlevel = 'loud'\n", "logging.level", "must be"),
+        ("[database]\nurl = 'sqlite:////x.db'\n[jobs.nosuch]\nschedule = '* * * * *'\n", "jobs.nosuch",
+         "unknown key"),
+    ],
+)
+def test_errors_name_file_key_and_problem(tmp_path: Path, text: str, key: str, problem: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert info.value.key == key
+    assert problem in info.value.problem
+    assert str(path) in str(info.value)
+
+
+def test_broken_toml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(write(tmp_path, "[database\n"))
+    with pytest.raises(ConfigError, match="file not found"):
+        load(tmp_path / "missing.toml")
+
+
+def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    config = load(write(tmp_path / "etc", "[database]\nurl = 'sqlite:///../db/r.db'\n[logging]\ndir = '../logs'\n"))
+    assert config.database.url == f"sqlite:///{tmp_path}/db/r.db"
+    assert config.logging.dir == tmp_path / "logs"
+
+
+def test_password_file_and_systemd_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "pw").write_text("s3cret\n")
+    config = load(write(tmp_path, "[database]\nurl = 'mysql://rc@localhost/rc'\npassword_file = 'pw'\n"))
+    assert config.database.password() == "s3cret"
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "db-password").write_text("fromsystemd")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    config = load(write(tmp_path, "[database]\nurl = 'mysql://rc@localhost/rc'\n"))
+    assert config.database.password() == "fromsystemd"
+
+
+def test_mask_url() -> None:
+    assert mask_url("mysql://rc:hunter2@db:3306/rc") == "mysql://rc:***@db:3306/rc"
+    assert mask_url("mysql://rc@db/rc") == "mysql://rc@db/rc"
+
+
+def ratecared(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ratecared", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_cli_exits_78_on_a_bad_config_and_names_the_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "[database]\nurl = 'sqlite:////x.db'\n[daemon]\nsnapshot_interval = 'often'\n")
+    for args in (["--config", str(path)], ["--config", str(path), "migrate"], ["--config", str(path), "check-config"]):
+        result = ratecared(*args)
+        assert result.returncode == 78, result.stderr
+        assert f"{path}: daemon.snapshot_interval: must be a number" in result.stderr
+
+
+def test_check_config_prints_the_effective_config_with_the_password_masked(tmp_path: Path) -> None:
+    path = write(tmp_path, "[database]\nurl = 'mysql://rc:hunter2@localhost/rc'\n")
+    result = ratecared("--config", str(path), "check-config")
+    assert result.returncode == 0
+    assert "hunter2" not in result.stdout
+    assert '"url": "mysql://rc:***@localhost/rc"' in result.stdout
+    assert '"schedule": "0 2 * * *"' in result.stdout
