@@ -1,0 +1,130 @@
+"""Everything that differs between SQLite and MySQL/MariaDB, in one place.
+
+Queries elsewhere are written once, with `?` placeholders and backquoted
+reserved words (`key`, `trigger`), which both engines accept; the few
+statements that cannot be shared (upserts, named locks, table options,
+space reclaim) are built here.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import pymysql
+
+
+@dataclass(frozen=True)
+class SQLite:
+    path: str
+    timeout: float
+
+    name = "sqlite"
+
+    def connect(self) -> sqlite3.Connection:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+            # Must precede the first table: lets purges hand pages back with
+            # incremental_vacuum instead of an exclusive full VACUUM.
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+        return conn
+
+    def sql(self, text: str) -> str:
+        return text
+
+    def upsert(self, table: str, columns: Sequence[str], keys: Sequence[str]) -> str:
+        cols = ", ".join(f"`{c}`" for c in columns)
+        marks = ", ".join("?" for _ in columns)
+        updates = ", ".join(f"`{c}` = excluded.`{c}`" for c in columns if c not in keys)
+        conflict = ", ".join(f"`{k}`" for k in keys)
+        return f"INSERT INTO {table} ({cols}) VALUES ({marks}) ON CONFLICT ({conflict}) DO UPDATE SET {updates}"
+
+    def migration(self, text: str) -> str:
+        return text.replace("{{AUTO_ID}}", "INTEGER PRIMARY KEY").replace("{{TABLE_OPTIONS}}", "")
+
+    def describe(self) -> str:
+        return f"sqlite:///{self.path}"
+
+
+@dataclass(frozen=True)
+class MySQL:
+    host: str
+    port: int
+    user: str
+    url_password: str | None
+    database: str
+    unix_socket: str | None
+    timeout: float
+    password_source: Any = None
+
+    name = "mysql"
+
+    def connect(self) -> pymysql.connections.Connection:
+        password = self.url_password
+        if password is None and self.password_source is not None:
+            password = self.password_source()
+        return pymysql.connect(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=password or "",
+            database=self.database,
+            unix_socket=self.unix_socket,
+            charset="utf8mb4",
+            autocommit=True,
+            connect_timeout=self.timeout,
+            # Timestamps are UTC in the tables whatever the server's zone is.
+            init_command="SET time_zone = '+00:00'",
+        )
+
+    def sql(self, text: str) -> str:
+        return text.replace("%", "%%").replace("?", "%s")
+
+    def upsert(self, table: str, columns: Sequence[str], keys: Sequence[str]) -> str:
+        cols = ", ".join(f"`{c}`" for c in columns)
+        marks = ", ".join("?" for _ in columns)
+        updates = ", ".join(f"`{c}` = VALUES(`{c}`)" for c in columns if c not in keys)
+        return f"INSERT INTO {table} ({cols}) VALUES ({marks}) ON DUPLICATE KEY UPDATE {updates}"
+
+    def migration(self, text: str) -> str:
+        return text.replace("{{AUTO_ID}}", "BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY").replace(
+            "{{TABLE_OPTIONS}}", " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+        )
+
+    def describe(self) -> str:
+        where = self.unix_socket or f"{self.host}:{self.port}"
+        return f"mysql://{self.user}@{where}/{self.database}"
+
+
+Dialect = SQLite | MySQL
+
+
+def from_url(url: str, timeout: float, password_source: Any = None) -> Dialect:
+    """Pick the engine from the URL; `?unix_socket=` selects a local socket for MySQL."""
+    if url.startswith("sqlite:///"):
+        return SQLite(path=url[len("sqlite:///"):], timeout=timeout)
+    parts = urlsplit(url)
+    if parts.scheme != "mysql":
+        raise ValueError(f"unsupported database URL scheme {parts.scheme!r}")
+    query = parse_qs(parts.query)
+    database = parts.path.lstrip("/")
+    if not database:
+        raise ValueError("the MySQL URL names no database")
+    return MySQL(
+        host=parts.hostname or "localhost",
+        port=parts.port or 3306,
+        user=unquote(parts.username or "ratecare"),
+        url_password=unquote(parts.password) if parts.password is not None else None,
+        database=database,
+        unix_socket=query.get("unix_socket", [None])[0],
+        timeout=timeout,
+        password_source=password_source,
+    )
