@@ -1,0 +1,50 @@
+"""The settings table: the seed's keys and defaults, bad values as warnings."""
+
+from __future__ import annotations
+
+from ratecared.settings import Settings, parse
+
+
+def test_missing_keys_take_the_seed_defaults() -> None:
+    settings, warnings = parse({})
+    assert settings == Settings()
+    assert (settings.retention_days, settings.failure_threshold, settings.open_seconds,
+            settings.half_open_requests, settings.warming_enabled) == (30, 5, 600, 3, False)
+    assert warnings == []
+
+
+def test_values_are_parsed() -> None:
+    settings, warnings = parse({
+        "cache-statistics-retention-days": "60", "cache-cleanup-enabled": "0", "cache-warming-enabled": "1",
+        "cache-warming-widget-count": "20", "circuit-breaker-enabled": "0",
+        "circuit-breaker-failure-threshold": "3", "circuit-breaker-timeout-seconds": "300",
+        "circuit-breaker-half-open-requests": "1", "circuit-breaker-platforms": "booking, agoda",
+    }, ("booking", "agoda", "expedia"))
+    assert warnings == []
+    assert settings == Settings(60, False, True, 20, False, 3, 300.0, 1, frozenset({"booking", "agoda"}))
+
+
+def test_bad_values_warn_with_key_and_value_and_use_the_default() -> None:
+    settings, warnings = parse({
+        "circuit-breaker-failure-threshold": "five",
+        "circuit-breaker-timeout-seconds": "-10",
+        "cache-cleanup-enabled": "maybe",
+        "cache-statistics-retention-days": "30",
+    })
+    assert settings == Settings()
+    texts = sorted(str(w) for w in warnings)
+    assert texts == [
+        "setting cache-cleanup-enabled='maybe' is not 0 or 1; using the default",
+        "setting circuit-breaker-failure-threshold='five' is not a whole number; using the default",
+        "setting circuit-breaker-timeout-seconds='-10' is out of range 1..86400; using the default",
+    ]
+
+
+def test_unknown_platforms_in_the_list_are_ignored_with_a_warning() -> None:
+    settings, warnings = parse({"circuit-breaker-platforms": "booking,nosuch"}, ("booking", "agoda"))
+    assert settings.breaker_platforms == frozenset({"booking"})
+    assert "nosuch" in str(warnings[0])
+
+
+def test_all_means_every_platform() -> None:
+    assert parse({"circuit-breaker-platforms": "all"})[0].breaker_platforms is None
