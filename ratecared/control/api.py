@@ -1,0 +1,252 @@
+"""The control API: routes to JSON, in the seed's envelope.
+
+Breaker calls are answered on the event loop (they take microseconds);
+anything that touches the database or the disk runs on a worker thread, so a
+dead database slows `health` down, never `acquire`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import Executor
+from typing import Any, Awaitable, Callable, Protocol
+
+from ratecared import logs
+from ratecared.breaker.machine import Decision, Outcome, State
+from ratecared.breaker.registry import Registry, UnknownPlatform
+from ratecared.control.server import Peer, Request, Response, error_response
+
+PREFIX = "/api/v1/"
+MAX_BATCH = 100
+
+_NOT_COUNTED = {
+    "stale": "the call was admitted in an earlier state of the breaker, so it is not counted",
+    "disabled": "circuit breakers are disabled (circuit-breaker-enabled = 0), so it is not counted",
+    "unguarded": "this platform has no breaker (circuit-breaker-platforms), so it is not counted",
+}
+_UNKNOWN_PERMIT = "permit was never issued, was already reported, or its lease expired"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class Daemon(Protocol):
+    """What the API needs from the daemon beyond the breakers."""
+
+    def is_admin(self, peer: Peer) -> bool: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+    def reload(self, peer: Peer) -> dict[str, Any]: ...
+
+
+def success(data: Any, status: int = 200) -> Response:
+    return Response(status, json.dumps({"status": "success", "data": data}, separators=(",", ":")).encode())
+
+
+def decision_json(decision: Decision) -> dict[str, Any]:
+    return {
+        "allowed": decision.allowed,
+        "state": decision.state.value,
+        "permit": decision.permit,
+        "retry_after": decision.retry_after,
+    }
+
+
+def outcome_json(outcome: Outcome) -> dict[str, Any]:
+    data: dict[str, Any] = {"counted": outcome.counted, "state": outcome.state.value}
+    if outcome.reason:
+        data["reason"] = outcome.reason
+        data["message"] = _NOT_COUNTED.get(outcome.reason, _UNKNOWN_PERMIT)
+    return data
+
+
+class Api:
+    def __init__(self, registry: Registry, daemon: Daemon, executor: Executor) -> None:
+        self.registry = registry
+        self.daemon = daemon
+        self.executor = executor
+        self.breaker_log = logs.get("ratecared.breaker")
+        self._static: dict[tuple[str, str], Callable[[Request], Any]] = {
+            ("GET", "circuit-breaker/status"): self._status,
+            ("POST", "circuit-breaker/reset"): self._reset,
+            ("POST", "circuit-breaker/acquire"): self._acquire_batch,
+            ("POST", "circuit-breaker/report"): self._report_batch,
+            ("GET", "health"): self._health,
+            ("POST", "reload"): self._reload,
+        }
+
+    def handle(self, request: Request) -> Response | Awaitable[Response]:
+        try:
+            if not request.path.startswith(PREFIX):
+                raise ApiError(404, "not_found", f"no such endpoint: {request.path}")
+            route = request.path[len(PREFIX):].rstrip("/")
+            handler = self._static.get((request.method, route))
+            if handler is None:
+                handler = self._dynamic(request.method, route)
+            result = handler(request)
+        except ApiError as exc:
+            return error_response(exc.status, exc.code, exc.message)
+        if isinstance(result, Response):
+            return result
+        return self._awaited(result)
+
+    async def _awaited(self, pending: Awaitable[Response]) -> Response:
+        try:
+            return await pending
+        except ApiError as exc:
+            return error_response(exc.status, exc.code, exc.message)
+
+    def _dynamic(self, method: str, route: str) -> Callable[[Request], Any]:
+        parts = route.split("/")
+        if len(parts) == 3 and parts[0] == "circuit-breaker" and parts[2] in ("acquire", "report"):
+            platform = parts[1]
+            if method != "POST":
+                raise ApiError(405, "method_not_allowed", f"use POST for {parts[2]}")
+            if parts[2] == "acquire":
+                return lambda request: self._acquire(platform)
+            return lambda request: self._report(platform, request)
+        if any(route == path for _, path in self._static):
+            raise ApiError(405, "method_not_allowed", f"{method} is not allowed on {PREFIX}{route}")
+        raise ApiError(404, "not_found", f"no such endpoint: {PREFIX}{route}")
+
+    # -- helpers -------------------------------------------------------------
+
+    @staticmethod
+    def _body(request: Request) -> dict[str, Any]:
+        if not request.body.strip():
+            return {}
+        try:
+            data = json.loads(request.body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "invalid_request", "body must be a JSON object")
+        return data
+
+    def _require_admin(self, request: Request, what: str) -> None:
+        if not self.daemon.is_admin(request.peer):
+            raise ApiError(403, "permission_denied", f"{what} needs root or the admin group")
+
+    def _known(self, platform: Any) -> str:
+        if not isinstance(platform, str) or platform not in self.registry.platforms:
+            raise ApiError(404, "unknown_platform", f"unknown platform {platform!r}")
+        return platform
+
+    def _in_thread(self, fn: Callable[[], Any]) -> Awaitable[Any]:
+        return asyncio.get_running_loop().run_in_executor(self.executor, fn)
+
+    # -- breakers ------------------------------------------------------------
+
+    def _status(self, request: Request) -> Response:
+        platforms = []
+        counts = {state: 0 for state in State}
+        total_requests = total_failures = 0
+        for s in self.registry.status():
+            counts[s.state] += 1
+            total_requests += s.total_requests
+            total_failures += s.total_failures
+            platforms.append({
+                "platform": s.platform,
+                "state": s.state.value,
+                "failure_count": s.failure_count,
+                "success_rate": s.success_rate,
+                "total_requests": s.total_requests,
+                "total_successes": s.total_successes,
+                "total_failures": s.total_failures,
+                "rejected": s.total_rejected,
+                "retry_after": s.retry_after,
+                "trip_count": s.trip_count,
+                "trials_in_flight": s.trials_in_flight,
+                "seconds_in_state": s.seconds_in_state,
+                "last_reason": s.last_reason,
+                "guarded": s.guarded,
+                "enabled": s.enabled,
+            })
+        return success({
+            "total_platforms": len(platforms),
+            "closed": counts[State.CLOSED],
+            "open": counts[State.OPEN],
+            "half_open": counts[State.HALF_OPEN],
+            "total_requests": total_requests,
+            "total_failures": total_failures,
+            "platforms": platforms,
+        })
+
+    def _reset(self, request: Request) -> Response:
+        self._require_admin(request, "reset")
+        platform = self._body(request).get("platform")
+        if platform is not None:
+            self._known(platform)
+        who = f"uid {request.peer.uid} pid {request.peer.pid}"
+        reset = self.registry.reset(platform, reason=f"reset by operator ({who})")
+        self.breaker_log.info("breakers reset", platforms=reset, peer_uid=request.peer.uid, peer_pid=request.peer.pid)
+        return success({"reset": reset})
+
+    def _acquire(self, platform: str) -> Response:
+        try:
+            return success(decision_json(self.registry.acquire(platform)))
+        except UnknownPlatform as exc:
+            raise ApiError(404, "unknown_platform", str(exc)) from None
+
+    def _acquire_batch(self, request: Request) -> Response:
+        names = self._body(request).get("platforms")
+        if not isinstance(names, list) or not names or len(names) > MAX_BATCH:
+            raise ApiError(400, "invalid_request", f'"platforms" must be a list of 1 to {MAX_BATCH} names')
+        for name in names:
+            self._known(name)
+        return success({name: decision_json(self.registry.acquire(name)) for name in names})
+
+    @staticmethod
+    def _parse_report(item: Any) -> tuple[str, bool]:
+        if not isinstance(item, dict):
+            raise ApiError(400, "invalid_request", "a report must be a JSON object")
+        permit, ok, duration = item.get("permit"), item.get("success"), item.get("duration_ms", 0)
+        if not isinstance(permit, str) or not permit or len(permit) > 200:
+            raise ApiError(400, "invalid_request", '"permit" must be the string acquire returned')
+        if not isinstance(ok, bool):
+            raise ApiError(400, "invalid_request", '"success" must be true or false')
+        if isinstance(duration, bool) or not isinstance(duration, (int, float)) or duration < 0:
+            raise ApiError(400, "invalid_request", '"duration_ms" must be a non-negative number')
+        return permit, ok
+
+    def _report(self, platform: str, request: Request) -> Response:
+        permit, ok = self._parse_report(self._body(request))
+        try:
+            outcome = self.registry.report(platform, permit, ok)
+        except UnknownPlatform as exc:
+            raise ApiError(404, "unknown_platform", str(exc)) from None
+        if outcome.reason == "unknown":
+            raise ApiError(409, "unknown_permit", _UNKNOWN_PERMIT)
+        return success(outcome_json(outcome))
+
+    def _report_batch(self, request: Request) -> Response:
+        reports = self._body(request).get("reports")
+        if not isinstance(reports, list) or not reports or len(reports) > MAX_BATCH:
+            raise ApiError(400, "invalid_request", f'"reports" must be a list of 1 to {MAX_BATCH} reports')
+        parsed = []
+        for item in reports:
+            permit, ok = self._parse_report(item)
+            parsed.append((self._known(item.get("platform")), permit, ok))
+        answers = []
+        for platform, permit, ok in parsed:
+            answer = outcome_json(self.registry.report(platform, permit, ok))
+            answer["platform"] = platform
+            answers.append(answer)
+        return success(answers)
+
+    # -- daemon ----------------------------------------------------------------
+
+    async def _health(self, request: Request) -> Response:
+        return success(await self._in_thread(self.daemon.health))
+
+    async def _reload(self, request: Request) -> Response:
+        self._require_admin(request, "reload")
+        result = await self._in_thread(lambda: self.daemon.reload(request.peer))
+        if result.get("error"):
+            raise ApiError(422, "invalid_config", result["error"])
+        return success(result)
