@@ -1,0 +1,3 @@
+from ratecarectl.cli import main
+
+main()

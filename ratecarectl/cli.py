@@ -1,0 +1,150 @@
+"""ratecarectl: talk to ratecared over its control socket.
+
+Exit codes: 0 ok, 1 the daemon reported a failure, 2 usage, 3 daemon
+unreachable, 4 permission denied.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Callable, NoReturn
+
+import click
+
+from ratecared.client import Client, DaemonError, DaemonUnreachable, PermissionDenied
+
+EXIT_FAILURE, EXIT_UNREACHABLE, EXIT_DENIED = 1, 3, 4
+
+STATE_COLOURS = {"closed": "green", "open": "red", "half_open": "yellow"}
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"ratecarectl: {message}", err=True)
+    sys.exit(code)
+
+
+def _call(ctx: click.Context, action: Callable[[Client], Any]) -> Any:
+    client: Client = ctx.obj
+    try:
+        return action(client)
+    except PermissionDenied as exc:
+        _fail(str(exc), EXIT_DENIED)
+    except DaemonUnreachable as exc:
+        _fail(f"{exc} (is ratecared running? systemctl status ratecared)", EXIT_UNREACHABLE)
+    except DaemonError as exc:
+        _fail(exc.message, EXIT_FAILURE)
+    finally:
+        client.close()
+
+
+def _table(rows: list[list[str]], colour: Callable[[int, str], str | None] = lambda col, text: None) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for n, row in enumerate(rows):
+        cells = []
+        for i, text in enumerate(row):
+            padded = text.ljust(widths[i])
+            fg = colour(i, text) if n else None
+            cells.append(click.style(padded, fg=fg, bold=True if fg == "red" else None) if fg else padded)
+        click.echo("  ".join(cells).rstrip())
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    value = float(value)
+    if value >= 3600:
+        return f"{value / 3600:.1f}h"
+    if value >= 60:
+        return f"{int(value // 60)}m{int(value % 60):02d}s"
+    return f"{value:.1f}s"
+
+
+@click.group()
+@click.option("--socket", "socket_path", envvar="RATECARE_SOCKET", default="/run/ratecared/ratecared.sock",
+              show_default=True, help="Control socket [env RATECARE_SOCKET].")
+@click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for the daemon.")
+@click.pass_context
+def main(ctx: click.Context, socket_path: str, timeout: float) -> None:
+    """Inspect and control the ratecared daemon."""
+    ctx.obj = Client(socket_path, timeout=timeout)
+
+
+@main.command()
+@click.argument("platform", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the daemon's JSON.")
+@click.pass_context
+def status(ctx: click.Context, platform: str | None, as_json: bool) -> None:
+    """Circuit breaker state of every platform, or of one."""
+    data = _call(ctx, lambda c: c.status())
+    platforms = data["platforms"]
+    if platform is not None:
+        platforms = [p for p in platforms if p["platform"] == platform]
+        if not platforms:
+            _fail(f"unknown platform {platform!r}", EXIT_FAILURE)
+    if as_json:
+        click.echo(json.dumps(platforms[0] if platform else data, indent=2))
+        return
+    rows = [["PLATFORM", "STATE", "FAILURES", "SUCCESS", "REQUESTS", "REJECTED", "RETRY IN", "SINCE", "REASON"]]
+    for p in platforms:
+        state = p["state"] if p.get("guarded", True) else "unguarded"
+        if not p.get("enabled", True):
+            state += " (disabled)"
+        rate = "-" if p["success_rate"] is None else f"{p['success_rate']:.1f}%"
+        rows.append([
+            p["platform"], state, str(p["failure_count"]), rate, str(p.get("total_requests", 0)),
+            str(p.get("rejected", 0)), _seconds(p.get("retry_after")), _seconds(p.get("seconds_in_state")),
+            p.get("last_reason", ""),
+        ])
+    _table(rows, lambda col, text: STATE_COLOURS.get(text.split(" ")[0]) if col == 1 else None)
+    if platform is None:
+        click.echo(
+            f"\n{data['total_platforms']} platforms: {data['closed']} closed, {data['open']} open, "
+            f"{data['half_open']} half-open; {data['total_requests']} calls, {data['total_failures']} failed"
+        )
+
+
+@main.command()
+@click.argument("platform", required=False)
+@click.pass_context
+def reset(ctx: click.Context, platform: str | None) -> None:
+    """Close one platform's breaker, or every breaker."""
+    names = _call(ctx, lambda c: c.reset(platform))
+    click.echo(f"reset: {', '.join(names)}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the daemon's JSON.")
+@click.pass_context
+def health(ctx: click.Context, as_json: bool) -> None:
+    """Is the daemon up and its database reachable? Exits 1 when not."""
+    data = _call(ctx, lambda c: c.health())
+    db = data["database"]
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(f"daemon    up {_seconds(data['uptime_seconds'])}, version {data['version']}, pid {data['pid']}")
+        reach = click.style("reachable", fg="green") if db["reachable"] else click.style("UNREACHABLE", fg="red")
+        click.echo(f"database  {db['url']} {reach} ({db['latency_ms']} ms)")
+        if db["error"]:
+            click.echo(f"          error: {db['error']}")
+        if db.get("snapshot_error"):
+            click.echo(f"          snapshots failing: {db['snapshot_error']}")
+        click.echo(f"snapshot  last written {db['last_snapshot_at'] or 'never'}")
+        click.echo(f"breakers  {data['status']}")
+        for warning in data.get("setting_warnings", []):
+            click.echo(click.style(f"warning   {warning}", fg="yellow"))
+    if not db["reachable"]:
+        sys.exit(EXIT_FAILURE)
+
+
+@main.command()
+@click.pass_context
+def reload(ctx: click.Context) -> None:
+    """Re-read the config and the settings table, reopen the log files."""
+    data = _call(ctx, lambda c: c.reload())
+    click.echo("reloaded")
+    for warning in data.get("setting_warnings", []):
+        click.echo(f"warning: {warning}", err=True)
+    if data.get("restart_needed_for"):
+        click.echo(f"restart needed to apply: {', '.join(data['restart_needed_for'])}", err=True)

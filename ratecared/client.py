@@ -1,0 +1,238 @@
+"""The Python client for ratecared's control socket, for apps and for ratecarectl.
+
+    client = Client("/run/ratecared/ratecared.sock", when_unreachable="open")
+    with client.call("booking"):          # raises BreakerOpen when refused
+        fetch_rates_from_booking()        # an exception here is reported as a failure
+
+What happens when the daemon cannot be reached is the caller's choice:
+`when_unreachable="open"` lets calls through (the platform is tried, as
+before ratecared existed), `"closed"` refuses them, and `"raise"` (the
+default) raises DaemonUnreachable so the caller decides each time.
+"""
+
+from __future__ import annotations
+
+import errno
+import http.client
+import json
+import os
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal
+
+DEFAULT_SOCKET = "/run/ratecared/ratecared.sock"
+
+
+class ClientError(Exception):
+    """Base of everything this module raises."""
+
+
+class DaemonUnreachable(ClientError):
+    """No daemon answers on the socket (missing, refused, timed out)."""
+
+
+class PermissionDenied(ClientError):
+    """The socket or the daemon refused this user."""
+
+
+class DaemonError(ClientError):
+    """The daemon answered with an error."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{message} ({code}, HTTP {status})")
+        self.status, self.code, self.message = status, code, message
+
+
+class BreakerOpen(ClientError):
+    """The breaker refused the call; `retry_after` says for how many seconds."""
+
+    def __init__(self, platform: str, state: str, retry_after: float | None) -> None:
+        after = f"; retry in {retry_after:g} s" if retry_after is not None else ""
+        super().__init__(f"circuit breaker for {platform} is {state}{after}")
+        self.platform, self.state, self.retry_after = platform, state, retry_after
+
+
+@dataclass(frozen=True)
+class Decision:
+    platform: str
+    allowed: bool
+    state: str
+    permit: str | None
+    retry_after: float | None
+    # True when the daemon was unreachable and the caller's policy decided.
+    degraded: bool = False
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.unix_path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class Client:
+    def __init__(
+        self,
+        socket_path: str | None = None,
+        timeout: float = 2.0,
+        when_unreachable: Literal["raise", "open", "closed"] = "raise",
+    ) -> None:
+        self.socket_path = socket_path or os.environ.get("RATECARE_SOCKET") or DEFAULT_SOCKET
+        self.timeout = timeout
+        self.when_unreachable = when_unreachable
+        self._conn: _UnixHTTPConnection | None = None
+        self._lock = threading.Lock()
+
+    # -- transport -----------------------------------------------------------
+
+    def request(self, method: str, path: str, body: Any = None, timeout: float | None = None) -> Any:
+        """One API call; returns `data` from the success envelope or raises."""
+        payload = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        with self._lock:
+            for attempt in (1, 2):
+                if self._conn is None or timeout is not None:
+                    self._close()
+                    self._conn = _UnixHTTPConnection(self.socket_path, timeout or self.timeout)
+                try:
+                    self._conn.request(method, path, body=payload, headers=headers)
+                    response = self._conn.getresponse()
+                    raw = response.read()
+                    status = response.status
+                    if response.will_close or timeout is not None:
+                        self._close()
+                    break
+                except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                    # A kept-alive connection the daemon closed (idle timeout, restart): retry once.
+                    self._close()
+                    if attempt == 2:
+                        raise DaemonUnreachable(f"ratecared at {self.socket_path} closed the connection") from exc
+                except OSError as exc:
+                    self._close()
+                    raise self._translate(exc) from exc
+        try:
+            envelope = json.loads(raw)
+        except ValueError:
+            raise DaemonError(status, "bad_reply", f"not JSON: {raw[:200]!r}") from None
+        if status == 403:
+            error = envelope.get("error", {})
+            raise PermissionDenied(error.get("message", "permission denied"))
+        if envelope.get("status") != "success":
+            error = envelope.get("error", {})
+            raise DaemonError(status, error.get("code", "error"), error.get("message", raw.decode(errors="replace")))
+        return envelope["data"]
+
+    def _translate(self, exc: OSError) -> ClientError:
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return PermissionDenied(f"permission denied on {self.socket_path}: join the socket's group")
+        if isinstance(exc, (socket.timeout, TimeoutError)):
+            return DaemonUnreachable(f"ratecared at {self.socket_path} did not answer in {self.timeout:g} s")
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        return DaemonUnreachable(f"cannot reach ratecared at {self.socket_path}: {reason}")
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- breakers --------------------------------------------------------------
+
+    def _degraded(self, platform: str, exc: DaemonUnreachable) -> Decision:
+        if self.when_unreachable == "raise":
+            raise exc
+        allowed = self.when_unreachable == "open"
+        return Decision(platform, allowed, "unknown", None, None, degraded=True)
+
+    def acquire(self, platform: str) -> Decision:
+        """Ask whether `platform` may be called now."""
+        try:
+            data = self.request("POST", f"/api/v1/circuit-breaker/{platform}/acquire")
+        except DaemonUnreachable as exc:
+            return self._degraded(platform, exc)
+        return Decision(platform, data["allowed"], data["state"], data["permit"], data["retry_after"])
+
+    def acquire_many(self, platforms: list[str]) -> dict[str, Decision]:
+        """Ask for several platforms in one round trip."""
+        try:
+            data = self.request("POST", "/api/v1/circuit-breaker/acquire", {"platforms": platforms})
+        except DaemonUnreachable as exc:
+            return {p: self._degraded(p, exc) for p in platforms}
+        return {p: Decision(p, d["allowed"], d["state"], d["permit"], d["retry_after"]) for p, d in data.items()}
+
+    def report(self, decision: Decision, success: bool, duration_ms: float = 0.0) -> dict[str, Any] | None:
+        """Say how a permitted call went; a no-op for decisions that carry no permit."""
+        if decision.permit is None:
+            return None
+        body = {"permit": decision.permit, "success": success, "duration_ms": round(duration_ms, 1)}
+        try:
+            return self.request("POST", f"/api/v1/circuit-breaker/{decision.platform}/report", body)
+        except DaemonUnreachable:
+            if self.when_unreachable == "raise":
+                raise
+            return None
+
+    def report_many(self, outcomes: list[tuple[Decision, bool, float]]) -> list[dict[str, Any]]:
+        reports = [
+            {"platform": d.platform, "permit": d.permit, "success": ok, "duration_ms": round(ms, 1)}
+            for d, ok, ms in outcomes
+            if d.permit is not None
+        ]
+        if not reports:
+            return []
+        try:
+            return self.request("POST", "/api/v1/circuit-breaker/report", {"reports": reports})
+        except DaemonUnreachable:
+            if self.when_unreachable == "raise":
+                raise
+            return []
+
+    @contextmanager
+    def call(self, platform: str) -> Iterator[Decision]:
+        """Acquire, run the block, report: an exception in the block is a failure."""
+        decision = self.acquire(platform)
+        if not decision.allowed:
+            raise BreakerOpen(platform, decision.state, decision.retry_after)
+        started = time.monotonic()
+        try:
+            yield decision
+        except BaseException:
+            self.report(decision, False, (time.monotonic() - started) * 1000)
+            raise
+        self.report(decision, True, (time.monotonic() - started) * 1000)
+
+    # -- operators ---------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return self.request("GET", "/api/v1/circuit-breaker/status")
+
+    def reset(self, platform: str | None = None) -> list[str]:
+        body = {"platform": platform} if platform else {}
+        return self.request("POST", "/api/v1/circuit-breaker/reset", body)["reset"]
+
+    def health(self) -> dict[str, Any]:
+        return self.request("GET", "/api/v1/health", timeout=max(self.timeout, 10.0))
+
+    def reload(self) -> dict[str, Any]:
+        return self.request("POST", "/api/v1/reload", {}, timeout=max(self.timeout, 30.0))
