@@ -1,0 +1,166 @@
+"""Shared fixtures: config files in a temp dir and the real daemon as a child process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal as signals
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from mariadb import mariadb, mysql_url  # noqa: F401 - fixtures
+
+from ratecared.client import Client
+from ratecared.db import Database
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def write_config(directory: Path, url: str | None = None, **sections: dict[str, Any]) -> Path:
+    """A config for a daemon living entirely in `directory`; sections override keys."""
+    # Unix socket paths are limited to 107 bytes; pytest's tmp_path can be longer.
+    run_dir = Path(tempfile.mkdtemp(prefix="rc-", dir="/tmp"))
+    base: dict[str, dict[str, Any]] = {
+        "daemon": {"socket": str(run_dir / "rc.sock"), "socket_group": "", "admin_group": "",
+                   "snapshot_interval": 0.5, "settings_refresh": 0.2, "timezone": "Europe/Istanbul"},
+        "database": {"url": url or f"sqlite:///{directory / 'rc.db'}", "auto_migrate": True},
+        "logging": {"dir": str(directory / "logs"), "level": "info"},
+    }
+    for name, values in sections.items():
+        base.setdefault(name.replace("__", "."), {}).update(values)
+    text = "\n".join(
+        f"[{name}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items())
+        for name, values in base.items()
+    )
+    path = directory / "ratecared.toml"
+    path.write_text(text)
+    return path
+
+
+def socket_of(config: Path) -> str:
+    import tomllib
+
+    return tomllib.loads(config.read_text())["daemon"]["socket"]
+
+
+class DaemonProcess:
+    """`ratecared --config PATH` as a child process, as systemd would run it."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.socket = socket_of(config)
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[str] | None = None
+        self.output = ""
+
+    def start(self, wait: bool = True) -> "DaemonProcess":
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ratecared", "--config", str(self.config)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env,
+        )
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.read_output()}")
+            probe = socket.socket(socket.AF_UNIX)
+            try:
+                probe.connect(self.socket)
+                return
+            except OSError:
+                time.sleep(0.05)
+            finally:
+                probe.close()
+        raise AssertionError("daemon did not open its socket in time")
+
+    def client(self, **kw: Any) -> Client:
+        return Client(self.socket, **kw)
+
+    def send(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def stop(self, signum: int = signals.SIGTERM, timeout: float = 10.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        self.read_output()
+        return code
+
+    def read_output(self) -> str:
+        assert self.proc is not None
+        if self.proc.poll() is not None and self.proc.stdout and not self.proc.stdout.closed:
+            self.output += self.proc.stdout.read()
+            self.proc.stdout.close()
+        return self.output
+
+
+@pytest.fixture
+def config_factory(tmp_path: Path) -> Callable[..., Path]:
+    return lambda url=None, **sections: write_config(tmp_path, url, **sections)
+
+
+@pytest.fixture
+def daemon_factory() -> Iterator[Callable[..., DaemonProcess]]:
+    started: list[DaemonProcess] = []
+
+    def make(config: Path, env: dict[str, str] | None = None, wait: bool = True) -> DaemonProcess:
+        process = DaemonProcess(config, env).start(wait=wait)
+        started.append(process)
+        return process
+
+    yield make
+    for process in started:
+        if process.proc and process.proc.poll() is None:
+            process.stop(signals.SIGKILL)
+
+
+@pytest.fixture
+def daemon(config_factory: Callable[..., Path], daemon_factory: Callable[..., DaemonProcess]) -> DaemonProcess:
+    """A daemon on SQLite with fast settings refresh and snapshots."""
+    return daemon_factory(config_factory())
+
+
+@pytest.fixture(params=["sqlite", "mariadb"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same test against SQLite and against a real MariaDB server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'rc.db'}"
+    return request.getfixturevalue("mysql_url")
+
+
+@pytest.fixture
+def database(db_url: str) -> Iterator["Database"]:
+    from ratecared.config import DatabaseConfig
+    from ratecared.db import Database, migrations
+
+    db = Database(DatabaseConfig(url=db_url, connect_timeout=2))
+    migrations.apply(db)
+    yield db
+    db.close()

@@ -1,0 +1,272 @@
+"""The daemon as systemd and an operator see it: start, notify, stop, restart, reload, outages."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from conftest import DaemonProcess
+from mariadb import MariaDB
+from ratecared.config import DatabaseConfig
+from ratecared.db import Database
+
+
+def fail(daemon: DaemonProcess, platform: str = "booking", times: int = 5) -> None:
+    client = daemon.client()
+    for _ in range(times):
+        client.report(client.acquire(platform), False, 5003)
+    client.close()
+
+
+def set_setting(db_path: Path, key: str, value: str) -> None:
+    conn = sqlite3.connect(db_path)
+    conn.execute("UPDATE settings SET value = ? WHERE key = ?", (value, key))
+    conn.commit()
+    conn.close()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def log_events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class NotifySocket:
+    """systemd's side of sd_notify: a datagram socket that records messages."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+
+    def messages(self, until: Callable[[list[str]], bool], timeout: float = 10.0,
+                 on_each: Callable[[str], None] = lambda m: None) -> list[str]:
+        got: list[str] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not until(got):
+            try:
+                message = self.sock.recv(4096).decode()
+            except socket.timeout:
+                continue
+            on_each(message)
+            got.append(message)
+        return got
+
+
+def test_ready_comes_after_the_socket_is_bound_then_watchdog_and_stopping(config_factory, daemon_factory,
+                                                                          tmp_path: Path) -> None:
+    notify = NotifySocket(Path("/tmp") / f"rc-notify-{os.getpid()}-{time.monotonic_ns()}.sock")
+    config = config_factory()
+    env = {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "400000"}
+    daemon = daemon_factory(config, env=env, wait=False)
+    env["WATCHDOG_PID"] = str(daemon.proc.pid)
+    connectable_at_ready: list[bool] = []
+
+    def check(message: str) -> None:
+        if "READY=1" in message:
+            probe = socket.socket(socket.AF_UNIX)
+            connectable_at_ready.append(probe.connect_ex(daemon.socket) == 0)
+            probe.close()
+
+    got = notify.messages(lambda m: sum("WATCHDOG=1" in x for x in m) >= 3, on_each=check)
+    assert connectable_at_ready == [True]
+    ready = next(m for m in got if "READY=1" in m)
+    assert "STATUS=7 breakers" in ready
+    started = time.monotonic()
+    daemon.send(signal.SIGTERM)
+    got = notify.messages(lambda m: any("STOPPING=1" in x for x in m))
+    assert daemon.proc.wait(5) == 0
+    assert time.monotonic() - started < 5
+    notify.sock.close()
+    os.unlink(notify.path)
+
+
+def test_sigterm_writes_a_final_snapshot_and_exits_within_5_seconds(config_factory, daemon_factory,
+                                                                    tmp_path: Path) -> None:
+    daemon = daemon_factory(config_factory(daemon={"snapshot_interval": 3600}))
+    client = daemon.client()
+    for _ in range(7):
+        client.report(client.acquire("expedia"), True, 30)
+    started = time.monotonic()
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 5
+    assert not Path(daemon.socket).exists()
+    conn = sqlite3.connect(tmp_path / "rc.db")
+    rows = conn.execute("SELECT total_successes FROM circuit_breaker_state WHERE platform = 'expedia'").fetchall()
+    assert rows == [(7,)]
+    assert "stopped final_snapshot=written" in daemon.output
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_an_open_breaker_is_still_open_after_a_restart(config_factory, daemon_factory, how: int) -> None:
+    config = config_factory(daemon={"snapshot_interval": 3600})
+    daemon = daemon_factory(config)
+    fail(daemon)
+    # The transition itself is written at once, without waiting for the interval.
+    time.sleep(0.3)
+    daemon.stop(how)
+    again = daemon_factory(config)
+    decision = again.client().acquire("booking")
+    assert (decision.allowed, decision.state) == (False, "open")
+    assert 580 < decision.retry_after < 600
+    assert again.client().acquire("agoda").allowed
+
+
+def test_breaker_opens_goes_half_open_and_closes_as_the_readme_shows(config_factory, daemon_factory,
+                                                                     tmp_path: Path) -> None:
+    daemon = daemon_factory(config_factory())
+    set_setting(tmp_path / "rc.db", "circuit-breaker-timeout-seconds", "1")
+    time.sleep(0.5)
+    fail(daemon)
+    client = daemon.client()
+    assert client.status()["platforms"][0]["state"] == "open"
+    wait_for(lambda: client.status()["platforms"][0]["state"] == "half_open", 5)
+    for _ in range(3):
+        with client.call("booking"):
+            pass
+    assert client.status()["platforms"][0]["state"] == "closed"
+    events = [(e["old"], e["new"]) for e in log_events(tmp_path / "logs" / "circuit-breaker.log")
+              if e["event"] == "breaker transition"]
+    assert events == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
+    reasons = [e["reason"] for e in log_events(tmp_path / "logs" / "circuit-breaker.log") if "reason" in e]
+    assert reasons == ["5 consecutive failures", "open for 1 s", "3 trial calls succeeded"]
+
+
+def test_settings_changes_apply_live_and_bad_values_are_warnings(config_factory, daemon_factory,
+                                                                 tmp_path: Path) -> None:
+    daemon = daemon_factory(config_factory())
+    set_setting(tmp_path / "rc.db", "circuit-breaker-failure-threshold", "2")
+    set_setting(tmp_path / "rc.db", "circuit-breaker-half-open-requests", "lots")
+    time.sleep(0.6)
+    fail(daemon, times=2)
+    assert daemon.client().status()["platforms"][0]["state"] == "open"
+    health = daemon.client().health()
+    assert health["settings"]["circuit-breaker-half-open-requests"] == 3
+    assert health["setting_warnings"] == [
+        "setting circuit-breaker-half-open-requests='lots' is not a whole number; using the default"]
+    daemon.stop()
+    warning = [line for line in daemon.output.splitlines() if "bad setting" in line]
+    assert warning == ["<4>bad setting key=circuit-breaker-half-open-requests value=lots "
+                       "problem=\"is not a whole number\""]
+
+
+def test_disabling_breakers_lets_every_call_through(config_factory, daemon_factory, tmp_path: Path) -> None:
+    daemon = daemon_factory(config_factory())
+    fail(daemon)
+    set_setting(tmp_path / "rc.db", "circuit-breaker-enabled", "0")
+    time.sleep(0.6)
+    assert all(daemon.client().acquire("booking").allowed for _ in range(10))
+
+
+def test_pending_migrations_are_refused_until_migrate(config_factory, daemon_factory, tmp_path: Path) -> None:
+    config = config_factory(database={"auto_migrate": False})
+    refused = daemon_factory(config, wait=False)
+    assert refused.proc.wait(20) == 78
+    assert "ratecared migrate" in refused.read_output() and "001_app_tables" in refused.output
+    migrate = subprocess.run([sys.executable, "-m", "ratecared", "--config", str(config), "migrate"],
+                             capture_output=True, text=True, timeout=60)
+    assert migrate.returncode == 0
+    assert migrate.stdout.splitlines() == ["applied 001_app_tables", "applied 002_add_cache_settings",
+                                           "applied 003_ratecared_state"]
+    daemon = daemon_factory(config)
+    assert daemon.client().status()["total_platforms"] == 7
+
+
+def test_journal_lines_carry_priorities_and_files_carry_json(daemon: DaemonProcess, tmp_path: Path) -> None:
+    fail(daemon)
+    daemon.stop()
+    lines = daemon.output.splitlines()
+    assert lines and all(line[:3] in ("<6>", "<4>", "<3>") for line in lines), lines
+    transition = next(line for line in lines if "breaker transition" in line)
+    assert transition.startswith("<4>breaker transition platform=booking old=closed new=open")
+    assert 'reason="5 consecutive failures"' in transition
+    main_log = log_events(tmp_path / "logs" / "ratecared.log")
+    assert {"starting", "ready", "breaker transition", "stopping", "stopped"} <= {e["event"] for e in main_log}
+    assert all({"timestamp", "level", "event"} <= set(e) for e in main_log)
+
+
+def test_reload_and_sighup_reopen_rotated_logs(config_factory, daemon_factory, tmp_path: Path) -> None:
+    daemon = daemon_factory(config_factory())
+    logs = tmp_path / "logs"
+    fail(daemon, "booking")
+    os.rename(logs / "circuit-breaker.log", logs / "circuit-breaker.log.1")
+    os.rename(logs / "ratecared.log", logs / "ratecared.log.1")
+    assert daemon.client().reload()["reloaded"] is True
+    fail(daemon, "agoda")
+    assert [e["platform"] for e in log_events(logs / "circuit-breaker.log") if e["event"] == "breaker transition"] \
+        == ["agoda"]
+    os.rename(logs / "circuit-breaker.log", logs / "circuit-breaker.log.2")
+    daemon.send(signal.SIGHUP)
+    wait_for(lambda: (logs / "ratecared.log").exists() and "reloaded" in (logs / "ratecared.log").read_text())
+    fail(daemon, "google")
+    assert [e["platform"] for e in log_events(logs / "circuit-breaker.log") if e["event"] == "breaker transition"] \
+        == ["google"]
+
+
+def test_reload_with_a_broken_config_keeps_running(config_factory, daemon_factory) -> None:
+    config = config_factory()
+    daemon = daemon_factory(config)
+    good = config.read_text()
+    config.write_text(good + "\n[daemon]\nbogus = 1\n")
+    from ratecared.client import DaemonError
+
+    with pytest.raises(DaemonError, match="not valid TOML|unknown key"):
+        daemon.client().reload()
+    assert daemon.client().status()["total_platforms"] == 7
+
+
+@pytest.mark.mariadb
+def test_database_going_away_keeps_breakers_working(mariadb: MariaDB, mysql_url: str, config_factory,
+                                                    daemon_factory) -> None:
+    daemon = daemon_factory(config_factory(url=mysql_url))
+    client = daemon.client()
+    assert client.health()["database"]["reachable"] is True
+    mariadb.kill()
+    try:
+        fail(daemon)
+        decision = client.acquire("booking")
+        assert (decision.allowed, decision.state) == (False, "open")
+        health = client.health()
+        assert health["database"]["reachable"] is False
+        assert any(m in health["database"]["error"] for m in ("cannot connect", "gone away", "Lost connection"))
+        assert health["daemon"] == "up"
+    finally:
+        mariadb.start()
+    db = Database(DatabaseConfig(url=mysql_url))
+    wait_for(lambda: db.query("SELECT state FROM circuit_breaker_state WHERE platform = 'booking'") == [("open",)])
+    wait_for(lambda: client.health()["database"]["snapshot_error"] is None)
+    assert client.health()["database"]["reachable"] is True
+    daemon.stop()
+    assert "<4>snapshot failed; breakers keep working from memory" in daemon.output
+    assert "snapshots resumed" in daemon.output
+    db.close()
+
+
+@pytest.mark.mariadb
+def test_daemon_on_mariadb_keeps_an_open_breaker_across_restart(mysql_url: str, config_factory,
+                                                               daemon_factory) -> None:
+    config = config_factory(url=mysql_url)
+    daemon = daemon_factory(config)
+    fail(daemon)
+    time.sleep(0.3)
+    daemon.stop(signal.SIGKILL)
+    decision = daemon_factory(config).client().acquire("booking")
+    assert (decision.allowed, decision.state) == (False, "open")
