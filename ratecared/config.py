@@ -57,6 +57,8 @@ class DatabaseConfig:
     password_file: Path | None = None
     auto_migrate: bool = False
     connect_timeout: float = 5.0
+    # How long a starting daemon waits for the database before exiting 69.
+    startup_wait: float = 30.0
 
     def password(self) -> str | None:
         """The password from `password_file` or systemd's credential directory.
@@ -125,6 +127,7 @@ class Config:
                 "password_file": str(self.database.password_file or ""),
                 "auto_migrate": self.database.auto_migrate,
                 "connect_timeout": self.database.connect_timeout,
+                "startup_wait": self.database.startup_wait,
             },
             "logging": {"dir": str(self.logging.dir), "level": self.logging.level},
             "jobs": {
@@ -288,7 +291,8 @@ def _parse(path: Path, raw: dict[str, Any]) -> Config:
         url=url,
         password_file=db.path_("password_file", None),
         auto_migrate=db.boolean("auto_migrate", False),
-        connect_timeout=db.number("connect_timeout", 5.0, 0.1, 300),
+        connect_timeout=db.number("connect_timeout", DatabaseConfig.connect_timeout, 0.1, 300),
+        startup_wait=db.number("startup_wait", DatabaseConfig.startup_wait, 0, 3600),
     )
     db.done()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import grp
+import logging
 import os
 import signal
 import socket
@@ -19,7 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 
 import sdnotify
 
@@ -34,7 +35,6 @@ from ratecared.control.server import ControlServer, Peer, SocketInUse, bind_unix
 from ratecared.db import Database, DatabaseError, migrations
 
 EX_UNAVAILABLE = 69
-STARTUP_DB_WAIT = 30.0
 TICK = 1.0
 
 
@@ -114,7 +114,10 @@ class Daemon:
         self.db = Database(config.database)
         self.settings = settings_mod.Settings()
         self.setting_warnings: list[str] = []
-        self.registry: Registry
+        self.registry = Registry(
+            config.circuit_breaker.platforms, self.settings, config.circuit_breaker.permit_lease,
+            on_transition=self._on_transition,
+        )
         self.store = StoreThread(self)
         self.stop_requested: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -136,10 +139,6 @@ class Daemon:
         if code:
             return code
         self.refresh_settings()
-        self.registry = Registry(
-            self.config.circuit_breaker.platforms, self.settings, self.config.circuit_breaker.permit_lease,
-            on_transition=self._on_transition,
-        )
         try:
             for line in snapshot.restore(self.db, self.registry, self.host, datetime.now(timezone.utc)):
                 self.breaker_log.info("breaker restored", detail=line)
@@ -162,7 +161,7 @@ class Daemon:
         return asyncio.run(self._serve(sock))
 
     def _open_database(self) -> int:
-        deadline = time.monotonic() + STARTUP_DB_WAIT
+        deadline = time.monotonic() + self.config.database.startup_wait
         while True:
             try:
                 todo = migrations.pending(self.db)
@@ -273,11 +272,9 @@ class Daemon:
                 self.log.warning("bad setting", key=warning.key, value=warning.value, problem=warning.problem)
         self.setting_warnings = texts
         if new != self.settings:
-            if hasattr(self, "registry"):
-                self.log.info("settings changed", **{
-                    k: v for k, v in settings_mod.as_dict(new).items() if settings_mod.as_dict(self.settings)[k] != v})
+            old = settings_mod.as_dict(self.settings)
+            self.log.info("settings changed", **{k: v for k, v in settings_mod.as_dict(new).items() if old[k] != v})
             self.settings = new
-        if hasattr(self, "registry"):
             self.registry.apply_settings(new)
 
     # -- API callbacks -------------------------------------------------------------
@@ -346,9 +343,7 @@ class Daemon:
             logging=replace(self.config.logging, level=new.logging.level),
             jobs=new.jobs,
         )
-        import logging as stdlib_logging
-
-        stdlib_logging.getLogger().setLevel(new.logging.level.upper())
+        logging.getLogger().setLevel(new.logging.level.upper())
         self.logs.reopen()
         self.refresh_settings()
         self.store.wake.set()
@@ -377,6 +372,3 @@ def _restart_keys(old: Config, new: Config) -> list[tuple[str, Any, Any]]:
 
 def run(config: Config) -> int:
     return Daemon(config).run()
-
-
-Callback = Callable[[], None]

@@ -270,3 +270,14 @@ def test_daemon_on_mariadb_keeps_an_open_breaker_across_restart(mysql_url: str, 
     daemon.stop(signal.SIGKILL)
     decision = daemon_factory(config).client().acquire("booking")
     assert (decision.allowed, decision.state) == (False, "open")
+
+
+def test_a_dead_database_at_start_is_a_clear_error_and_exit_69(config_factory, daemon_factory,
+                                                               tmp_path: Path) -> None:
+    url = f"mysql://ratecare:secret@localhost/rc?unix_socket={tmp_path}/no-mysqld.sock"
+    daemon = daemon_factory(config_factory(url=url, database={"startup_wait": 1}), wait=False)
+    assert daemon.proc.wait(30) == 69
+    output = daemon.read_output()
+    assert "<4>database unreachable; retrying" in output
+    assert "<3>database unreachable; giving up" in output and "no-mysqld.sock" in output
+    assert not Path(daemon.socket).exists()
