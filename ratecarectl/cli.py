@@ -148,3 +148,78 @@ def reload(ctx: click.Context) -> None:
         click.echo(f"warning: {warning}", err=True)
     if data.get("restart_needed_for"):
         click.echo(f"restart needed to apply: {', '.join(data['restart_needed_for'])}", err=True)
+
+
+RESULT_COLOURS = {"success": "green", "failed": "red", "interrupted": "yellow", "skipped": None, "running": "cyan"}
+
+
+def _when(iso: str | None) -> str:
+    return iso[:16].replace("T", " ") if iso else "-"
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the daemon's JSON.")
+@click.pass_context
+def jobs(ctx: click.Context, as_json: bool) -> None:
+    """The jobs: schedule, next run (local time), last run and its result."""
+    data = _call(ctx, lambda c: c.jobs())
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    rows = [["JOB", "SCHEDULE", "NEXT RUN", "LAST RUN", "RESULT", "DURATION", "ROWS"]]
+    notes = []
+    for job in data:
+        last = job["last_run"] or {}
+        result = "running" if job["running"] else last.get("status", "-")
+        rows.append([job["name"], job["schedule"], _when(job["next_run"]), _when(last.get("started_at")), result,
+                     _seconds(last.get("duration_seconds")), str(last.get("rows", "-"))])
+        if job["next_run_note"]:
+            notes.append(f"{job['name']}: {job['next_run_note']}")
+    _table(rows, lambda col, text: RESULT_COLOURS.get(text) if col == 4 else None)
+    if data:
+        click.echo(f"\ntimes in {data[0]['timezone']}")
+    for note in notes:
+        click.echo(click.style(f"note: {note}", fg="yellow"))
+
+
+@main.command()
+@click.argument("job")
+@click.option("--wait", is_flag=True, help="Wait for the end; exit 0 on success, 1 otherwise.")
+@click.pass_context
+def run(ctx: click.Context, job: str, wait: bool) -> None:
+    """Run a job now, through the same claim and lock as the schedule."""
+    result = _call(ctx, lambda c: c.run_job(job, wait))
+    if not wait:
+        click.echo(f"{job}: queued as run {result['run_id']}; see `ratecarectl history {job}`")
+        return
+    line = f"{job}: {result['status']} (run {result['run_id']}, {result['rows']} rows"
+    duration = result.get("details", {}).get("duration_seconds")
+    click.echo(line + (f", {_seconds(duration)})" if duration is not None else ")"))
+    for key, value in result.get("details", {}).items():
+        if key != "duration_seconds":
+            click.echo(f"  {key}: {value}")
+    if result.get("error"):
+        click.echo(f"  error: {result['error']}", err=True)
+    if result["status"] not in ("success", "skipped"):
+        sys.exit(EXIT_FAILURE)
+
+
+@main.command()
+@click.argument("job")
+@click.option("--limit", default=20, show_default=True, help="How many runs, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="Print the daemon's JSON.")
+@click.pass_context
+def history(ctx: click.Context, job: str, limit: int, as_json: bool) -> None:
+    """Recent runs of a job, newest first."""
+    data = _call(ctx, lambda c: c.job_runs(job, limit))
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    rows = [["STARTED", "TRIGGER", "SLOT", "RESULT", "DURATION", "ROWS", "HOST", "RUN", "ERROR"]]
+    for r in data:
+        rows.append([_when(r["started_at"]), r["trigger"], _when(r["slot"]), r["status"],
+                     _seconds(r["duration_seconds"]), str(r["rows"]), r["host"], r["run_id"], r["error"] or ""])
+    if len(rows) == 1:
+        click.echo(f"{job}: no runs yet")
+        return
+    _table(rows, lambda col, text: RESULT_COLOURS.get(text) if col == 3 else None)

@@ -231,6 +231,16 @@ class Client:
         body = {"platform": platform} if platform else {}
         return self.request("POST", "/api/v1/circuit-breaker/reset", body)["reset"]
 
+    def jobs(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/api/v1/jobs", timeout=max(self.timeout, 10.0))
+
+    def run_job(self, job: str, wait: bool = False) -> dict[str, Any]:
+        """Start a job now; with `wait`, block until it ends and return the run."""
+        return self.request("POST", f"/api/v1/jobs/{job}/run", {"wait": wait}, timeout=None if not wait else 86400.0)
+
+    def job_runs(self, job: str, limit: int = 20) -> list[dict[str, Any]]:
+        return self.request("GET", f"/api/v1/jobs/{job}/runs?limit={limit}", timeout=max(self.timeout, 10.0))
+
     def health(self) -> dict[str, Any]:
         return self.request("GET", "/api/v1/health", timeout=max(self.timeout, 10.0))
 

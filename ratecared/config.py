@@ -88,9 +88,16 @@ class LoggingConfig:
 class JobConfig:
     schedule: str
     starting_deadline: float
+    # Purges: chunk statements aim at this many seconds, then pause a share of it.
+    chunk_seconds: float = 0.2
+    pause_ratio: float = 0.1
+    optimize_min_free_mb: float = 256.0
+    # Warming: the widget endpoint, parallel requests, per-request and per-run limits.
     url: str | None = None
     concurrency: int = 4
     timeout: float = 10.0
+    deadline: float = 600.0
+    max_consecutive_failures: int = 5
 
 
 @dataclass(frozen=True)
@@ -310,21 +317,29 @@ def _parse(path: Path, raw: dict[str, Any]) -> Config:
         schedule = js.string("schedule", defaults["schedule"])
         if not croniter.is_valid(schedule) or len(schedule.split()) != 5:
             raise ConfigError(path, f"jobs.{name}.schedule", f"not a valid five-field cron expression: {schedule!r}")
-        job = JobConfig(
-            schedule=schedule,
-            starting_deadline=js.number("starting_deadline", defaults["starting_deadline"], 0, 7 * 86400),
-        )
+        values: dict[str, Any] = {
+            "schedule": schedule,
+            "starting_deadline": js.number("starting_deadline", defaults["starting_deadline"], 0, 7 * 86400),
+        }
         if "url" in defaults:
             template = js.string("url", defaults["url"])
             if "{widget_id}" not in template or not template.startswith(("http://", "https://")):
                 raise ConfigError(path, f"jobs.{name}.url", "must be an http(s) URL containing {widget_id}")
-            job = JobConfig(
-                schedule=job.schedule,
-                starting_deadline=job.starting_deadline,
+            values.update(
                 url=template,
                 concurrency=js.integer("concurrency", defaults["concurrency"], 1, 64),
                 timeout=js.number("timeout", defaults["timeout"], 0.1, 600),
+                deadline=js.number("deadline", JobConfig.deadline, 1, 86400),
+                max_consecutive_failures=js.integer("max_consecutive_failures", JobConfig.max_consecutive_failures,
+                                                    1, 10000),
             )
+        else:
+            values.update(
+                chunk_seconds=js.number("chunk_seconds", JobConfig.chunk_seconds, 0.001, 10),
+                pause_ratio=js.number("pause_ratio", JobConfig.pause_ratio, 0, 10),
+                optimize_min_free_mb=js.number("optimize_min_free_mb", JobConfig.optimize_min_free_mb, 0, 1 << 30),
+            )
+        job = JobConfig(**values)
         js.done()
         jobs[name] = job
     jobs_section.done()

@@ -33,6 +33,7 @@ from ratecared.config import EX_CONFIG, Config, ConfigError, load
 from ratecared.control.api import Api
 from ratecared.control.server import ControlServer, Peer, SocketInUse, bind_unix
 from ratecared.db import Database, DatabaseError, migrations
+from ratecared.scheduler.runner import Runner
 
 EX_UNAVAILABLE = 69
 TICK = 1.0
@@ -119,6 +120,9 @@ class Daemon:
             on_transition=self._on_transition,
         )
         self.store = StoreThread(self)
+        self.runner = Runner(config, self.db, self.host, settings=lambda: self.settings,
+                             refresh_settings=self.refresh_settings)
+        self._settings_lock = threading.Lock()
         self.stop_requested: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._reload_lock = threading.Lock()
@@ -203,6 +207,7 @@ class Daemon:
             self.loop.add_signal_handler(signum, self.stop_requested.set)
         self.loop.add_signal_handler(signal.SIGHUP, lambda: self.loop.run_in_executor(executor, self.reload, None))
         self.store.start()
+        self.runner.start()
         self.log.info("ready", socket=str(self.config.daemon.socket), platforms=len(self.registry.platforms))
         self.notify("READY=1", f"STATUS={self.status_line()}", f"MAINPID={os.getpid()}")
         next_watchdog = 0.0
@@ -221,13 +226,15 @@ class Daemon:
 
     def _threads_alive(self) -> bool:
         stale = time.monotonic() - self.store.heartbeat
-        return self.store.is_alive() and stale < 60 + self.config.database.connect_timeout
+        return self.store.is_alive() and self.runner.is_alive() and stale < 60 + self.config.database.connect_timeout
 
     async def _stop(self, server: ControlServer, executor: ThreadPoolExecutor) -> int:
         self.notify("STOPPING=1", "STATUS=stopping")
         self.log.info("stopping")
         await server.close()
+        self.runner.stop()
         self.store.stop()
+        await asyncio.to_thread(self.runner.join, 8.0)
         await asyncio.to_thread(self.store.join, 3.0)
         saved = self.store.write_snapshot()
         executor.shutdown(wait=False, cancel_futures=True)
@@ -245,6 +252,11 @@ class Daemon:
             parts.append(f"{counts[State.HALF_OPEN]} half-open")
         if self.store.snapshot_error:
             parts.append("database unreachable")
+        if self.runner.current:
+            parts.append(f"running {self.runner.current[0]}")
+        elif self.runner.next_slots:
+            job, slot = min(self.runner.next_slots.items(), key=lambda kv: kv[1].astimezone(timezone.utc))
+            parts.append(f"next: {job} {slot.astimezone(self.config.daemon.tz):%Y-%m-%d %H:%M %Z}")
         return ", ".join(parts)
 
     # -- events ------------------------------------------------------------------
@@ -258,6 +270,10 @@ class Daemon:
 
     def refresh_settings(self) -> None:
         """Re-read the settings table; a failure keeps the settings in force."""
+        with self._settings_lock:
+            self._refresh_settings()
+
+    def _refresh_settings(self) -> None:
         try:
             new, warnings = settings_mod.read(self.db, self.config.circuit_breaker.platforms)
         except DatabaseError as exc:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import datetime, timezone
+from urllib.parse import parse_qs
 from concurrent.futures import Executor
 from typing import Any, Awaitable, Callable, Protocol
 
@@ -16,6 +18,8 @@ from ratecared import logs
 from ratecared.breaker.machine import Decision, Outcome, State
 from ratecared.breaker.registry import Registry, UnknownPlatform
 from ratecared.control.server import Peer, Request, Response, error_response
+from ratecared.jobs import JOBS
+from ratecared.scheduler.runner import Runner
 
 PREFIX = "/api/v1/"
 MAX_BATCH = 100
@@ -42,6 +46,9 @@ class Daemon(Protocol):
     def health(self) -> dict[str, Any]: ...
 
     def reload(self, peer: Peer) -> dict[str, Any]: ...
+
+    @property
+    def runner(self) -> Runner: ...
 
 
 def success(data: Any, status: int = 200) -> Response:
@@ -71,6 +78,7 @@ class Api:
         self.daemon = daemon
         self.executor = executor
         self.breaker_log = logs.get("ratecared.breaker")
+        self.jobs_log = logs.get("ratecared.scheduler")
         self._static: dict[tuple[str, str], Callable[[Request], Any]] = {
             ("GET", "circuit-breaker/status"): self._status,
             ("POST", "circuit-breaker/reset"): self._reset,
@@ -78,6 +86,7 @@ class Api:
             ("POST", "circuit-breaker/report"): self._report_batch,
             ("GET", "health"): self._health,
             ("POST", "reload"): self._reload,
+            ("GET", "jobs"): self._jobs,
         }
 
     def handle(self, request: Request) -> Response | Awaitable[Response]:
@@ -110,6 +119,16 @@ class Api:
             if parts[2] == "acquire":
                 return lambda request: self._acquire(platform)
             return lambda request: self._report(platform, request)
+        if len(parts) == 3 and parts[0] == "jobs" and parts[2] in ("run", "runs"):
+            job = parts[1]
+            if job not in JOBS:
+                raise ApiError(404, "unknown_job", f"unknown job {job!r}; jobs: {', '.join(JOBS)}")
+            wanted = "POST" if parts[2] == "run" else "GET"
+            if method != wanted:
+                raise ApiError(405, "method_not_allowed", f"use {wanted} for {parts[2]}")
+            if parts[2] == "run":
+                return lambda request: self._run_job(job, request)
+            return lambda request: self._job_runs(job, request)
         if any(route == path for _, path in self._static):
             raise ApiError(405, "method_not_allowed", f"{method} is not allowed on {PREFIX}{route}")
         raise ApiError(404, "not_found", f"no such endpoint: {PREFIX}{route}")
@@ -243,6 +262,29 @@ class Api:
 
     async def _health(self, request: Request) -> Response:
         return success(await self._in_thread(self.daemon.health))
+
+    async def _jobs(self, request: Request) -> Response:
+        return success(await self._in_thread(lambda: self.daemon.runner.overview(datetime.now(timezone.utc))))
+
+    async def _job_runs(self, job: str, request: Request) -> Response:
+        try:
+            limit = int(parse_qs(request.query).get("limit", ["20"])[0])
+        except ValueError:
+            raise ApiError(400, "invalid_request", "limit must be a whole number") from None
+        limit = max(1, min(limit, 1000))
+        return success(await self._in_thread(lambda: self.daemon.runner.runs(job, limit)))
+
+    async def _run_job(self, job: str, request: Request) -> Response:
+        self._require_admin(request, "running a job")
+        wait = self._body(request).get("wait", False)
+        if not isinstance(wait, bool):
+            raise ApiError(400, "invalid_request", '"wait" must be true or false')
+        run_id, future = self.daemon.runner.request(job)
+        self.jobs_log.info("job run requested", job=job, run_id=run_id, peer_uid=request.peer.uid,
+                              peer_pid=request.peer.pid)
+        if not wait:
+            return success({"job": job, "run_id": run_id, "status": "queued"}, status=202)
+        return success(await asyncio.wrap_future(future))
 
     async def _reload(self, request: Request) -> Response:
         self._require_admin(request, "reload")

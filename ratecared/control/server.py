@@ -26,7 +26,7 @@ MAX_HEADER_BYTES = 16384
 WRITE_BUFFER_HIGH = 256 * 1024
 
 REASONS = {
-    100: "Continue", 200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+    100: "Continue", 200: "OK", 202: "Accepted", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
     405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 411: "Length Required",
     413: "Content Too Large", 415: "Unsupported Media Type", 422: "Unprocessable Content",
     431: "Request Header Fields Too Large", 500: "Internal Server Error", 501: "Not Implemented",

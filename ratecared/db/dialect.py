@@ -11,11 +11,12 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pymysql
 
+Query = Callable[..., list[tuple]]
 
 @dataclass(frozen=True)
 class SQLite:
@@ -53,6 +54,16 @@ class SQLite:
     def describe(self) -> str:
         return f"sqlite:///{self.path}"
 
+    def space(self, query: Query, table: str) -> tuple[int, int]:
+        """(free bytes, total bytes); SQLite's free pages belong to the whole file."""
+        page = query("PRAGMA page_size")[0][0]
+        return query("PRAGMA freelist_count")[0][0] * page, query("PRAGMA page_count")[0][0] * page
+
+    def reclaim(self, table: str) -> list[str]:
+        # Incremental vacuum hands free pages back without the exclusive,
+        # twice-the-space rewrite of a full VACUUM.
+        return ["PRAGMA incremental_vacuum"]
+
 
 @dataclass(frozen=True)
 class MySQL:
@@ -71,7 +82,7 @@ class MySQL:
         password = self.url_password
         if password is None and self.password_source is not None:
             password = self.password_source()
-        return pymysql.connect(
+        conn = pymysql.connect(
             host=self.host,
             port=self.port,
             user=self.user,
@@ -84,6 +95,10 @@ class MySQL:
             # Timestamps are UTC in the tables whatever the server's zone is.
             init_command="SET time_zone = '+00:00'",
         )
+        with conn.cursor() as cursor:
+            # Long INSERT … SELECT rollups must not lock the app's new rows.
+            cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        return conn
 
     def sql(self, text: str) -> str:
         return text.replace("%", "%%").replace("?", "%s")
@@ -102,6 +117,20 @@ class MySQL:
     def describe(self) -> str:
         where = self.unix_socket or f"{self.host}:{self.port}"
         return f"mysql://{self.user}@{where}/{self.database}"
+
+    def space(self, query: Query, table: str) -> tuple[int, int]:
+        """(DATA_FREE, data + index bytes) of one InnoDB table."""
+        rows = query(
+            "SELECT DATA_FREE, DATA_LENGTH + INDEX_LENGTH FROM information_schema.TABLES"
+            " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+            (table,),
+        )
+        return (int(rows[0][0] or 0), int(rows[0][1] or 0)) if rows else (0, 0)
+
+    def reclaim(self, table: str) -> list[str]:
+        # What OPTIMIZE does for InnoDB, but online or not at all: it fails
+        # rather than fall back to a table copy that blocks the app's writes.
+        return ["SET SESSION lock_wait_timeout = 5", f"ALTER TABLE {table} ENGINE=InnoDB, ALGORITHM=INPLACE, LOCK=NONE"]
 
 
 Dialect = SQLite | MySQL

@@ -1,0 +1,14 @@
+"""The maintenance jobs, by the names the config, the socket and ratecarectl use."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ratecared.jobs import aggregate_statistics, cleanup_expired_cache, warm_cache
+from ratecared.jobs.context import JobContext, JobResult
+
+JOBS: dict[str, Callable[[JobContext], JobResult]] = {
+    "aggregate_statistics": aggregate_statistics.run,
+    "cleanup_expired_cache": cleanup_expired_cache.run,
+    "warm_cache": warm_cache.run,
+}

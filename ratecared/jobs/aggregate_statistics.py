@@ -1,0 +1,145 @@
+"""Roll `api_requests` up into daily summaries, then trim the detail rows past retention.
+
+Every complete local day with detail rows and no summary is summarised (so
+the first run backfills), and the last two days are always rolled again for
+late rows. A day is rolled as DELETE + INSERT … SELECT in one transaction:
+absolute values, so a rerun gives the same rows, and the database does the
+counting. Retention deletes whole local days, oldest first, in committed
+chunks along the primary key, and never a day that has no summary.
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from typing import Any
+
+from ratecared.db import Database, parse_timestamp, timestamp
+from ratecared.jobs.context import JobContext, JobResult
+from ratecared.jobs.purge import PurgeStats, delete_in_chunks
+from ratecared.jobs.space import optimize_if_it_pays
+
+REROLL_DAYS = 2
+
+_SUMMARY = (
+    "INSERT INTO api_statistics_summary (stat_date, total_requests, cache_hits, cache_misses, error_count,"
+    " avg_response_ms, max_response_ms, unique_widgets, updated_at)"
+    " SELECT ?, COUNT(*), SUM(cache_hit), COUNT(*) - SUM(cache_hit), SUM(CASE WHEN status_code >= 500 THEN 1"
+    " ELSE 0 END), AVG(response_time_ms), MAX(response_time_ms), COUNT(DISTINCT widget_id), ?"
+    " FROM api_requests WHERE created_at >= ? AND created_at < ? HAVING COUNT(*) > 0"
+)
+_WIDGETS = (
+    "INSERT INTO api_statistics_widget_daily (stat_date, widget_id, requests)"
+    " SELECT ?, widget_id, COUNT(*) FROM api_requests WHERE created_at >= ? AND created_at < ? GROUP BY widget_id"
+)
+
+
+def _has_rows(db: Database, start: str, end: str) -> bool:
+    return bool(db.query("SELECT 1 FROM api_requests WHERE created_at >= ? AND created_at < ? LIMIT 1",
+                         (start, end)))
+
+
+def days_to_roll(ctx: JobContext) -> list[date]:
+    """Complete local days that have detail rows and no summary, plus the last two."""
+    db = ctx.database
+    first = parse_timestamp(db.query("SELECT MIN(created_at) FROM api_requests")[0][0])
+    if first is None:
+        return []
+    first_day = first.astimezone(ctx.tz).date()
+    summarised = {
+        date.fromisoformat(str(d)[:10])
+        for (d,) in db.query("SELECT stat_date FROM api_statistics_summary WHERE stat_date >= ?",
+                             (first_day.isoformat(),))
+    }
+    recent = ctx.today - timedelta(days=REROLL_DAYS)
+    days = []
+    day = first_day
+    while day < ctx.today:
+        if (day not in summarised or day >= recent) and _has_rows(db, *ctx.day_bounds(day)):
+            days.append(day)
+        day += timedelta(days=1)
+    return days
+
+
+def roll_day(ctx: JobContext, day: date) -> tuple[int, int]:
+    """Replace one day's summary rows; return (requests counted, widget rows)."""
+    start, end = ctx.day_bounds(day)
+    stamp = timestamp(ctx.now)
+    with ctx.database.transaction() as tx:
+        tx.execute("DELETE FROM api_statistics_summary WHERE stat_date = ?", (day.isoformat(),))
+        tx.execute(_SUMMARY, (day.isoformat(), stamp, start, end))
+        tx.execute("DELETE FROM api_statistics_widget_daily WHERE stat_date = ?", (day.isoformat(),))
+        widgets = tx.execute(_WIDGETS, (day.isoformat(), start, end))
+        total = tx.query("SELECT total_requests FROM api_statistics_summary WHERE stat_date = ?", (day.isoformat(),))
+    return (int(total[0][0]) if total else 0), widgets
+
+
+def retention_cutoff(ctx: JobContext) -> str:
+    """Start of the oldest local day kept: retention, pulled back to the first unsummarised day."""
+    keep_from = ctx.today - timedelta(days=ctx.settings.retention_days)
+    db = ctx.database
+    first = parse_timestamp(db.query("SELECT MIN(created_at) FROM api_requests")[0][0])
+    if first is not None:
+        summarised = {
+            date.fromisoformat(str(d)[:10])
+            for (d,) in db.query("SELECT stat_date FROM api_statistics_summary WHERE stat_date < ?",
+                                 (keep_from.isoformat(),))
+        }
+        day = first.astimezone(ctx.tz).date()
+        while day < keep_from:
+            if day not in summarised and _has_rows(db, *ctx.day_bounds(day)):
+                keep_from = day
+                break
+            day += timedelta(days=1)
+    return ctx.day_bounds(keep_from)[0]
+
+
+def purge_details(ctx: JobContext, cutoff: str) -> PurgeStats:
+    """Delete detail rows before `cutoff`, walking id windows from the oldest row."""
+    db = ctx.database
+    low = db.query("SELECT MIN(id) FROM api_requests")[0][0]
+    if low is None:
+        return PurgeStats()
+    # Ids grow with time, so the first row at or after the cutoff bounds the
+    # walk; the created_at guard keeps any row whose id and time disagree.
+    boundary = db.query("SELECT id FROM api_requests WHERE created_at >= ? ORDER BY created_at LIMIT 1", (cutoff,))
+    end = int(boundary[0][0]) if boundary else int(db.query("SELECT MAX(id) FROM api_requests")[0][0]) + 1
+    position = int(low)
+
+    def chunk(size: int) -> tuple[int, bool]:
+        nonlocal position
+        upper = min(position + size, end)
+        deleted = db.execute("DELETE FROM api_requests WHERE id >= ? AND id < ? AND created_at < ?",
+                             (position, upper, cutoff))
+        position = upper
+        return deleted, position >= end
+
+    if low >= end:
+        return PurgeStats()
+    return delete_in_chunks(chunk, ctx.stop, ctx.chunks)
+
+
+def run(ctx: JobContext) -> JobResult:
+    days = days_to_roll(ctx)
+    summarised = widget_rows = 0
+    for day in days:
+        ctx.check()
+        requests, widgets = roll_day(ctx, day)
+        summarised += requests
+        widget_rows += widgets
+        ctx.log.info("day summarised", day=day.isoformat(), requests=requests, widgets=widgets)
+    ctx.check()
+    cutoff = retention_cutoff(ctx)
+    purge = purge_details(ctx, cutoff)
+    ctx.log.info("detail rows purged", cutoff=cutoff, **purge.as_details())
+    space: dict[str, Any] = optimize_if_it_pays(ctx, "api_requests")
+    details = {
+        "days_summarised": [d.isoformat() for d in days],
+        "requests_summarised": summarised,
+        "widget_rows": widget_rows,
+        "retention_days": ctx.settings.retention_days,
+        "cutoff": cutoff,
+        **purge.as_details(),
+        **space,
+    }
+    # Rows written (summaries, widget counts) plus rows deleted.
+    return JobResult("success", rows=len(days) + widget_rows + purge.rows, details=details)

@@ -1,0 +1,104 @@
+"""Request the most asked-for widgets from the app, so the morning's first visitors hit a full cache.
+
+The widgets come from the summary table (never the detail table): the top
+`cache-warming-widget-count` active widgets of the last 7 local days. One
+requests.Session keeps connections alive; a small pool bounds the load on
+the app; a per-request timeout and a deadline for the run bound the time;
+and after `max_consecutive_failures` failures in a row the run stops, since
+hammering an app that is down helps no one.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from datetime import timedelta
+from typing import Any
+
+import requests
+
+from ratecared.jobs.context import JobContext, JobResult
+from ratecared.jobs.purge import Interrupted
+
+WINDOW_DAYS = 7
+
+
+def top_widgets(ctx: JobContext) -> list[tuple[int, int]]:
+    """(widget_id, requests) of the most requested active widgets of the last 7 local days."""
+    first = (ctx.today - timedelta(days=WINDOW_DAYS)).isoformat()
+    rows = ctx.database.query(
+        "SELECT d.widget_id, SUM(d.requests) AS total FROM api_statistics_widget_daily d"
+        " LEFT JOIN widgets w ON w.id = d.widget_id"
+        " WHERE d.stat_date >= ? AND d.stat_date < ? AND COALESCE(w.active, 1) = 1"
+        " GROUP BY d.widget_id ORDER BY total DESC, d.widget_id LIMIT ?",
+        (first, ctx.today.isoformat(), ctx.settings.warming_widget_count),
+    )
+    return [(int(widget), int(total)) for widget, total in rows]
+
+
+def _fetch(session: requests.Session, url: str, timeout: float) -> tuple[int | None, float, str | None]:
+    started = time.monotonic()
+    try:
+        response = session.get(url, timeout=timeout)
+        response.close()
+        return response.status_code, time.monotonic() - started, None
+    except requests.RequestException as exc:
+        return None, time.monotonic() - started, type(exc).__name__
+
+
+def run(ctx: JobContext) -> JobResult:
+    if not ctx.settings.warming_enabled:
+        return JobResult("skipped", details={"reason": "cache-warming-enabled is 0"})
+    widgets = top_widgets(ctx)
+    config = ctx.config
+    assert config.url is not None
+    deadline = time.monotonic() + config.deadline
+    warmed = failed = consecutive = 0
+    stopped: str | None = None
+    pending: dict[Future[Any], int] = {}
+    queue = list(widgets)
+    with requests.Session() as session, ThreadPoolExecutor(config.concurrency,
+                                                           thread_name_prefix="warm-cache") as pool:
+        session.headers["User-Agent"] = "ratecared-warm-cache"
+        while queue or pending:
+            while queue and len(pending) < config.concurrency and stopped is None:
+                widget, _ = queue.pop(0)
+                url = config.url.format(widget_id=widget)
+                pending[pool.submit(_fetch, session, url, config.timeout)] = widget
+            if not pending:
+                break
+            done, _ = wait(pending, timeout=max(0.0, min(1.0, deadline - time.monotonic())),
+                           return_when=FIRST_COMPLETED)
+            for future in done:
+                widget = pending.pop(future)
+                status, seconds, error = future.result()
+                ok = status is not None and status < 400
+                if ok:
+                    warmed += 1
+                    consecutive = 0
+                else:
+                    failed += 1
+                    consecutive += 1
+                log = ctx.log.info if ok else ctx.log.warning
+                log("widget warmed" if ok else "widget warming failed", widget_id=widget, status=status,
+                    ms=round(seconds * 1000, 1), **({"error": error} if error else {}))
+            if stopped is None:
+                if ctx.stop.is_set():
+                    stopped = "daemon stopping"
+                elif time.monotonic() >= deadline:
+                    stopped = f"run deadline of {config.deadline:g} s reached"
+                elif consecutive >= config.max_consecutive_failures:
+                    stopped = f"{consecutive} failures in a row"
+                if stopped is not None:
+                    queue.clear()
+    skipped = len(widgets) - warmed - failed
+    details = {"widgets": len(widgets), "warmed": warmed, "failed": failed, "skipped": skipped,
+               "url": config.url, "concurrency": config.concurrency}
+    if stopped:
+        details["stopped_early"] = stopped
+        ctx.log.warning("warming stopped early", reason=stopped, skipped=skipped)
+    if ctx.stop.is_set():
+        raise Interrupted(details)
+    if consecutive >= config.max_consecutive_failures:
+        return JobResult("failed", rows=warmed, details=details, error=f"the widget endpoint keeps failing: {stopped}")
+    return JobResult("success", rows=warmed, details=details)

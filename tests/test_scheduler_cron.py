@@ -1,0 +1,100 @@
+"""Fire times across DST, table-driven, on whichever croniter this venv has.
+
+`make test` runs this file on croniter 1.3.5 (Debian 12) and on the newest
+release; the answers must be the same.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from ratecared.scheduler.cron import dst_note, fires_between, next_fire, previous_fire
+
+
+def fires(expression: str, zone: str, after: str, count: int) -> list[str]:
+    tz = ZoneInfo(zone)
+    current = datetime.fromisoformat(after).replace(tzinfo=tz)
+    out = []
+    for _ in range(count):
+        current = next_fire(expression, current, tz)
+        out.append(current.isoformat())
+    return out
+
+
+CASES = [
+    # research/dst-expected.txt: Europe/Berlin 2026, identical on croniter 1.3.5, 6.2.4, 7.0.0.
+    ("0 2 * * *", "Europe/Berlin", "2026-03-27T12:00",
+     ["2026-03-28T02:00:00+01:00", "2026-03-29T03:00:00+02:00", "2026-03-30T02:00:00+02:00"]),
+    ("0 2 * * *", "Europe/Berlin", "2026-10-23T12:00",
+     ["2026-10-24T02:00:00+02:00", "2026-10-25T02:00:00+02:00", "2026-10-26T02:00:00+01:00"]),
+    ("0 3 * * *", "Europe/Berlin", "2026-10-23T12:00",
+     ["2026-10-24T03:00:00+02:00", "2026-10-25T03:00:00+01:00", "2026-10-26T03:00:00+01:00"]),
+    ("0 6 * * *", "Europe/Berlin", "2026-03-27T12:00",
+     ["2026-03-28T06:00:00+01:00", "2026-03-29T06:00:00+02:00", "2026-03-30T06:00:00+02:00"]),
+    # A time inside the gap runs at the end of the gap, not an hour later.
+    ("30 2 * * *", "Europe/Berlin", "2026-03-28T12:00",
+     ["2026-03-29T03:00:00+02:00", "2026-03-30T02:30:00+02:00"]),
+    # America/New_York 2026: spring forward 03-08 at 02:00, fall back 11-01 at 02:00.
+    ("30 2 * * *", "America/New_York", "2026-03-07T12:00",
+     ["2026-03-08T03:00:00-04:00", "2026-03-09T02:30:00-04:00"]),
+    ("30 1 * * *", "America/New_York", "2026-10-31T12:00",
+     ["2026-11-01T01:30:00-04:00", "2026-11-02T01:30:00-05:00"]),
+    ("0 2 * * *", "America/New_York", "2026-10-31T12:00",
+     ["2026-11-01T02:00:00-05:00", "2026-11-02T02:00:00-05:00"]),
+    # Australia/Lord_Howe: a 30-minute shift. DST ends 04-05 (02:00 -> 01:30), starts 10-04 (02:00 -> 02:30).
+    ("15 2 * * *", "Australia/Lord_Howe", "2026-10-03T12:00",
+     ["2026-10-04T02:30:00+11:00", "2026-10-05T02:15:00+11:00"]),
+    ("45 1 * * *", "Australia/Lord_Howe", "2026-04-04T12:00",
+     ["2026-04-05T01:45:00+11:00", "2026-04-06T01:45:00+10:30"]),
+    ("0 2 * * *", "Australia/Lord_Howe", "2026-04-04T12:00",
+     ["2026-04-05T02:00:00+10:30", "2026-04-06T02:00:00+10:30"]),
+    # Europe/Istanbul has no DST since 2016: every day is plain.
+    ("0 2 * * *", "Europe/Istanbul", "2026-03-28T12:00",
+     ["2026-03-29T02:00:00+03:00", "2026-03-30T02:00:00+03:00"]),
+    ("0 3 * * *", "Europe/Istanbul", "2026-10-24T12:00",
+     ["2026-10-25T03:00:00+03:00", "2026-10-26T03:00:00+03:00"]),
+]
+
+
+@pytest.mark.parametrize("expression,zone,after,expected", CASES,
+                         ids=[f"{c[1]}-{c[0]}-{c[2][:10]}" for c in CASES])
+def test_fire_times_across_dst(expression: str, zone: str, after: str, expected: list[str]) -> None:
+    assert fires(expression, zone, after, len(expected)) == expected
+
+
+def test_from_the_second_occurrence_of_a_repeated_hour_the_job_does_not_run_again() -> None:
+    tz = ZoneInfo("Europe/Berlin")
+    second = datetime(2026, 10, 25, 2, 30, tzinfo=tz, fold=1)
+    first = datetime(2026, 10, 25, 2, 30, tzinfo=tz, fold=0)
+    assert next_fire("0 2 * * *", second, tz).isoformat() == "2026-10-26T02:00:00+01:00"
+    assert next_fire("0 2 * * *", first, tz).isoformat() == "2026-10-26T02:00:00+01:00"
+    assert next_fire("45 2 * * *", first, tz).isoformat() == "2026-10-25T02:45:00+02:00"
+    assert next_fire("45 2 * * *", second, tz).isoformat() == "2026-10-26T02:45:00+01:00"
+
+
+def test_hourly_job_runs_once_per_real_hour_through_the_gap() -> None:
+    tz = ZoneInfo("Europe/Berlin")
+    start = datetime(2026, 3, 29, 0, 30, tzinfo=tz)
+    until = datetime(2026, 3, 29, 4, 30, tzinfo=tz)
+    got = [f.strftime("%H:%M%z") for f in fires_between("0 * * * *", start, until, tz)]
+    assert got == ["01:00+0100", "03:00+0200", "04:00+0200"]
+
+
+def test_previous_fire_for_catch_up() -> None:
+    tz = ZoneInfo("Europe/Istanbul")
+    at = datetime(2026, 11, 28, 9, 0, tzinfo=tz)
+    assert previous_fire("0 2 * * *", at, tz).isoformat() == "2026-11-28T02:00:00+03:00"
+    assert previous_fire("0 10 * * *", at, tz).isoformat() == "2026-11-27T10:00:00+03:00"
+
+
+def test_dst_notes_for_ratecarectl_jobs() -> None:
+    tz = ZoneInfo("Europe/Berlin")
+    gap = next_fire("0 2 * * *", datetime(2026, 3, 28, 12, tzinfo=tz), tz)
+    assert dst_note("0 2 * * *", gap, tz) == "02:00 does not exist on 2026-03-29 (DST starts): runs at 03:00 CEST"
+    fold = next_fire("0 2 * * *", datetime(2026, 10, 24, 12, tzinfo=tz), tz)
+    assert dst_note("0 2 * * *", fold, tz) == "02:00 occurs twice on 2026-10-25 (DST ends): runs once, at the first"
+    plain = next_fire("0 6 * * *", datetime(2026, 10, 24, 12, tzinfo=tz), tz)
+    assert dst_note("0 6 * * *", plain, tz) is None
