@@ -9,6 +9,7 @@ into exit status 78 (EX_CONFIG) so that systemd does not restart in a loop.
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,8 @@ class DaemonConfig:
     max_connections: int = 256
     idle_timeout: float = 10.0
     max_body_bytes: int = 65536
+    # Names this daemon in job_runs and circuit_breaker_state; the system's host name by default.
+    host: str = ""
 
     @property
     def tz(self) -> ZoneInfo:
@@ -128,6 +131,7 @@ class Config:
                 "max_connections": self.daemon.max_connections,
                 "idle_timeout": self.daemon.idle_timeout,
                 "max_body_bytes": self.daemon.max_body_bytes,
+                "host": self.daemon.host,
             },
             "database": {
                 "url": mask_url(self.database.url),
@@ -283,6 +287,7 @@ def _parse(path: Path, raw: dict[str, Any]) -> Config:
         max_connections=d.integer("max_connections", DaemonConfig.max_connections, 1, 100000),
         idle_timeout=d.number("idle_timeout", DaemonConfig.idle_timeout, 0.05, 3600),
         max_body_bytes=d.integer("max_body_bytes", DaemonConfig.max_body_bytes, 1024, 64 << 20),
+        host=d.string("host", "") or socket.gethostname(),
     )
     if len(os.fsencode(daemon.socket)) > 107:
         raise ConfigError(path, "daemon.socket", "path longer than the 107 bytes a Unix socket allows")

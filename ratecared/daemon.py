@@ -106,7 +106,7 @@ class StoreThread(threading.Thread):
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.host = socket.gethostname()
+        self.host = config.daemon.host
         self.started = time.monotonic()
         self.notify = Notifier()
         self.logs = logs.Logs(config.logging)

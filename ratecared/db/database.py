@@ -52,6 +52,16 @@ class Transaction:
     def __init__(self, database: "Database", conn: Any) -> None:
         self._db, self._conn = database, conn
 
+    def run_to_completion(self, statement: str) -> None:
+        """Run a parameterless maintenance statement to its end (see the dialects)."""
+        conn = self._connection()
+        try:
+            self.dialect.run_to_completion(conn, statement)
+        except _DRIVER_ERRORS as exc:
+            if _is_connection_error(exc):
+                self._drop(conn)
+            raise DatabaseError(_reason(exc)) from exc
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         return self._db._run(self._conn, sql, params, fetch=False)
 
@@ -105,6 +115,16 @@ class Database:
                 cursor.close()
         except _INTEGRITY_ERRORS as exc:
             raise IntegrityError(_reason(exc)) from exc
+        except _DRIVER_ERRORS as exc:
+            if _is_connection_error(exc):
+                self._drop(conn)
+            raise DatabaseError(_reason(exc)) from exc
+
+    def run_to_completion(self, statement: str) -> None:
+        """Run a parameterless maintenance statement to its end (see the dialects)."""
+        conn = self._connection()
+        try:
+            self.dialect.run_to_completion(conn, statement)
         except _DRIVER_ERRORS as exc:
             if _is_connection_error(exc):
                 self._drop(conn)

@@ -64,6 +64,11 @@ class SQLite:
         # twice-the-space rewrite of a full VACUUM.
         return ["PRAGMA incremental_vacuum"]
 
+    def run_to_completion(self, conn: sqlite3.Connection, statement: str) -> None:
+        # sqlite3's execute() steps a statement without result columns once,
+        # and incremental_vacuum frees one page per step.
+        conn.executescript(statement)
+
 
 @dataclass(frozen=True)
 class MySQL:
@@ -131,6 +136,10 @@ class MySQL:
         # What OPTIMIZE does for InnoDB, but online or not at all: it fails
         # rather than fall back to a table copy that blocks the app's writes.
         return ["SET SESSION lock_wait_timeout = 5", f"ALTER TABLE {table} ENGINE=InnoDB, ALGORITHM=INPLACE, LOCK=NONE"]
+
+    def run_to_completion(self, conn: pymysql.connections.Connection, statement: str) -> None:
+        with conn.cursor() as cursor:
+            cursor.execute(statement)
 
 
 Dialect = SQLite | MySQL

@@ -13,7 +13,9 @@ import statistics
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
+
+from ratecared.db import Database
 
 
 class Interrupted(Exception):
@@ -29,6 +31,10 @@ class PurgeStats:
     @property
     def chunks(self) -> int:
         return len(self.chunk_seconds)
+
+    def add(self, other: "PurgeStats") -> "PurgeStats":
+        return PurgeStats(self.rows + other.rows, self.chunk_seconds + other.chunk_seconds,
+                          self.seconds + other.seconds)
 
     def as_details(self, prefix: str = "") -> dict[str, float | int]:
         times = self.chunk_seconds or [0.0]
@@ -80,3 +86,36 @@ def delete_in_chunks(
             stop.wait(elapsed * policy.pause_ratio)
     stats.seconds = clock() - started
     return stats
+
+
+def delete_before(
+    db: Database, table: str, column: str, before: str, stop: threading.Event, policy: ChunkPolicy = ChunkPolicy()
+) -> PurgeStats:
+    """Delete rows of `table` whose `column` < `before`, walking that column's index.
+
+    A keyset on (column, id) starts each SELECT where the last chunk ended,
+    so rows already deleted are never scanned again; each chunk is then
+    deleted by primary key.
+    """
+    last: tuple[Any, int] | None = None
+
+    def chunk(size: int) -> tuple[int, bool]:
+        nonlocal last
+        if last is None:
+            rows = db.query(f"SELECT id, {column} FROM {table} WHERE {column} < ? ORDER BY {column}, id LIMIT ?",
+                            (before, size))
+        else:
+            rows = db.query(
+                f"SELECT id, {column} FROM {table} WHERE {column} < ?"
+                f" AND ({column} > ? OR ({column} = ? AND id > ?)) ORDER BY {column}, id LIMIT ?",
+                (before, last[0], last[0], last[1], size),
+            )
+        if not rows:
+            return 0, True
+        last = (rows[-1][1], rows[-1][0])
+        ids = [row[0] for row in rows]
+        marks = ", ".join("?" for _ in ids)
+        deleted = db.execute(f"DELETE FROM {table} WHERE id IN ({marks}) AND {column} < ?", (*ids, before))
+        return deleted, len(rows) < size
+
+    return delete_in_chunks(chunk, stop, policy)

@@ -28,7 +28,7 @@ def optimize_if_it_pays(ctx: JobContext, table: str) -> dict[str, Any]:
         return details
     try:
         for statement in db.dialect.reclaim(table):
-            db.execute(statement)
+            db.run_to_completion(statement)
     except DatabaseError as exc:
         # A failed rebuild changes nothing; the rows are already gone.
         ctx.log.warning("optimize failed", table=table, error=str(exc))

@@ -1,0 +1,81 @@
+"""cleanup_expired_cache on real SQLite and MariaDB."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+
+from jobhelpers import insert_rows, local, make_context
+from ratecared.db import Database, timestamp
+from ratecared.jobs import cleanup_expired_cache
+from ratecared.jobs.purge import ChunkPolicy, Interrupted
+from ratecared.settings import Settings
+
+NOW = local("Europe/Istanbul", 2026, 11, 28, 3, 0)
+COLUMNS = ("cache_key", "widget_id", "payload", "created_at", "expires_at")
+
+
+def cache_rows(count: int, expires: list, prefix: str = "k") -> list[tuple]:
+    return [(f"{prefix}{i}", i % 9, '{"rate": 1}', timestamp(NOW - timedelta(days=1)), timestamp(expires[i % len(expires)]))
+            for i in range(count)]
+
+
+def test_expired_rows_go_and_the_rest_stay(database: Database) -> None:
+    insert_rows(database, "cache", COLUMNS,
+                cache_rows(300, [NOW - timedelta(hours=h) for h in (1, 5, 30)], "old")
+                + cache_rows(200, [NOW + timedelta(minutes=m) for m in (1, 60)], "fresh")
+                + cache_rows(1, [NOW], "edge"))
+    ctx = make_context(database, "cleanup_expired_cache", NOW,
+                       chunks=ChunkPolicy(initial=64, smallest=50, largest=100, pause_ratio=0))
+    result = cleanup_expired_cache.run(ctx)
+    assert (result.status, result.rows, result.details["rows_deleted"]) == ("success", 300, 300)
+    assert result.details["chunks"] > 2
+    left = {k[:3] for (k,) in database.query("SELECT cache_key FROM cache")}
+    assert left == {"fre", "edg"}
+    assert database.query("SELECT COUNT(*) FROM cache")[0][0] == 201
+
+
+def test_many_rows_with_one_expiry_are_all_deleted(database: Database) -> None:
+    # A bulk load gives thousands of rows the same expires_at: the keyset must not stall on it.
+    insert_rows(database, "cache", COLUMNS, cache_rows(2500, [NOW - timedelta(hours=2)]))
+    ctx = make_context(database, "cleanup_expired_cache", NOW,
+                       chunks=ChunkPolicy(initial=100, smallest=100, largest=100, pause_ratio=0))
+    result = cleanup_expired_cache.run(ctx)
+    assert result.details["rows_deleted"] == 2500 and result.details["chunks"] == 26
+    assert database.query("SELECT COUNT(*) FROM cache")[0][0] == 0
+
+
+def test_rows_expiring_during_the_run_are_kept(database: Database) -> None:
+    insert_rows(database, "cache", COLUMNS, cache_rows(10, [NOW + timedelta(seconds=1)]))
+    result = cleanup_expired_cache.run(make_context(database, "cleanup_expired_cache", NOW))
+    assert result.rows == 0 and result.details["expired_before"] == timestamp(NOW)
+
+
+def test_disabled_by_setting(database: Database) -> None:
+    insert_rows(database, "cache", COLUMNS, cache_rows(10, [NOW - timedelta(days=1)]))
+    result = cleanup_expired_cache.run(make_context(database, "cleanup_expired_cache", NOW,
+                                                    settings=Settings(cleanup_enabled=False)))
+    assert (result.status, result.details["reason"]) == ("skipped", "cache-cleanup-enabled is 0")
+    assert database.query("SELECT COUNT(*) FROM cache")[0][0] == 10
+
+
+def test_stop_between_chunks_keeps_what_was_done(database: Database) -> None:
+    insert_rows(database, "cache", COLUMNS, cache_rows(1000, [NOW - timedelta(days=1)]))
+    stop = threading.Event()
+    ctx = make_context(database, "cleanup_expired_cache", NOW, stop=stop,
+                       chunks=ChunkPolicy(initial=100, smallest=100, largest=100, pause_ratio=0))
+    original = database.execute
+
+    def execute_then_stop(sql, params=()):
+        count = original(sql, params)
+        if sql.startswith("DELETE"):
+            stop.set()
+        return count
+
+    database.execute = execute_then_stop  # type: ignore[method-assign]
+    with pytest.raises(Interrupted) as info:
+        cleanup_expired_cache.run(ctx)
+    assert info.value.args[0].rows == 100
+    assert database.query("SELECT COUNT(*) FROM cache")[0][0] == 900

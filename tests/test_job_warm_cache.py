@@ -1,0 +1,138 @@
+"""warm_cache against a real HTTP server on loopback."""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Iterator
+
+import pytest
+
+from jobhelpers import insert_rows, local, make_context
+from ratecared.db import Database
+from ratecared.jobs import warm_cache
+from ratecared.settings import Settings
+
+NOW = local("Europe/Istanbul", 2026, 11, 28, 6, 0)
+
+
+class WidgetApp:
+    """A stand-in for the app's widget endpoint: records what was asked, answers as told."""
+
+    def __init__(self, delay: float = 0.0, status: int = 200) -> None:
+        self.delay, self.status = delay, status
+        self.seen: list[str] = []
+        self.in_flight = self.max_in_flight = 0
+        lock = threading.Lock()
+        app = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                with lock:
+                    app.seen.append(self.path)
+                    app.in_flight += 1
+                    app.max_in_flight = max(app.max_in_flight, app.in_flight)
+                time.sleep(app.delay)
+                with lock:
+                    app.in_flight -= 1
+                body = b'{"rates": []}'
+                self.send_response(app.status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api/v1/widgets/{{widget_id}}/rates"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def app() -> Iterator[WidgetApp]:
+    server = WidgetApp()
+    yield server
+    server.close()
+
+
+def popular(db: Database) -> None:
+    """Widget n has n*10 requests a day over the last week; widget 8 is inactive."""
+    insert_rows(db, "widgets", ("id", "name", "active"), [(n, f"Hotel {n}", 0 if n == 8 else 1) for n in range(1, 10)])
+    rows = [(f"2026-11-{day:02d}", n, n * 10) for day in range(21, 28) for n in range(1, 10)]
+    rows.append(("2026-11-10", 1, 100000))  # outside the 7-day window
+    insert_rows(db, "api_statistics_widget_daily", ("stat_date", "widget_id", "requests"), rows)
+
+
+def test_warms_the_top_active_widgets_of_the_last_7_days(database: Database, app: WidgetApp) -> None:
+    popular(database)
+    settings = Settings(warming_enabled=True, warming_widget_count=4)
+    result = warm_cache.run(make_context(database, "warm_cache", NOW, settings=settings, url=app.url))
+    assert result.status == "success"
+    assert (result.details["warmed"], result.details["failed"], result.details["skipped"]) == (4, 0, 0)
+    assert sorted(app.seen) == sorted(f"/api/v1/widgets/{n}/rates" for n in (9, 7, 6, 5))
+
+
+def test_concurrency_is_bounded_and_used(database: Database) -> None:
+    popular(database)
+    app = WidgetApp(delay=0.2)
+    try:
+        settings = Settings(warming_enabled=True, warming_widget_count=8)
+        started = time.monotonic()
+        result = warm_cache.run(make_context(database, "warm_cache", NOW, settings=settings, url=app.url,
+                                             concurrency=4))
+        elapsed = time.monotonic() - started
+    finally:
+        app.close()
+    assert result.details["warmed"] == 8
+    assert app.max_in_flight == 4
+    assert elapsed < 8 * 0.2 * 0.75
+
+
+def test_a_failing_app_stops_the_run_early(database: Database) -> None:
+    popular(database)
+    app = WidgetApp(status=503)
+    try:
+        settings = Settings(warming_enabled=True, warming_widget_count=8)
+        result = warm_cache.run(make_context(database, "warm_cache", NOW, settings=settings, url=app.url,
+                                             concurrency=1, max_consecutive_failures=3))
+    finally:
+        app.close()
+    assert result.status == "failed" and "keeps failing" in result.error
+    assert (result.details["warmed"], result.details["failed"], result.details["skipped"]) == (0, 3, 5)
+
+
+def test_timeouts_and_the_run_deadline(database: Database) -> None:
+    popular(database)
+    app = WidgetApp(delay=1.0)
+    try:
+        settings = Settings(warming_enabled=True, warming_widget_count=8)
+        started = time.monotonic()
+        result = warm_cache.run(make_context(database, "warm_cache", NOW, settings=settings, url=app.url,
+                                             concurrency=2, timeout=0.2, deadline=0.5, max_consecutive_failures=100))
+        elapsed = time.monotonic() - started
+    finally:
+        app.close()
+    assert result.details["failed"] >= 2 and result.details["skipped"] > 0
+    assert "deadline" in result.details["stopped_early"]
+    assert elapsed < 2.0
+
+
+def test_unreachable_app_is_a_failure_not_a_crash(database: Database) -> None:
+    popular(database)
+    settings = Settings(warming_enabled=True, warming_widget_count=3)
+    result = warm_cache.run(make_context(database, "warm_cache", NOW, settings=settings,
+                                         url="http://127.0.0.1:9/w/{widget_id}", max_consecutive_failures=3))
+    assert result.status == "failed" and result.details["failed"] == 3
+
+
+def test_off_by_default(database: Database, app: WidgetApp) -> None:
+    popular(database)
+    result = warm_cache.run(make_context(database, "warm_cache", NOW, url=app.url))
+    assert (result.status, app.seen) == ("skipped", [])
