@@ -1,0 +1,249 @@
+"""Jobs inside the running daemon: ratecarectl, signals, kill -9, a restarting MariaDB, two daemons."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from conftest import DaemonProcess
+from mariadb import MariaDB
+from ratecared.config import DatabaseConfig
+from ratecared.db import Database, migrations, timestamp
+
+UTC = timezone.utc
+DAY_ROWS = 20_000
+OLD_DAYS = 10
+
+
+def ctl(sock: str, *args: str) -> tuple[int, str, str]:
+    result = subprocess.run([sys.executable, "-m", "ratecarectl", "--socket", sock, *args], capture_output=True,
+                            text=True, timeout=120)
+    return result.returncode, result.stdout, result.stderr
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 30.0, every: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(every)
+    raise AssertionError("condition not met in time")
+
+
+def bulk_requests(db: Database, days_back: int, rows_per_day: int) -> None:
+    """`rows_per_day` requests on each of the `days_back` UTC days before today, in time order."""
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    for back in range(days_back, 0, -1):
+        start = timestamp(today - timedelta(days=back))[:19]
+        step = 86000 / rows_per_day
+        if db.name == "mysql":
+            db.execute(
+                "INSERT INTO api_requests (widget_id, platform, status_code, response_time_ms, cache_hit, created_at)"
+                f" SELECT 1 + seq % 50, 'booking', IF(seq % 20 = 0, 503, 200), seq % 900, seq % 2,"
+                f" TIMESTAMPADD(MICROSECOND, FLOOR(seq * {step} * 1000000), ?) FROM seq_0_to_{rows_per_day - 1}",
+                (start,))
+        else:
+            db.execute(
+                f"WITH RECURSIVE s(seq) AS (SELECT 0 UNION ALL SELECT seq + 1 FROM s WHERE seq < {rows_per_day - 1})"
+                " INSERT INTO api_requests (widget_id, platform, status_code, response_time_ms, cache_hit, created_at)"
+                " SELECT 1 + seq % 50, 'booking', CASE WHEN seq % 20 = 0 THEN 503 ELSE 200 END, seq % 900, seq % 2,"
+                f" strftime('%Y-%m-%d %H:%M:%f', ?, '+' || (seq * {step}) || ' seconds') FROM s",
+                (start,))
+
+
+def slow_purge_config(config_factory, url: str | None = None, **daemon: object) -> Path:
+    """Aggregation with a 3-day retention and tiny chunks: the purge takes seconds."""
+    return config_factory(
+        url=url, daemon={"timezone": "UTC", **daemon},
+        jobs__aggregate_statistics={"chunk_seconds": 0.001, "pause_ratio": 0.5, "optimize_min_free_mb": 1e9},
+    )
+
+
+def seeded(config: Path) -> Database:
+    import tomllib
+
+    db = Database(DatabaseConfig(url=tomllib.loads(config.read_text())["database"]["url"]))
+    migrations.apply(db)
+    db.execute("UPDATE settings SET `value` = '3' WHERE `key` = 'cache-statistics-retention-days'")
+    bulk_requests(db, OLD_DAYS, DAY_ROWS)
+    return db
+
+
+def summary_totals(db: Database) -> dict[str, int]:
+    return {str(d)[:10]: int(n) for d, n in db.query("SELECT stat_date, total_requests FROM api_statistics_summary")}
+
+
+def count(db: Database) -> int:
+    return int(db.query("SELECT COUNT(*) FROM api_requests")[0][0])
+
+
+# -- ratecarectl --------------------------------------------------------------------
+
+
+def test_jobs_run_and_history_from_ratecarectl(daemon: DaemonProcess) -> None:
+    code, out, _ = ctl(daemon.socket, "jobs")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["JOB", "SCHEDULE", "NEXT", "RUN", "LAST", "RUN", "RESULT", "DURATION", "ROWS"]
+    assert [line.split()[0] for line in lines[1:4]] == ["aggregate_statistics", "cleanup_expired_cache", "warm_cache"]
+    assert "times in Europe/Istanbul" in out
+    code, out, _ = ctl(daemon.socket, "run", "aggregate_statistics", "--wait")
+    assert code == 0 and out.startswith("aggregate_statistics: success (run ")
+    code, out, _ = ctl(daemon.socket, "run", "warm_cache", "--wait")
+    assert code == 0 and "warm_cache: skipped" in out and "cache-warming-enabled is 0" in out
+    code, out, _ = ctl(daemon.socket, "run", "cleanup_expired_cache")
+    assert code == 0 and "queued as run" in out
+    code, out, _ = ctl(daemon.socket, "history", "aggregate_statistics", "--json")
+    runs = json.loads(out)
+    assert [(r["trigger"], r["status"], r["slot"]) for r in runs] == [("manual", "success", None)]
+    code, out, _ = ctl(daemon.socket, "history", "aggregate_statistics")
+    assert code == 0 and "manual" in out and "success" in out
+    code, out, _ = ctl(daemon.socket, "jobs", "--json")
+    assert json.loads(out)[0]["last_run"]["status"] == "success"
+
+
+def test_unknown_job_exits_1_and_failed_run_exits_1(config_factory, daemon_factory) -> None:
+    daemon = daemon_factory(config_factory(jobs__warm_cache={"url": "http://127.0.0.1:9/w/{widget_id}",
+                                                              "max_consecutive_failures": 1}))
+    code, _, err = ctl(daemon.socket, "run", "nosuch")
+    assert code == 1 and "unknown job 'nosuch'" in err
+    db = Database(DatabaseConfig(url=f"sqlite:///{Path(daemon.config).parent / 'rc.db'}"))
+    db.execute("UPDATE settings SET `value` = '1' WHERE `key` = 'cache-warming-enabled'")
+    yesterday = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
+    db.execute("INSERT INTO api_statistics_widget_daily (stat_date, widget_id, requests) VALUES (?, 1, 5)",
+               (yesterday,))
+    code, out, err = ctl(daemon.socket, "run", "warm_cache", "--wait")
+    assert code == 1 and "warm_cache: failed" in out and "keeps failing" in err
+    assert json.loads(ctl(daemon.socket, "history", "warm_cache", "--json")[1])[0]["status"] == "failed"
+    db.close()
+
+
+# -- faults -------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "mariadb"])
+def fault_url(request: pytest.FixtureRequest) -> str | None:
+    return None if request.param == "sqlite" else request.getfixturevalue("mysql_url")
+
+
+def test_sigterm_during_a_purge_records_interrupted_and_exits_in_time(config_factory, daemon_factory,
+                                                                      fault_url: str | None) -> None:
+    config = slow_purge_config(config_factory, fault_url)
+    db = seeded(config)
+    before = count(db)
+    daemon = daemon_factory(config)
+    assert ctl(daemon.socket, "run", "aggregate_statistics")[0] == 0
+    wait_for(lambda: count(db) < before - 1000)
+    started = time.monotonic()
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 10
+    status, details, error = db.query("SELECT status, details, error FROM job_runs WHERE job = 'aggregate_statistics'")[0]
+    assert status == "interrupted" and "between chunks" in error
+    assert 0 < json.loads(details)["rows_deleted"] < OLD_DAYS * DAY_ROWS
+    assert "job finished job=aggregate_statistics" in daemon.output and "status=interrupted" in daemon.output
+    db.close()
+
+
+def test_kill_9_during_the_purge_loses_nothing_and_the_next_run_finishes(config_factory, daemon_factory,
+                                                                        fault_url: str | None) -> None:
+    config = slow_purge_config(config_factory, fault_url)
+    db = seeded(config)
+    before = count(db)
+    daemon = daemon_factory(config)
+    ctl(daemon.socket, "run", "aggregate_statistics")
+    wait_for(lambda: count(db) < before - 1000)
+    daemon.stop(signal.SIGKILL)
+    # Every day whose rows are gone has its full summary.
+    totals = summary_totals(db)
+    assert sorted(totals.values()) == [DAY_ROWS] * OLD_DAYS
+    restarted = daemon_factory(config)
+    runs = json.loads(ctl(restarted.socket, "history", "aggregate_statistics", "--json")[1])
+    assert runs[0]["status"] == "interrupted" and "found at the next start" in runs[0]["error"]
+    code, out, _ = ctl(restarted.socket, "run", "aggregate_statistics", "--wait")
+    assert code == 0
+    assert summary_totals(db) == totals
+    assert count(db) == 3 * DAY_ROWS
+    db.close()
+
+
+@pytest.mark.mariadb
+def test_mariadb_restart_during_a_job_fails_it_cleanly_and_the_next_run_succeeds(
+        mariadb: MariaDB, mysql_url: str, config_factory, daemon_factory) -> None:
+    config = slow_purge_config(config_factory, mysql_url)
+    db = seeded(config)
+    before = count(db)
+    daemon = daemon_factory(config)
+    ctl(daemon.socket, "run", "aggregate_statistics")
+    wait_for(lambda: count(db) < before - 1000)
+    mariadb.kill()
+    time.sleep(0.5)
+    mariadb.start()
+    wait_for(lambda: json.loads(ctl(daemon.socket, "history", "aggregate_statistics", "--json")[1])[0]["status"]
+             != "running", timeout=30, every=0.5)
+    run = json.loads(ctl(daemon.socket, "history", "aggregate_statistics", "--json")[1])[0]
+    assert run["status"] == "failed" and "database error" in run["error"]
+    assert daemon.client().status()["total_platforms"] == 7
+    code, out, _ = ctl(daemon.socket, "run", "aggregate_statistics", "--wait")
+    assert code == 0, out
+    db.close()  # this test's own connection died with the server too
+    assert count(db) == 3 * DAY_ROWS
+    db.close()
+
+
+def test_garbage_settings_are_warnings_and_the_jobs_still_run(config_factory, daemon_factory,
+                                                              fault_url: str | None) -> None:
+    config = slow_purge_config(config_factory, fault_url)
+    db = seeded(config)
+    db.execute("UPDATE settings SET `value` = 'thirty' WHERE `key` = 'cache-statistics-retention-days'")
+    db.execute("UPDATE settings SET `value` = '' WHERE `key` = 'cache-cleanup-enabled'")
+    daemon = daemon_factory(config)
+    code, out, _ = ctl(daemon.socket, "run", "aggregate_statistics", "--wait")
+    assert code == 0 and "retention_days: 30" in out
+    assert ctl(daemon.socket, "run", "cleanup_expired_cache", "--wait")[0] == 0
+    daemon.stop()
+    assert "<4>bad setting key=cache-statistics-retention-days value=thirty" in daemon.output
+    assert "<4>bad setting key=cache-cleanup-enabled" in daemon.output
+    db.close()
+
+
+@pytest.mark.mariadb
+def test_two_daemons_on_one_mariadb_run_a_slot_exactly_once(mysql_url: str, config_factory, daemon_factory,
+                                                           tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    slot = (now - timedelta(minutes=10)).replace(second=0, microsecond=0)
+    schedule = f"{slot.minute} {slot.hour} * * *"
+    db = Database(DatabaseConfig(url=mysql_url))
+    migrations.apply(db)
+    db.execute("INSERT INTO job_runs (job, slot, `trigger`, host, run_id, status, started_at, finished_at)"
+               " VALUES ('aggregate_statistics', ?, 'schedule', 'web0', 'old', 'success', ?, ?)",
+               (timestamp(slot - timedelta(days=1)),) * 3)
+    daemons = []
+    for host in ("web1", "web2"):
+        directory = tmp_path / host
+        directory.mkdir()
+        from conftest import write_config
+
+        config = write_config(directory, mysql_url, daemon={"host": host, "timezone": "UTC"},
+                              jobs__aggregate_statistics={"schedule": schedule})
+        daemons.append(daemon_factory(config, wait=False))
+    for d in daemons:
+        d.wait_ready()
+    wait_for(lambda: db.query("SELECT status FROM job_runs WHERE job = 'aggregate_statistics' AND slot = ?",
+                              (timestamp(slot),)) == [("success",)], timeout=30, every=0.2)
+    time.sleep(1)
+    rows = db.query("SELECT host, `trigger`, status FROM job_runs WHERE job = 'aggregate_statistics' AND slot = ?",
+                    (timestamp(slot),))
+    assert len(rows) == 1 and rows[0][1:] == ("catchup", "success")
+    for d in daemons:
+        d.stop()
+    started = [d for d in daemons if "job started job=aggregate_statistics" in d.output]
+    assert len(started) == 1
+    db.close()
