@@ -21,7 +21,7 @@ $(VENV_DEB12)/.installed: pyproject.toml tests/requirements-debian12.txt
 
 run: $(VENV)/.installed
 	$(VENV)/bin/python -m ratecared.demo --config $(DEV_CONFIG)
-	exec $(VENV)/bin/ratecared --config $(DEV_CONFIG)
+	exec $(VENV)/bin/python -m ratecared.demo_app --config $(DEV_CONFIG) -- $(VENV)/bin/ratecared --config $(DEV_CONFIG)
 
 # What the tests need from Debian: MariaDB (started by the tests in a temp dir),
 # curl (the seed's own check), venv for the system Python.

@@ -196,6 +196,8 @@ def run(ctx: click.Context, job: str, wait: bool) -> None:
     duration = result.get("details", {}).get("duration_seconds")
     click.echo(line + (f", {_seconds(duration)})" if duration is not None else ")"))
     for key, value in result.get("details", {}).items():
+        if isinstance(value, list) and len(value) > 4:
+            value = f"{len(value)}: {value[0]} … {value[-1]}"
         if key != "duration_seconds":
             click.echo(f"  {key}: {value}")
     if result.get("error"):

@@ -71,6 +71,8 @@ def seed(database: Database, now: datetime, days: int = 35, widgets: int = 40,
     request_rows = _requests(rng, now, days, requests_per_day, widget_rows)
     cache_rows = _cache(rng, now, [row[0] for row in widget_rows])
     with database.transaction() as tx:
+        # The demo has a widget stand-in to warm against, so warming is on.
+        tx.execute("UPDATE settings SET `value` = '1' WHERE `key` = 'cache-warming-enabled'")
         _insert(tx, "widgets", ("id", "name", "active"), widget_rows)
         _insert(tx, "api_requests",
                 ("widget_id", "platform", "status_code", "response_time_ms", "cache_hit", "created_at"),

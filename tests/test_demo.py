@@ -137,3 +137,24 @@ def test_cli_exits_78_on_a_bad_config(tmp_path: Path) -> None:
     result = run_cli("--config", str(path))
     assert result.returncode == 78
     assert "database.url" in result.stderr
+
+
+def test_widget_standin_serves_rates_and_runs_the_daemon_command(tmp_path: Path) -> None:
+    import socket as socketlib
+    import urllib.request
+
+    probe = socketlib.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    config = write_config(tmp_path)
+    config.write_text(config.read_text() + f'\n[jobs.warm_cache]\nurl = "http://127.0.0.1:{port}/api/v1/widgets/{{widget_id}}/rates"\n')
+    script = (f"import urllib.request, json, sys; r = urllib.request.urlopen('http://127.0.0.1:{port}/api/v1/widgets/7/rates');"
+              "sys.exit(0 if json.load(r)['data']['widget_id'] == 7 else 5)")
+    result = subprocess.run([sys.executable, "-m", "ratecared.demo_app", "--config", str(config), "--",
+                             sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f"widget stand-in: http://127.0.0.1:{port}" in result.stderr
+    failing = subprocess.run([sys.executable, "-m", "ratecared.demo_app", "--config", str(config), "--",
+                              sys.executable, "-c", "raise SystemExit(3)"], capture_output=True, timeout=60)
+    assert failing.returncode == 3
