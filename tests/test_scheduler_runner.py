@@ -165,3 +165,24 @@ def test_the_loop_stops_promptly(tmp_path: Path, db: Database, db_url: str) -> N
 def test_catch_up_plan(last, now, deadline, run, skipped) -> None:
     plan = catch_up("0 2 * * *", last, now, TZ, deadline)
     assert (plan.run, plan.skipped) == (run, skipped)
+
+
+@pytest.mark.mariadb
+def test_a_slot_due_while_the_database_is_down_runs_when_it_is_back(tmp_path: Path, mariadb, mysql_url: str) -> None:
+    from ratecared.config import DatabaseConfig
+    from ratecared.db import DatabaseError, migrations
+
+    db = Database(DatabaseConfig(url=mysql_url, connect_timeout=1))
+    migrations.apply(db)
+    r = runner(config_for(tmp_path, mysql_url), db)
+    r.start_up(at(2026, 3, 28, 12))
+    mariadb.kill()
+    try:
+        with pytest.raises(DatabaseError):
+            r.step(at(2026, 3, 29, 3, 5))
+    finally:
+        mariadb.start()
+    run = r.step(at(2026, 3, 29, 3, 10))
+    assert (run["job"], run["status"], run["trigger"]) == ("aggregate_statistics", "success", "schedule")
+    assert parse_timestamp(run["slot"]) == at(2026, 3, 29, 3, 0)
+    db.close()

@@ -165,10 +165,19 @@ class Runner(threading.Thread):
             self.next_slots[job] = next_fire(self.config.jobs[job].schedule, slot, self.tz)
         late = (now.astimezone(UTC) - slot.astimezone(UTC)).total_seconds()
         deadline = self.config.jobs[job].starting_deadline
-        if late > deadline:
-            self._record_skipped(job, slot, trigger, now, f"{late:.0f} s late, past its starting deadline")
-            return None
-        return self.execute(job, slot, trigger, now)
+        try:
+            if late > deadline:
+                self._record_skipped(job, slot, trigger, now, f"{late:.0f} s late, past its starting deadline")
+                return None
+            return self.execute(job, slot, trigger, now)
+        except DatabaseError:
+            # Not claimed: keep the slot due, so it runs (or is skipped past its
+            # deadline) once the database is back.
+            if trigger == "catchup":
+                self.pending_catch_up.insert(0, (slot, job))
+            else:
+                self.next_slots[job] = slot
+            raise
 
     # -- the loop ------------------------------------------------------------------
 
