@@ -121,6 +121,29 @@ class DaemonProcess:
         return self.output
 
 
+class NotifySocket:
+    """systemd's side of sd_notify: a datagram socket that records messages."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+
+    def messages(self, until: Callable[[list[str]], bool], timeout: float = 10.0,
+                 on_each: Callable[[str], None] = lambda m: None) -> list[str]:
+        got: list[str] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not until(got):
+            try:
+                message = self.sock.recv(4096).decode()
+            except socket.timeout:
+                continue
+            on_each(message)
+            got.append(message)
+        return got
+
+
 @pytest.fixture
 def config_factory(tmp_path: Path) -> Callable[..., Path]:
     return lambda url=None, **sections: write_config(tmp_path, url, **sections)

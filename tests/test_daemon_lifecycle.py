@@ -15,7 +15,7 @@ from typing import Callable
 
 import pytest
 
-from conftest import DaemonProcess
+from conftest import DaemonProcess, NotifySocket
 from mariadb import MariaDB
 from ratecared.config import DatabaseConfig
 from ratecared.db import Database
@@ -46,29 +46,6 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
 
 def log_events(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-class NotifySocket:
-    """systemd's side of sd_notify: a datagram socket that records messages."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.2)
-
-    def messages(self, until: Callable[[list[str]], bool], timeout: float = 10.0,
-                 on_each: Callable[[str], None] = lambda m: None) -> list[str]:
-        got: list[str] = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not until(got):
-            try:
-                message = self.sock.recv(4096).decode()
-            except socket.timeout:
-                continue
-            on_each(message)
-            got.append(message)
-        return got
 
 
 def test_ready_comes_after_the_socket_is_bound_then_watchdog_and_stopping(config_factory, daemon_factory,

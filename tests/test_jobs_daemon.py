@@ -247,3 +247,25 @@ def test_two_daemons_on_one_mariadb_run_a_slot_exactly_once(mysql_url: str, conf
     started = [d for d in daemons if "job started job=aggregate_statistics" in d.output]
     assert len(started) == 1
     db.close()
+
+
+def test_watchdog_pings_keep_coming_while_a_job_runs(config_factory, daemon_factory) -> None:
+    import os
+
+    from conftest import NotifySocket
+
+    config = slow_purge_config(config_factory)
+    db = seeded(config)
+    notify = NotifySocket(Path("/tmp") / f"rc-notify-{os.getpid()}-{time.monotonic_ns()}.sock")
+    daemon = daemon_factory(config, env={"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "400000"})
+    notify.messages(lambda m: any("READY=1" in x for x in m))
+    ctl(daemon.socket, "run", "aggregate_statistics")
+    notify.messages(lambda m: any("running aggregate_statistics" in x for x in m), timeout=10)
+    pings = notify.messages(lambda m: sum("WATCHDOG=1" in x for x in m) >= 4, timeout=3)
+    assert sum("WATCHDOG=1" in x for x in pings) >= 4
+    assert all("running aggregate_statistics" in x for x in pings if "WATCHDOG=1" in x)
+    assert db.query("SELECT status FROM job_runs WHERE job = 'aggregate_statistics'") == [("running",)]
+    daemon.stop()
+    notify.sock.close()
+    os.unlink(notify.path)
+    db.close()
