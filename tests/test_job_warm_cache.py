@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -56,10 +56,21 @@ class WidgetApp:
 
 
 @pytest.fixture
-def app() -> Iterator[WidgetApp]:
-    server = WidgetApp()
-    yield server
-    server.close()
+def app_factory() -> Iterator[Callable[..., WidgetApp]]:
+    apps: list[WidgetApp] = []
+
+    def make(**kw: float) -> WidgetApp:
+        apps.append(WidgetApp(**kw))
+        return apps[-1]
+
+    yield make
+    for server in apps:
+        server.close()
+
+
+@pytest.fixture
+def app(app_factory: Callable[..., WidgetApp]) -> WidgetApp:
+    return app_factory()
 
 
 def popular(db: Database) -> None:
@@ -79,46 +90,36 @@ def test_warms_the_top_active_widgets_of_the_last_7_days(database: Database, app
     assert sorted(app.seen) == sorted(f"/api/v1/widgets/{n}/rates" for n in (9, 7, 6, 5))
 
 
-def test_concurrency_is_bounded_and_used(database: Database) -> None:
+def test_concurrency_is_bounded_and_used(database: Database, app_factory) -> None:
     popular(database)
-    app = WidgetApp(delay=0.2)
-    try:
-        settings = Settings(warming_enabled=True, warming_widget_count=8)
-        started = time.monotonic()
-        result = warm_cache.run(make_context(database, "warm_cache", NOW, settings=settings, url=app.url,
-                                             concurrency=4))
-        elapsed = time.monotonic() - started
-    finally:
-        app.close()
+    app = app_factory(delay=0.2)
+    settings = Settings(warming_enabled=True, warming_widget_count=8)
+    started = time.monotonic()
+    result = warm_cache.run(make_context(database, "warm_cache", NOW, settings=settings, url=app.url, concurrency=4))
+    elapsed = time.monotonic() - started
     assert result.details["warmed"] == 8
     assert app.max_in_flight == 4
     assert elapsed < 8 * 0.2 * 0.75
 
 
-def test_a_failing_app_stops_the_run_early(database: Database) -> None:
+def test_a_failing_app_stops_the_run_early(database: Database, app_factory) -> None:
     popular(database)
-    app = WidgetApp(status=503)
-    try:
-        settings = Settings(warming_enabled=True, warming_widget_count=8)
-        result = warm_cache.run(make_context(database, "warm_cache", NOW, settings=settings, url=app.url,
-                                             concurrency=1, max_consecutive_failures=3))
-    finally:
-        app.close()
+    app = app_factory(status=503)
+    settings = Settings(warming_enabled=True, warming_widget_count=8)
+    result = warm_cache.run(make_context(database, "warm_cache", NOW, settings=settings, url=app.url,
+                                         concurrency=1, max_consecutive_failures=3))
     assert result.status == "failed" and "keeps failing" in result.error
     assert (result.details["warmed"], result.details["failed"], result.details["skipped"]) == (0, 3, 5)
 
 
-def test_timeouts_and_the_run_deadline(database: Database) -> None:
+def test_timeouts_and_the_run_deadline(database: Database, app_factory) -> None:
     popular(database)
-    app = WidgetApp(delay=1.0)
-    try:
-        settings = Settings(warming_enabled=True, warming_widget_count=8)
-        started = time.monotonic()
-        result = warm_cache.run(make_context(database, "warm_cache", NOW, settings=settings, url=app.url,
-                                             concurrency=2, timeout=0.2, deadline=0.5, max_consecutive_failures=100))
-        elapsed = time.monotonic() - started
-    finally:
-        app.close()
+    app = app_factory(delay=1.0)
+    settings = Settings(warming_enabled=True, warming_widget_count=8)
+    started = time.monotonic()
+    result = warm_cache.run(make_context(database, "warm_cache", NOW, settings=settings, url=app.url,
+                                         concurrency=2, timeout=0.2, deadline=0.5, max_consecutive_failures=100))
+    elapsed = time.monotonic() - started
     assert result.details["failed"] >= 2 and result.details["skipped"] > 0
     assert "deadline" in result.details["stopped_early"]
     assert elapsed < 2.0

@@ -77,6 +77,16 @@ def seeded(config: Path) -> Database:
     return db
 
 
+def purge_under_way(config: Path, daemon_factory) -> tuple[Database, DaemonProcess]:
+    """A daemon on seeded data, with an aggregation run already deleting rows."""
+    db = seeded(config)
+    before = count(db)
+    daemon = daemon_factory(config)
+    assert ctl(daemon.socket, "run", "aggregate_statistics")[0] == 0
+    wait_for(lambda: count(db) < before - 1000)
+    return db, daemon
+
+
 def summary_totals(db: Database) -> dict[str, int]:
     return {str(d)[:10]: int(n) for d, n in db.query("SELECT stat_date, total_requests FROM api_statistics_summary")}
 
@@ -136,12 +146,7 @@ def fault_url(request: pytest.FixtureRequest) -> str | None:
 
 def test_sigterm_during_a_purge_records_interrupted_and_exits_in_time(config_factory, daemon_factory,
                                                                       fault_url: str | None) -> None:
-    config = slow_purge_config(config_factory, fault_url)
-    db = seeded(config)
-    before = count(db)
-    daemon = daemon_factory(config)
-    assert ctl(daemon.socket, "run", "aggregate_statistics")[0] == 0
-    wait_for(lambda: count(db) < before - 1000)
+    db, daemon = purge_under_way(slow_purge_config(config_factory, fault_url), daemon_factory)
     started = time.monotonic()
     assert daemon.stop(signal.SIGTERM) == 0
     assert time.monotonic() - started < 10
@@ -155,11 +160,7 @@ def test_sigterm_during_a_purge_records_interrupted_and_exits_in_time(config_fac
 def test_kill_9_during_the_purge_loses_nothing_and_the_next_run_finishes(config_factory, daemon_factory,
                                                                         fault_url: str | None) -> None:
     config = slow_purge_config(config_factory, fault_url)
-    db = seeded(config)
-    before = count(db)
-    daemon = daemon_factory(config)
-    ctl(daemon.socket, "run", "aggregate_statistics")
-    wait_for(lambda: count(db) < before - 1000)
+    db, daemon = purge_under_way(config, daemon_factory)
     daemon.stop(signal.SIGKILL)
     # Every day whose rows are gone has its full summary.
     totals = summary_totals(db)
@@ -177,12 +178,7 @@ def test_kill_9_during_the_purge_loses_nothing_and_the_next_run_finishes(config_
 @pytest.mark.mariadb
 def test_mariadb_restart_during_a_job_fails_it_cleanly_and_the_next_run_succeeds(
         mariadb: MariaDB, mysql_url: str, config_factory, daemon_factory) -> None:
-    config = slow_purge_config(config_factory, mysql_url)
-    db = seeded(config)
-    before = count(db)
-    daemon = daemon_factory(config)
-    ctl(daemon.socket, "run", "aggregate_statistics")
-    wait_for(lambda: count(db) < before - 1000)
+    db, daemon = purge_under_way(slow_purge_config(config_factory, mysql_url), daemon_factory)
     mariadb.kill()
     time.sleep(0.5)
     mariadb.start()

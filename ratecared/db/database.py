@@ -52,16 +52,6 @@ class Transaction:
     def __init__(self, database: "Database", conn: Any) -> None:
         self._db, self._conn = database, conn
 
-    def run_to_completion(self, statement: str) -> None:
-        """Run a parameterless maintenance statement to its end (see the dialects)."""
-        conn = self._connection()
-        try:
-            self.dialect.run_to_completion(conn, statement)
-        except _DRIVER_ERRORS as exc:
-            if _is_connection_error(exc):
-                self._drop(conn)
-            raise DatabaseError(_reason(exc)) from exc
-
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         return self._db._run(self._conn, sql, params, fetch=False)
 
@@ -105,14 +95,11 @@ class Database:
         except Exception:  # noqa: BLE001 - the connection is already broken
             pass
 
-    def _run(self, conn: Any, sql: str, params: Sequence[Any], fetch: bool) -> Any:
+    @contextmanager
+    def _translated(self, conn: Any) -> Iterator[None]:
+        """Driver errors become ours; a broken connection is dropped for the next call to replace."""
         try:
-            cursor = conn.cursor()
-            try:
-                cursor.execute(self.dialect.sql(sql), tuple(params))
-                return list(cursor.fetchall()) if fetch else cursor.rowcount
-            finally:
-                cursor.close()
+            yield
         except _INTEGRITY_ERRORS as exc:
             raise IntegrityError(_reason(exc)) from exc
         except _DRIVER_ERRORS as exc:
@@ -120,15 +107,20 @@ class Database:
                 self._drop(conn)
             raise DatabaseError(_reason(exc)) from exc
 
+    def _run(self, conn: Any, sql: str, params: Sequence[Any], fetch: bool) -> Any:
+        with self._translated(conn):
+            cursor = conn.cursor()
+            try:
+                cursor.execute(self.dialect.sql(sql), tuple(params))
+                return list(cursor.fetchall()) if fetch else cursor.rowcount
+            finally:
+                cursor.close()
+
     def run_to_completion(self, statement: str) -> None:
         """Run a parameterless maintenance statement to its end (see the dialects)."""
         conn = self._connection()
-        try:
+        with self._translated(conn):
             self.dialect.run_to_completion(conn, statement)
-        except _DRIVER_ERRORS as exc:
-            if _is_connection_error(exc):
-                self._drop(conn)
-            raise DatabaseError(_reason(exc)) from exc
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one statement in autocommit; return the affected row count."""
