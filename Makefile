@@ -5,7 +5,13 @@ VENV := .venv
 VENV_DEB12 := .venv-deb12
 DEV_CONFIG := examples/dev.toml
 
-.PHONY: run test test-newest test-debian12 system-deps bench clean
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' ratecared/__init__.py)
+DEB_BUILD := build/deb/ratecared-$(VERSION)
+DEB := build/deb/ratecared_$(VERSION)_all.deb
+DEB_BUILD_DEPS := debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools bash-completion \
+	lintian fakeroot
+
+.PHONY: run test test-newest test-debian12 system-deps deb deb-deps bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +51,26 @@ test-newest: $(VENV)/.installed
 test-debian12: $(VENV_DEB12)/.installed
 	@echo "== tests on Debian 12's dependency versions"
 	RATECARED_REQUIRE_MARIADB=1 $(VENV_DEB12)/bin/python -m pytest -q -p no:cacheprovider
+
+# The Debian package, built with debhelper and dh-python from a copy of the tree.
+deb: deb-deps
+	@grep -q "^ratecared ($(VERSION))" packaging/debian/changelog || \
+		{ echo "packaging/debian/changelog has no entry for $(VERSION)"; exit 1; }
+	rm -rf build/deb && mkdir -p $(DEB_BUILD)
+	tar --exclude=./.git --exclude='./.venv*' --exclude=./build --exclude=./storage --exclude='*/__pycache__' \
+		--exclude='*.egg-info' -cf - . | tar -C $(DEB_BUILD) -xf -
+	cp -r packaging/debian $(DEB_BUILD)/debian
+	cp systemd/ratecared.service $(DEB_BUILD)/debian/ratecared.service
+	cd $(DEB_BUILD) && env PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage -us -uc -b
+	env PATH=/usr/sbin:/usr/bin:/sbin:/bin lintian --fail-on error --suppress-tags-from-file packaging/lintian-suppressed $(DEB)
+	@echo "built $(DEB)"
+
+deb-deps:
+	@missing=""; for p in $(DEB_BUILD_DEPS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "make deb needs:$$missing"; exit 1; fi; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python bench/breaker_socket.py

@@ -76,8 +76,9 @@ class DatabaseConfig:
         if creds:
             candidates.append(Path(creds) / "db-password")
         for path in candidates:
-            if path.is_file():
-                return path.read_text(encoding="utf-8").strip()
+            # An empty file (the package creates one) means "no password".
+            if path.is_file() and (text := path.read_text(encoding="utf-8").strip()):
+                return text
         return None
 
 
