@@ -30,11 +30,14 @@ run: $(VENV)/.installed
 	exec $(VENV)/bin/python -m ratecared.demo_app --config $(DEV_CONFIG) -- $(VENV)/bin/ratecared --config $(DEV_CONFIG)
 
 # What the tests need from Debian: MariaDB (started by the tests in a temp dir),
-# curl (the seed's own check), venv for the system Python.
+# curl (the seed's own check), venv for the system Python, and debootstrap and
+# systemd-nspawn to boot a Debian 12 for the system test.
 system-deps:
 	@missing=""; \
 	command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || missing="$$missing mariadb-server"; \
 	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
+	[ -x /usr/sbin/debootstrap ] || missing="$$missing debootstrap"; \
+	[ -x /usr/bin/systemd-nspawn ] || missing="$$missing systemd-container"; \
 	$(PYTHON) -c 'import ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" != 0 ]; then echo "make test needs:$$missing (run as root, or apt-get install them)"; exit 1; fi; \
@@ -42,15 +45,20 @@ system-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-test: system-deps test-newest test-debian12
+test: system-deps test-newest test-debian12 test-system
 
 test-newest: $(VENV)/.installed
 	@echo "== tests on the newest dependencies"
-	RATECARED_REQUIRE_MARIADB=1 $(VENV)/bin/python -m pytest -q
+	RATECARED_REQUIRE_MARIADB=1 $(VENV)/bin/python -m pytest -q --ignore=tests/system
 
 test-debian12: $(VENV_DEB12)/.installed
 	@echo "== tests on Debian 12's dependency versions"
-	RATECARED_REQUIRE_MARIADB=1 $(VENV_DEB12)/bin/python -m pytest -q -p no:cacheprovider
+	RATECARED_REQUIRE_MARIADB=1 $(VENV_DEB12)/bin/python -m pytest -q -p no:cacheprovider --ignore=tests/system
+
+# The .deb installed on a Debian 12 booted with systemd (root only; CI is root).
+test-system: $(VENV)/.installed deb
+	@echo "== system test: the package on a booted Debian 12"
+	RATECARED_REQUIRE_SYSTEM=1 $(VENV)/bin/python -m pytest -v -p no:cacheprovider tests/system
 
 # The Debian package, built with debhelper and dh-python from a copy of the tree.
 deb: deb-deps

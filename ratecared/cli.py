@@ -7,7 +7,9 @@ Exit statuses: 0 ok, 1 failure, 69 database unreachable, 78 config error
 from __future__ import annotations
 
 import json
+import os
 import sys
+from typing import NoReturn
 
 import click
 
@@ -18,12 +20,18 @@ from ratecared.db import Database, DatabaseError, migrations
 EX_UNAVAILABLE = 69
 
 
+def _fail(message: str, code: int) -> NoReturn:
+    # Under systemd, stderr is the journal: mark the line as an error (<3>).
+    prefix = "<3>" if "JOURNAL_STREAM" in os.environ else ""
+    click.echo(f"{prefix}ratecared: {message}", err=True)
+    sys.exit(code)
+
+
 def _load(path: str | None) -> Config:
     try:
         return load(path)
     except ConfigError as exc:
-        click.echo(f"ratecared: config error: {exc}", err=True)
-        sys.exit(EX_CONFIG)
+        _fail(f"config error: {exc}", EX_CONFIG)
 
 
 @click.group(invoke_without_command=True)
@@ -49,8 +57,7 @@ def migrate(config_path: str | None) -> None:
     try:
         applied = migrations.apply(database)
     except DatabaseError as exc:
-        click.echo(f"ratecared: migrate failed: {exc}", err=True)
-        sys.exit(EX_UNAVAILABLE if "connect" in str(exc) else 1)
+        _fail(f"migrate failed: {exc}", EX_UNAVAILABLE if "connect" in str(exc) else 1)
     finally:
         database.close()
     if applied:

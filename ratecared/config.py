@@ -76,8 +76,13 @@ class DatabaseConfig:
         if creds:
             candidates.append(Path(creds) / "db-password")
         for path in candidates:
+            try:
+                text = path.read_text(encoding="utf-8").strip()
+            except OSError:
+                # Root-only on disk: the daemon's own user gets it as a credential.
+                continue
             # An empty file (the package creates one) means "no password".
-            if path.is_file() and (text := path.read_text(encoding="utf-8").strip()):
+            if text:
                 return text
         return None
 

@@ -212,15 +212,20 @@ class Daemon:
         self.notify("READY=1", f"STATUS={self.status_line()}", f"MAINPID={os.getpid()}")
         next_watchdog = 0.0
         tick = min(TICK, self.notify.watchdog_interval or TICK)
+        shown = ""
         while not self.stop_requested.is_set():
             try:
                 await asyncio.wait_for(self.stop_requested.wait(), tick)
             except asyncio.TimeoutError:
                 pass
             self.registry.tick()
+            status = self.status_line()
+            if status != shown:
+                self.notify(f"STATUS={status}")
+                shown = status
             interval = self.notify.watchdog_interval
             if interval and time.monotonic() >= next_watchdog and self._threads_alive():
-                self.notify("WATCHDOG=1", f"STATUS={self.status_line()}")
+                self.notify("WATCHDOG=1")
                 next_watchdog = time.monotonic() + interval
         return await self._stop(server, executor)
 

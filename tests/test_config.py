@@ -112,3 +112,16 @@ def test_check_config_prints_the_effective_config_with_the_password_masked(tmp_p
     assert "hunter2" not in result.stdout
     assert '"url": "mysql://rc:***@localhost/rc"' in result.stdout
     assert '"schedule": "0 2 * * *"' in result.stdout
+
+
+def test_an_unreadable_password_file_falls_through_to_the_credential(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # The daemon's user cannot read the root-only file; a directory in its
+    # place fails the same way (OSError) even for root, who runs the tests.
+    (tmp_path / "pw").mkdir()
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "db-password").write_text("via-systemd")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    config = load(write(tmp_path, "[database]\nurl = 'mysql://rc@localhost/rc'\npassword_file = 'pw'\n"))
+    assert config.database.password() == "via-systemd"

@@ -259,7 +259,6 @@ def test_watchdog_pings_keep_coming_while_a_job_runs(config_factory, daemon_fact
     notify.messages(lambda m: any("running aggregate_statistics" in x for x in m), timeout=10)
     pings = notify.messages(lambda m: sum("WATCHDOG=1" in x for x in m) >= 4, timeout=3)
     assert sum("WATCHDOG=1" in x for x in pings) >= 4
-    assert all("running aggregate_statistics" in x for x in pings if "WATCHDOG=1" in x)
     assert db.query("SELECT status FROM job_runs WHERE job = 'aggregate_statistics'") == [("running",)]
     daemon.stop()
     notify.sock.close()

@@ -27,13 +27,13 @@ def ctl(sock: str, *args: str) -> tuple[int, str, str]:
     return result.returncode, result.stdout, result.stderr
 
 
-def ctl_as_nobody(sock: str, *args: str) -> int:
+def ctl_as_nobody(sock: str, *args: str, groups: tuple[int, ...] = ()) -> int:
     """Run ratecarectl's click entry point in a child that became `nobody`; return its exit code."""
     pid = os.fork()
     if pid == 0:
         code = 99
         try:
-            os.setgroups([])
+            os.setgroups(list(groups))
             os.setgid(NOBODY.pw_gid)
             os.setuid(NOBODY.pw_uid)
             main(["--socket", sock, *args], standalone_mode=True)
@@ -166,3 +166,19 @@ def test_health_exits_1_when_the_database_is_down(mariadb, mysql_url: str, confi
     while ctl(daemon.socket, "health")[0] != 0:
         assert time.monotonic() < deadline
         time.sleep(0.2)
+
+
+@needs_root
+def test_admin_rights_through_a_supplementary_group(config_factory, daemon_factory) -> None:
+    import grp
+
+    # nobody's primary group is nogroup; the admin group reaches it only as a supplementary group.
+    admin = grp.getgrnam("staff")
+    daemon = daemon_factory(config_factory(daemon={"socket_group": "", "admin_group": admin.gr_name}))
+    open_socket_dir(daemon)
+    os.chmod(daemon.socket, 0o666)
+    fail(daemon)
+
+    assert ctl_as_nobody(daemon.socket, "reset", "booking") == 4
+    assert ctl_as_nobody(daemon.socket, "reset", "booking", groups=(admin.gr_gid,)) == 0
+    assert daemon.client().acquire("booking").allowed

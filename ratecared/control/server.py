@@ -14,6 +14,7 @@ import errno
 import grp
 import json
 import os
+import pwd
 import socket
 import stat
 import struct
@@ -74,13 +75,22 @@ Handler = Callable[[Request], "Response | Awaitable[Response]"]
 def peer_of(sock: socket.socket) -> Peer:
     """Who is on the other end, from the kernel (SO_PEERCRED, SO_PEERGROUPS)."""
     pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-    groups: frozenset[int] = frozenset()
     try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * 1024)
+        # 1024 bytes (256 groups) is the most Python's getsockopt will read.
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 1024)
         groups = frozenset(struct.unpack(f"{len(raw) // 4}I", raw))
     except OSError:
-        pass
+        groups = _groups_from_database(uid, gid)
     return Peer(pid, uid, gid, groups)
+
+
+def _groups_from_database(uid: int, gid: int) -> frozenset[int]:
+    """The groups /etc/group gives a user, for peers whose groups the kernel cannot list."""
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return frozenset({gid})
+    return frozenset({gid, *(g.gr_gid for g in grp.getgrall() if name in g.gr_mem)})
 
 
 def bind_unix(path: Path, group: str | None, mode: int = 0o660) -> socket.socket:

@@ -1,0 +1,138 @@
+"""A Debian 12 booted with systemd in systemd-nspawn, for the system test.
+
+The root is made once with debootstrap, with the packages the test installs
+already in its apt cache, and kept in /var/cache/ratecared-tests between
+runs; each run boots a fresh copy of it. The host needs no systemd of its
+own: the container is spawned with --register=no --keep-unit and entered
+with nsenter.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+CACHE = Path(os.environ.get("RATECARED_SYSTEST_CACHE", "/var/cache/ratecared-tests"))
+RUN = Path(os.environ.get("RATECARED_SYSTEST_RUN", "/var/tmp/ratecared-systest"))
+MIRROR = "http://deb.debian.org/debian"
+# Bump when the recipe changes, so a stale cached root is rebuilt.
+RECIPE = "2"
+BASE = ["systemd", "systemd-sysv", "dbus", "ca-certificates", "python3", "apt", "logrotate", "procps", "man-db"]
+PRELOAD = ["mariadb-server", "python3-croniter", "python3-pymysql", "python3-requests", "python3-structlog",
+           "python3-click", "python3-sdnotify", "python3-pytest", "curl"]
+HOST_TOOLS = {"debootstrap": "debootstrap", "systemd-nspawn": "systemd-container", "nsenter": "util-linux"}
+CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def missing_prerequisites() -> str | None:
+    """Why the system test cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "the system test boots a container and must run as root"
+    absent = [package for tool, package in HOST_TOOLS.items() if shutil.which(tool, path=CLEAN_PATH) is None]
+    if absent:
+        return f"missing host packages: {' '.join(absent)} (make test installs them)"
+    if not Path("/sys/fs/cgroup").exists():
+        return "no cgroup file system for systemd-nspawn"
+    return None
+
+
+def _run(*args: str, **kw) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, check=True, text=True, capture_output=True,
+                          env={"PATH": CLEAN_PATH, "LANG": "C.UTF-8"}, **kw)
+
+
+def cached_root() -> Path:
+    """The debootstrapped Debian 12 root, made on first use."""
+    root = CACHE / f"bookworm-{RECIPE}"
+    if (root / ".ratecared-ready").exists():
+        return root
+    CACHE.mkdir(parents=True, exist_ok=True)
+    building = CACHE / f"bookworm-{RECIPE}.building"
+    shutil.rmtree(building, ignore_errors=True)
+    _run("debootstrap", "--variant=minbase", f"--include={','.join(BASE)}", "bookworm", str(building), MIRROR,
+         timeout=1800)
+    shutil.copy("/etc/resolv.conf", building / "etc/resolv.conf")
+    _run("chroot", str(building), "apt-get", "update", "-qq", timeout=600)
+    _run("chroot", str(building), "apt-get", "install", "-y", "-qq", "--download-only", *PRELOAD, timeout=1800)
+    (building / ".ratecared-ready").touch()
+    shutil.rmtree(root, ignore_errors=True)
+    building.rename(root)
+    return root
+
+
+class Container:
+    def __init__(self, name: str = "ratecared-systest") -> None:
+        self.name = name
+        self.root = RUN / "root"
+        self.log = RUN / "boot.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.leader = 0
+
+    def boot(self, binds: dict[str, Path]) -> None:
+        """Copy the cached root, boot it, and wait until systemd says it is up."""
+        source = cached_root()
+        if RUN.exists():
+            subprocess.run(["rm", "-rf", str(RUN)], check=True)
+        RUN.mkdir(parents=True)
+        _run("cp", "-a", "--reflink=auto", str(source), str(self.root), timeout=600)
+        shutil.copy("/etc/resolv.conf", self.root / "etc/resolv.conf")
+        args = ["systemd-nspawn", "-D", str(self.root), "--boot", "--register=no", "--keep-unit",
+                "-M", self.name, "--console=passive"]
+        args += [f"--bind-ro={host}:{inside}" for inside, host in binds.items()]
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                         env={"PATH": CLEAN_PATH, "LANG": "C.UTF-8"})
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"systemd-nspawn exited {self.proc.returncode}:\n{self.log.read_text()}")
+            children = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+            if children.strip():
+                self.leader = int(children.split()[0])
+                state = self.sh("systemctl is-system-running", check=False).stdout.strip()
+                if state in ("running", "degraded"):
+                    return
+            time.sleep(0.5)
+        raise RuntimeError(f"the container did not finish booting:\n{self.log.read_text()[-3000:]}")
+
+    def sh(self, command: str, user: str | None = None, check: bool = True,
+           timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """Run a shell command in the container, as root or as `user`."""
+        if user is not None:
+            command = f"runuser -u {user} -- sh -c {_quote(command)}"
+        result = subprocess.run(
+            ["nsenter", "-t", str(self.leader), "-a", "--", "/usr/bin/env", "-i", f"PATH={CLEAN_PATH}",
+             "HOME=/root", "LANG=C.UTF-8", "TERM=dumb", "/bin/sh", "-c", command],
+            text=True, capture_output=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"`{command}` exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def wait_for(self, command: str, timeout: float = 60, every: float = 0.5) -> str:
+        """Rerun `command` until it succeeds; return its output."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self.sh(command, check=False)
+            if result.returncode == 0:
+                return result.stdout
+            if time.monotonic() > deadline:
+                raise AssertionError(f"`{command}` never succeeded:\n{result.stdout}\n{result.stderr}")
+            time.sleep(every)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.kill(self.leader, signal.SIGRTMIN + 4)  # systemd: poweroff
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "'\"'\"'") + "'"
