@@ -144,6 +144,12 @@ class NotifySocket:
         return got
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Here rather than in pyproject.toml: the system test runs this suite
+    # from a copy of tests/ alone, against the installed package.
+    config.addinivalue_line("markers", "mariadb: needs a MariaDB server started by the tests")
+
+
 @pytest.fixture
 def config_factory(tmp_path: Path) -> Callable[..., Path]:
     return lambda url=None, **sections: write_config(tmp_path, url, **sections)
