@@ -302,3 +302,10 @@ def test_stale_socket_is_replaced_and_live_one_is_not(config_factory, daemon_fac
     assert third.proc.wait(20) == 1
     assert "another process is listening" in third.read_output()
     assert second.client().status()["total_platforms"] == 7
+
+
+def test_batch_acquire_answers_a_platform_named_twice_once(daemon: DaemonProcess) -> None:
+    body = json.dumps({"platforms": ["agoda", "booking", "agoda"]}).encode()
+    code, reply = http(daemon.socket, "POST", "/api/v1/circuit-breaker/acquire", body)
+    assert code == 200 and list(reply["data"]) == ["agoda", "booking"]
+    assert daemon.client().status()["platforms"][2]["trials_in_flight"] == 0

@@ -90,22 +90,46 @@ class Registry:
             self.on_transition(changes)
 
     def acquire(self, platform: str) -> Decision:
-        breaker = self._breaker(platform)
-        if not self.guarded(platform):
-            return Decision(True, State.CLOSED, None, None)
-        with self._lock:
-            decision, changes = breaker.acquire(self._clock())
-        self._emit(changes)
-        return decision
+        return self.acquire_many([platform])[0]
 
     def report(self, platform: str, permit: str, success: bool) -> Outcome:
-        breaker = self._breaker(platform)
-        if not self.guarded(platform):
-            return Outcome(False, State.CLOSED, "unguarded")
+        return self.report_many([(platform, permit, success)])[0]
+
+    def acquire_many(self, platforms: list[str]) -> list[Decision]:
+        """acquire() for each platform, under one lock and one clock read."""
+        breakers = [self._breaker(p) for p in platforms]
+        out: list[Decision] = []
+        changes: list[Transition] = []
         with self._lock:
-            outcome, changes = breaker.report(permit, success, self._clock())
+            now = self._clock()
+            for platform, breaker in zip(platforms, breakers):
+                if not self.guarded(platform):
+                    out.append(Decision(True, State.CLOSED, None, None))
+                    continue
+                decision, more = breaker.acquire(now)
+                out.append(decision)
+                if more:
+                    changes.extend(more)
         self._emit(changes)
-        return outcome
+        return out
+
+    def report_many(self, reports: list[tuple[str, str, bool]]) -> list[Outcome]:
+        """report() for each (platform, permit, success), under one lock and one clock read."""
+        breakers = [self._breaker(p) for p, _, _ in reports]
+        out: list[Outcome] = []
+        changes: list[Transition] = []
+        with self._lock:
+            now = self._clock()
+            for (platform, permit, success), breaker in zip(reports, breakers):
+                if not self.guarded(platform):
+                    out.append(Outcome(False, State.CLOSED, "unguarded"))
+                    continue
+                outcome, more = breaker.report(permit, success, now)
+                out.append(outcome)
+                if more:
+                    changes.extend(more)
+        self._emit(changes)
+        return out
 
     def reset(self, platform: str | None = None, reason: str = "reset by operator") -> list[str]:
         """Close one breaker or all; return the platforms reset."""

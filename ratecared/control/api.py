@@ -51,25 +51,42 @@ class Daemon(Protocol):
     def runner(self) -> Runner: ...
 
 
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+_JSON_BOOL = {True: "true", False: "false"}
+
+
+def success_raw(data_json: str, status: int = 200) -> Response:
+    """The success envelope around data already encoded as JSON."""
+    return Response(status, ('{"status":"success","data":' + data_json + "}").encode())
+
+
 def success(data: Any, status: int = 200) -> Response:
-    return Response(status, json.dumps({"status": "success", "data": data}, separators=(",", ":")).encode())
+    return success_raw(_encode(data), status)
 
 
-def decision_json(decision: Decision) -> dict[str, Any]:
-    return {
-        "allowed": decision.allowed,
-        "state": decision.state.value,
-        "permit": decision.permit,
-        "retry_after": decision.retry_after,
-    }
+def _quote(text: str) -> str:
+    # Only for permits and platform names: "<platform>.<generation>.<seq>" and
+    # names the config limits to letters, digits, - and _, so nothing to escape.
+    return '"' + text + '"'
 
 
-def outcome_json(outcome: Outcome) -> dict[str, Any]:
-    data: dict[str, Any] = {"counted": outcome.counted, "state": outcome.state.value}
-    if outcome.reason:
-        data["reason"] = outcome.reason
-        data["message"] = _NOT_COUNTED.get(outcome.reason, _UNKNOWN_PERMIT)
-    return data
+# Acquire and report answers are built as text: they are most of the
+# daemon's traffic, and json.dumps of a dict costs more than the decision.
+def decision_text(d: Decision) -> str:
+    permit = "null" if d.permit is None else _quote(d.permit)
+    retry = "null" if d.retry_after is None else _encode(d.retry_after)
+    return f'{{"allowed":{_JSON_BOOL[d.allowed]},"state":"{d.state.value}","permit":{permit},"retry_after":{retry}}}'
+
+
+def outcome_text(o: Outcome, platform: str | None = None) -> str:
+    if o.reason:
+        data: dict[str, Any] = {"counted": o.counted, "state": o.state.value, "reason": o.reason,
+                                "message": _NOT_COUNTED.get(o.reason, _UNKNOWN_PERMIT)}
+        if platform is not None:
+            data["platform"] = platform
+        return _encode(data)
+    tail = "}" if platform is None else ',"platform":' + _quote(platform) + "}"
+    return f'{{"counted":{_JSON_BOOL[o.counted]},"state":"{o.state.value}"' + tail
 
 
 class Api:
@@ -88,13 +105,20 @@ class Api:
             ("POST", "reload"): self._reload,
             ("GET", "jobs"): self._jobs,
         }
+        self._platforms = frozenset(registry.platforms)
+        # The hot per-platform routes, resolved by one dict lookup instead of split + lambda per request.
+        self._hot: dict[tuple[str, str], Callable[[Request], Any]] = {}
+        for name in registry.platforms:
+            self._hot[("POST", f"circuit-breaker/{name}/acquire")] = lambda request, name=name: self._acquire(name)
+            self._hot[("POST", f"circuit-breaker/{name}/report")] = lambda request, name=name: self._report(name, request)
 
     def handle(self, request: Request) -> Response | Awaitable[Response]:
         try:
             if not request.path.startswith(PREFIX):
                 raise ApiError(404, "not_found", f"no such endpoint: {request.path}")
             route = request.path[len(PREFIX):].rstrip("/")
-            handler = self._static.get((request.method, route))
+            key = (request.method, route)
+            handler = self._hot.get(key) or self._static.get(key)
             if handler is None:
                 handler = self._dynamic(request.method, route)
             result = handler(request)
@@ -152,7 +176,7 @@ class Api:
             raise ApiError(403, "permission_denied", f"{what} needs root or the admin group")
 
     def _known(self, platform: Any) -> str:
-        if not isinstance(platform, str) or platform not in self.registry.platforms:
+        if not isinstance(platform, str) or platform not in self._platforms:
             raise ApiError(404, "unknown_platform", f"unknown platform {platform!r}")
         return platform
 
@@ -208,7 +232,7 @@ class Api:
 
     def _acquire(self, platform: str) -> Response:
         try:
-            return success(decision_json(self.registry.acquire(platform)))
+            return success_raw(decision_text(self.registry.acquire(platform)))
         except UnknownPlatform as exc:
             raise ApiError(404, "unknown_platform", str(exc)) from None
 
@@ -218,7 +242,10 @@ class Api:
             raise ApiError(400, "invalid_request", f'"platforms" must be a list of 1 to {MAX_BATCH} names')
         for name in names:
             self._known(name)
-        return success({name: decision_json(self.registry.acquire(name)) for name in names})
+        # One answer per platform, keyed by name: a name asked twice is asked once.
+        names = list(dict.fromkeys(names))
+        return success_raw("{" + ",".join(_quote(name) + ":" + decision_text(d)
+                                          for name, d in zip(names, self.registry.acquire_many(names))) + "}")
 
     @staticmethod
     def _parse_report(item: Any) -> tuple[str, bool]:
@@ -241,7 +268,7 @@ class Api:
             raise ApiError(404, "unknown_platform", str(exc)) from None
         if outcome.reason == "unknown":
             raise ApiError(409, "unknown_permit", _UNKNOWN_PERMIT)
-        return success(outcome_json(outcome))
+        return success_raw(outcome_text(outcome))
 
     def _report_batch(self, request: Request) -> Response:
         reports = self._body(request).get("reports")
@@ -251,12 +278,8 @@ class Api:
         for item in reports:
             permit, ok = self._parse_report(item)
             parsed.append((self._known(item.get("platform")), permit, ok))
-        answers = []
-        for platform, permit, ok in parsed:
-            answer = outcome_json(self.registry.report(platform, permit, ok))
-            answer["platform"] = platform
-            answers.append(answer)
-        return success(answers)
+        return success_raw("[" + ",".join(outcome_text(o, platform)
+                                          for (platform, _, _), o in zip(parsed, self.registry.report_many(parsed))) + "]")
 
     # -- daemon ----------------------------------------------------------------
 

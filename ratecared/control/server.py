@@ -35,6 +35,14 @@ REASONS = {
 }
 
 
+def _head(status: int, reason: str) -> bytes:
+    """Status line and fixed headers, up to the Content-Length value."""
+    return f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: ".encode("latin-1")
+
+
+_HEADS = {status: _head(status, reason) for status, reason in REASONS.items()}
+
+
 class SocketInUse(Exception):
     """Another live process answers on the socket path, or the path is not a socket."""
 
@@ -137,6 +145,7 @@ class _Connection(asyncio.Protocol):
         self.sent_continue = False
         self.peer = Peer(-1, -1, -1)
         self.timer: asyncio.TimerHandle | None = None
+        self.last_activity = 0.0
 
     # -- asyncio callbacks ---------------------------------------------------
 
@@ -189,12 +198,19 @@ class _Connection(asyncio.Protocol):
     # -- request handling ------------------------------------------------------
 
     def _arm_timer(self) -> None:
-        if self.timer:
-            self.timer.cancel()
-        self.timer = self.server.loop.call_later(self.server.idle_timeout, self._idle)
+        # One timer per connection, re-armed lazily when it fires: a request
+        # only stamps the time instead of cancelling and scheduling a TimerHandle.
+        self.last_activity = self.server.loop.time()
+        if self.timer is None:
+            self.timer = self.server.loop.call_later(self.server.idle_timeout, self._idle)
 
     def _idle(self) -> None:
+        self.timer = None
         if self.closing or self.transport is None:
+            return
+        remaining = self.last_activity + self.server.idle_timeout - self.server.loop.time()
+        if remaining > 0:
+            self.timer = self.server.loop.call_later(remaining, self._idle)
             return
         if self.busy:
             self._arm_timer()
@@ -299,13 +315,10 @@ class _Connection(asyncio.Protocol):
     def _send(self, response: Response, close: bool) -> None:
         if self.transport is None or self.closing:
             return
-        head = [f"HTTP/1.1 {response.status} {REASONS.get(response.status, 'Unknown')}",
-                "Content-Type: application/json",
-                f"Content-Length: {len(response.body)}"]
-        head.extend(f"{k}: {v}" for k, v in response.headers)
-        if close:
-            head.append("Connection: close")
-        self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + response.body)
+        head = _HEADS.get(response.status) or _head(response.status, "Unknown")
+        extra = "".join(f"\r\n{k}: {v}" for k, v in response.headers) + ("\r\nConnection: close" if close else "")
+        self.transport.write(head + b"%d" % len(response.body) + extra.encode("latin-1") + b"\r\n\r\n"
+                             + response.body)
         if close:
             self.closing = True
             self.server.connections.discard(self)

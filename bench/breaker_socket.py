@@ -1,0 +1,738 @@
+#!/usr/bin/env python3
+"""Throughput and latency of ratecared's breaker API over its Unix socket.
+
+Starts the real daemon (SQLite, in a temporary directory), drives it with N
+client processes, each holding ONE keep-alive AF_UNIX connection and speaking
+raw HTTP/1.1 from pre-built request bytes (a minimal client, like wrk), and
+compares it with a raw AF_UNIX echo server that answers the same requests,
+with the same framing, with the daemon's own replies replayed byte for byte.
+
+Phases (each runs --seconds against the daemon, then against the echo server):
+
+  single  acquire one platform + report it        = 1 decision per pair
+  batch   batch acquire of all 7 + batch report   = 7 decisions per pair
+
+A latency sample is one pair of round trips (acquire + report), timed with
+time.perf_counter_ns in the client. Reports are always success=true, so the
+breakers stay closed. The daemon's VmRSS is sampled from /proc every 100 ms.
+
+Usage:
+    .venv/bin/python bench/breaker_socket.py [--seconds 5] [--clients 8] [--json]
+    .venv/bin/python bench/breaker_socket.py --cprofile /tmp/rc.prof   # daemon under cProfile
+
+Floors: single >= 5,000 decisions/s, batch >= 20,000 platform decisions/s,
+p99 < 5 ms in both, daemon peak RSS < 60 MB (and no failed requests).
+Exit status: 0 when every floor passes, 1 otherwise (or when the bench itself
+cannot run), 128+N on signal N. Ctrl-C or SIGTERM stops the daemon, the echo
+server and the clients and removes the temporary directory.
+
+The clients share the host's CPUs with the daemon; the report shows how much
+CPU each side used per pair and how much of the host other processes took
+(figures taken on a busy host are pessimistic).
+
+Standard library only; Linux only (/proc, AF_UNIX, epoll).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import platform as platform_mod
+import re
+import resource
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from array import array
+from pathlib import Path
+
+PLATFORMS = ("booking", "expedia", "agoda", "hotels", "trivago", "tripadvisor", "google")
+PREFIX = "/api/v1/circuit-breaker"
+
+FLOOR_SINGLE = 5_000      # decisions/s
+FLOOR_BATCH = 20_000      # platform decisions/s
+FLOOR_P99_MS = 5.0        # per acquire+report pair, both phases
+FLOOR_RSS_MB = 60.0       # daemon peak VmRSS
+
+RSS_INTERVAL = 0.1
+RECV_BYTES = 16384        # replies are under 1 KiB; a bigger buffer only costs allocation
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# -- raw HTTP/1.1 ------------------------------------------------------------------
+
+
+def _request(path: str, body: bytes = b"") -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: ratecared\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def _request_head(path: str) -> bytes:
+    """Everything up to the Content-Length value; the client appends length, CRLFCRLF, body."""
+    return f"POST {path} HTTP/1.1\r\nHost: ratecared\r\nContent-Type: application/json\r\nContent-Length: ".encode()
+
+
+def _content_length(buf, end: int) -> int:
+    i = buf.find(b"\r\nContent-Length:", 0, end)
+    if i < 0:
+        i = bytes(buf[:end]).lower().find(b"\r\ncontent-length:")
+        if i < 0:
+            return 0
+    j = buf.find(b"\r\n", i + 17, end + 2)
+    return int(buf[i + 17:j])
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    """One whole response (head + Content-Length body), for a client with one request in flight."""
+    data = sock.recv(RECV_BYTES)
+    end = data.find(b"\r\n\r\n")
+    while end < 0:
+        more = sock.recv(RECV_BYTES)
+        if not more:
+            raise ConnectionError("server closed the connection mid-response")
+        data += more
+        end = data.find(b"\r\n\r\n")
+    total = end + 4 + _content_length(data, end)
+    while len(data) < total:
+        more = sock.recv(RECV_BYTES)
+        if not more:
+            raise ConnectionError("server closed the connection mid-body")
+        data += more
+    if len(data) != total:
+        raise ConnectionError("unexpected bytes after the response")
+    return data
+
+
+def _body(response: bytes) -> bytes:
+    return response[response.find(b"\r\n\r\n") + 4:]
+
+
+PERMIT_RE = re.compile(rb'"permit":"([^"]*)"')
+
+
+# -- client process ----------------------------------------------------------------
+
+
+class _Client:
+    """Pre-built requests for one mode; `pair` does acquire + report and returns True when both were 200."""
+
+    def __init__(self, mode: str, index: int) -> None:
+        self.mode = mode
+        if mode == "single":
+            platform = PLATFORMS[index % len(PLATFORMS)]
+            self.acquire = _request(f"{PREFIX}/{platform}/acquire")
+            self.report_head = _request_head(f"{PREFIX}/{platform}/report")
+        else:
+            self.acquire = _request(f"{PREFIX}/acquire", json.dumps({"platforms": list(PLATFORMS)}).encode())
+            self.report_head = _request_head(f"{PREFIX}/report")
+            self.fragments = [f'{{"platform":"{p}","permit":"'.encode() for p in PLATFORMS]
+        self.last_acquire = b""
+        self.last_report = b""
+
+    def pair(self, sock: socket.socket) -> bool:
+        send, read = sock.sendall, _read_response
+        send(self.acquire)
+        acq = read(sock)
+        if acq[9:12] != b"200":
+            self.last_acquire = acq
+            return False
+        if self.mode == "single":
+            i = acq.find(b'"permit":"')
+            if i < 0:                       # allowed: false, permit null
+                self.last_acquire = acq
+                return False
+            permit = acq[i + 10:acq.find(b'"', i + 10)]
+            body = b'{"permit":"' + permit + b'","success":true,"duration_ms":1}'
+        else:
+            permits = PERMIT_RE.findall(acq)
+            if len(permits) != len(PLATFORMS):
+                self.last_acquire = acq
+                return False
+            tail = b'","success":true,"duration_ms":1}'
+            body = b'{"reports":[' + b",".join([f + p + tail for f, p in zip(self.fragments, permits)]) + b"]}"
+        send(self.report_head + b"%d\r\n\r\n" % len(body) + body)
+        rep = read(sock)
+        self.last_acquire, self.last_report = acq, rep
+        return rep[9:12] == b"200"
+
+
+def _check(mode: str, acquire: bytes, report: bytes) -> str | None:
+    """Full JSON check of one acquire/report exchange; None when it is what the bench expects."""
+    try:
+        a = json.loads(_body(acquire))
+        r = json.loads(_body(report))
+    except ValueError as exc:
+        return f"unparsable response: {exc}: {acquire[:200]!r} / {report[:200]!r}"
+    if a.get("status") != "success" or r.get("status") != "success":
+        return f"not a success: {a} / {r}"
+    decisions = [a["data"]] if mode == "single" else [a["data"][p] for p in PLATFORMS]
+    if mode == "batch" and list(a["data"]) != list(PLATFORMS):
+        return f"batch acquire answered out of order: {list(a['data'])}"
+    if not all(d.get("allowed") and d.get("permit") for d in decisions):
+        return f"acquire not allowed: {a}"
+    outcomes = [r["data"]] if mode == "single" else r["data"]
+    if len(outcomes) != len(decisions) or not all(o.get("counted") for o in outcomes):
+        return f"report not counted: {r}"
+    return None
+
+
+def _client_main(path: str, mode: str, index: int, seconds: float, warmup: float, validate: bool,
+                 barrier, conn) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent cleans up on Ctrl-C ...
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # ... by terminating us: die at once
+    try:
+        client = _Client(mode, index)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(path)
+        errors = 0
+        if validate:
+            if not client.pair(sock):
+                raise RuntimeError(f"first {mode} exchange failed: {client.last_acquire[:300]!r} "
+                                   f"{client.last_report[:300]!r}")
+            problem = _check(mode, client.last_acquire, client.last_report)
+            if problem:
+                raise RuntimeError(problem)
+        clock = time.perf_counter_ns
+        warm_end = clock() + int(warmup * 1e9)
+        while clock() < warm_end:
+            client.pair(sock)
+        barrier.wait(timeout=60)
+
+        pair = client.pair
+        samples = array("q")
+        append = samples.append
+        ru0 = resource.getrusage(resource.RUSAGE_SELF)
+        start = t = clock()
+        deadline = start + int(seconds * 1e9)
+        while t < deadline:
+            ok = pair(sock)
+            t2 = clock()
+            if ok:
+                append(t2 - t)
+            else:
+                errors += 1
+            t = t2
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        problem = _check(mode, client.last_acquire, client.last_report) if validate else None
+        sock.close()
+        conn.send({
+            "start": start, "end": t, "samples": samples.tobytes(), "errors": errors,
+            "cpu": (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime),
+            "last_acquire": client.last_acquire, "last_report": client.last_report,
+            "problem": problem,
+        })
+    except BaseException as exc:  # noqa: BLE001 - report anything to the parent, then die
+        barrier.abort()
+        try:
+            conn.send({"error": f"client {index} ({mode}): {type(exc).__name__}: {exc}"})
+        except Exception:  # noqa: BLE001
+            pass
+    finally:
+        conn.close()
+
+
+# -- echo server process -----------------------------------------------------------
+
+
+def _echo_main(lsock: socket.socket, canned_acquire: bytes, canned_report: bytes) -> None:
+    """Raw epoll server: frame each request like the daemon (head + Content-Length), answer canned bytes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    lsock.setblocking(False)
+    lfd = lsock.fileno()
+    ep = select.epoll()
+    ep.register(lfd, select.EPOLLIN)
+    conns: dict[int, tuple[socket.socket, bytearray]] = {}
+    while True:
+        for fd, _ in ep.poll():
+            if fd == lfd:
+                while True:
+                    try:
+                        s, _ = lsock.accept()
+                    except BlockingIOError:
+                        break
+                    s.setblocking(False)
+                    conns[s.fileno()] = (s, bytearray())
+                    ep.register(s.fileno(), select.EPOLLIN)
+                continue
+            s, buf = conns[fd]
+            try:
+                data = s.recv(RECV_BYTES)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                ep.unregister(fd)
+                del conns[fd]
+                s.close()
+                continue
+            buf += data
+            while True:
+                end = buf.find(b"\r\n\r\n")
+                if end < 0:
+                    break
+                total = end + 4 + _content_length(buf, end)
+                if len(buf) < total:
+                    break
+                line_end = buf.find(b"\r\n")
+                out = canned_acquire if buf.rfind(b"/acquire", 0, line_end) >= 0 else canned_report
+                del buf[:total]
+                sent = s.send(out)
+                if sent < len(out):
+                    s.setblocking(True)
+                    s.sendall(out[sent:])
+                    s.setblocking(False)
+
+
+# -- /proc ---------------------------------------------------------------------------
+
+
+def _rss_kb(pid: int, field: str = "VmRSS:") -> int | None:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(field.encode()):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def _machine_cpu() -> list[int]:
+    """Jiffies of all CPUs from /proc/stat: user nice system idle iowait irq softirq steal."""
+    with open("/proc/stat", "rb") as f:
+        return [int(x) for x in f.readline().split()[1:9]]
+
+
+def _machine_usage(before: list[int], after: list[int], accounted_cpu_s: float) -> dict:
+    """Whole-host busy and steal %, and `other`: host CPU used by neither the server nor the clients."""
+    d = [b - a for a, b in zip(before, after)]
+    total = sum(d) or 1
+    busy = total - d[3] - d[4] - d[7]
+    other = busy / CLK_TCK - accounted_cpu_s
+    return {"host_busy_pct": round(100 * busy / total, 1),
+            "host_steal_pct": round(100 * d[7] / total, 1),
+            "host_other_pct": round(max(0.0, 100 * other * CLK_TCK / total), 1)}
+
+
+def _schedstat(pid: int) -> tuple[int, int]:
+    """(ns on a CPU, ns runnable but waiting for one) of the process's main thread: the event loop."""
+    with open(f"/proc/{pid}/schedstat", "rb") as f:
+        run, wait, _ = f.read().split()
+    return int(run), int(wait)
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, pid: int) -> None:
+        super().__init__(name="rss-sampler", daemon=True)
+        self.pid = pid
+        self.samples: list[tuple[float, int]] = []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        # Signals must land on the main thread, or Ctrl-C waits until the main thread's read returns.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        while not self.stopping.is_set():
+            kb = _rss_kb(self.pid)
+            if kb is not None:
+                self.samples.append((time.monotonic(), kb))
+            self.stopping.wait(RSS_INTERVAL)
+
+    def peak_mb(self, since: float = 0.0, until: float = float("inf")) -> float | None:
+        kbs = [kb for t, kb in self.samples if since <= t <= until]
+        return max(kbs) / 1024 if kbs else None
+
+
+# -- the daemon --------------------------------------------------------------------
+
+
+def _daemon_argv(config: Path, cprofile: str | None) -> list[str]:
+    script = Path(sys.executable).parent / "ratecared"
+    if not script.exists():
+        found = shutil.which("ratecared")
+        script = Path(found) if found else None  # type: ignore[assignment]
+    if cprofile:
+        if script is None:
+            raise SystemExit("--cprofile needs the ratecared console script")
+        return [sys.executable, "-m", "cProfile", "-o", cprofile, str(script), "--config", str(config)]
+    if script is not None:
+        return [str(script), "--config", str(config)]
+    return [sys.executable, "-c", "import sys; from ratecared.cli import main; sys.exit(main())",
+            "--config", str(config)]
+
+
+def _wait_ready(proc: subprocess.Popen, path: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the daemon exited with status {proc.returncode} before it was ready")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+            return
+        except OSError:
+            time.sleep(0.05)
+        finally:
+            probe.close()
+    raise RuntimeError(f"the daemon did not accept connections on {path} within {timeout:g} s")
+
+
+def _stop(proc: subprocess.Popen | mp.Process | None, timeout: float = 10.0) -> None:
+    if proc is None:
+        return
+    if isinstance(proc, subprocess.Popen):
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    else:
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(timeout)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+
+# -- one phase -----------------------------------------------------------------------
+
+
+def _percentile(sorted_ns: list[int], q: float) -> float:
+    if not sorted_ns:
+        return float("nan")
+    k = max(0, min(len(sorted_ns) - 1, math.ceil(q / 100 * len(sorted_ns)) - 1))   # nearest rank
+    return sorted_ns[k] / 1e6
+
+
+def run_phase(path: str, mode: str, server_pid: int, args, validate: bool, children: list) -> dict:
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(args.clients + 1)
+    pipes, procs = [], []
+    for i in range(args.clients):
+        parent_end, child_end = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_client_main, name=f"bench-client-{i}",
+                        args=(path, mode, i, args.seconds, args.warmup, validate, barrier, child_end), daemon=True)
+        p.start()
+        child_end.close()
+        pipes.append(parent_end)
+        procs.append(p)
+        children.append(p)
+    results, failures = [], []
+    finished = False
+    try:
+        try:
+            barrier.wait(timeout=60)
+        except threading.BrokenBarrierError:
+            pass
+        t0 = time.monotonic()
+        cpu0 = _cpu_seconds(server_pid)
+        sched0 = _schedstat(server_pid)
+        machine0 = _machine_cpu()
+        for conn in pipes:
+            try:
+                msg = conn.recv()
+            except EOFError:
+                failures.append("a client died without reporting")
+                continue
+            (failures.append(msg["error"]) if "error" in msg else results.append(msg))
+        cpu1 = _cpu_seconds(server_pid)
+        sched1 = _schedstat(server_pid)
+        machine1 = _machine_cpu()
+        t1 = time.monotonic()
+        finished = True
+    finally:
+        for conn in pipes:
+            conn.close()
+        for p in procs:
+            if finished:
+                p.join(5)
+            _stop(p, timeout=2)
+            children.remove(p)
+    if failures:
+        raise RuntimeError("; ".join(failures))
+    problems = [r["problem"] for r in results if r["problem"]]
+    if problems:
+        raise RuntimeError(problems[0])
+    samples: list[int] = []
+    for r in results:
+        a = array("q")
+        a.frombytes(r["samples"])
+        samples.extend(a)
+    samples.sort()
+    window = (max(r["end"] for r in results) - min(r["start"] for r in results)) / 1e9
+    pairs = len(samples)
+    per_pair = 1 if mode == "single" else len(PLATFORMS)
+    pairs_s = pairs / window
+    return {
+        "pairs": pairs,
+        "errors": sum(r["errors"] for r in results),
+        "window_s": round(window, 3),
+        "pairs_per_s": round(pairs_s, 1),
+        "requests_per_s": round(2 * pairs_s, 1),
+        "decisions_per_s": round(pairs_s * per_pair, 1),
+        "p50_ms": round(_percentile(samples, 50), 3),
+        "p99_ms": round(_percentile(samples, 99), 3),
+        "p999_ms": round(_percentile(samples, 99.9), 3),
+        "max_ms": round(samples[-1] / 1e6, 3) if samples else None,
+        "mean_ms": round(sum(samples) / pairs / 1e6, 3) if samples else None,
+        "server_cpu_pct": round(100 * (cpu1 - cpu0) / (t1 - t0), 1),
+        "server_main_thread_on_cpu_pct": round(100 * (sched1[0] - sched0[0]) / 1e9 / (t1 - t0), 1),
+        "server_main_thread_runqueue_wait_pct": round(100 * (sched1[1] - sched0[1]) / 1e9 / (t1 - t0), 1),
+        "server_cpu_us_per_pair": round(1e6 * (cpu1 - cpu0) / pairs, 1) if pairs else None,
+        "client_cpu_us_per_pair": round(1e6 * sum(r["cpu"] for r in results) / pairs, 1) if pairs else None,
+        **_machine_usage(machine0, machine1, (cpu1 - cpu0) + sum(r["cpu"] for r in results)),
+        "t0": t0, "t1": t1,
+        "last_acquire": results[0]["last_acquire"], "last_report": results[0]["last_report"],
+    }
+
+
+# -- main ----------------------------------------------------------------------------
+
+
+def _write_config(tmp: Path) -> Path:
+    config = tmp / "ratecared.toml"
+    config.write_text(
+        "[daemon]\n"
+        f'socket = "{tmp}/rc.sock"\n'
+        'socket_group = ""\n'
+        'admin_group = ""\n'
+        "[database]\n"
+        f'url = "sqlite:///{tmp}/rc.db"\n'
+        "auto_migrate = true\n"
+        "[logging]\n"
+        f'dir = "{tmp}/logs"\n'
+    )
+    return config
+
+
+def _echo_phase(tmp: Path, mode: str, canned_acquire: bytes, canned_report: bytes, args, children: list) -> dict:
+    path = str(tmp / f"echo-{mode}.sock")
+    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lsock.bind(path)
+    lsock.listen(1024)
+    server = mp.get_context("fork").Process(target=_echo_main, name=f"bench-echo-{mode}",
+                                            args=(lsock, canned_acquire, canned_report), daemon=True)
+    server.start()
+    lsock.close()
+    children.append(server)
+    try:
+        return run_phase(path, mode, server.pid, args, validate=True, children=children)
+    finally:
+        _stop(server, timeout=2)
+        children.remove(server)
+
+
+def bench(args, log) -> dict:
+    children: list = []
+    daemon: subprocess.Popen | None = None
+    sampler: RssSampler | None = None
+    tmp = Path(tempfile.mkdtemp(prefix="rc-bench-"))
+    if len(os.fsencode(tmp / "echo-single.sock")) > 107:     # a Unix socket path's limit; TMPDIR is too deep
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix="rc-bench-", dir="/tmp"))
+    daemon_out = None
+    try:
+        config = _write_config(tmp)
+        sock_path = str(tmp / "rc.sock")
+        daemon_out = open(tmp / "daemon.out", "wb")
+        argv = _daemon_argv(config, args.cprofile)
+        daemon = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=daemon_out, stderr=subprocess.STDOUT,
+                                  start_new_session=True)   # Ctrl-C reaches us only; we stop it
+        sampler = RssSampler(daemon.pid)
+        sampler.start()
+        _wait_ready(daemon, sock_path)
+        log(f"daemon pid {daemon.pid} ready on {sock_path}; RSS {(_rss_kb(daemon.pid) or 0) / 1024:.1f} MB")
+
+        phases: dict[str, dict] = {}
+        for mode in args.phases:
+            log(f"{mode}: daemon, {args.clients} clients x {args.seconds:g} s ...")
+            d = run_phase(sock_path, mode, daemon.pid, args, validate=True, children=children)
+            d["peak_rss_mb"] = round(sampler.peak_mb(d["t0"], d["t1"]) or 0, 1)
+            log(f"{mode}: echo baseline ...")
+            e = _echo_phase(tmp, mode, d["last_acquire"], d["last_report"], args, children)
+            for r in (d, e):
+                for k in ("t0", "t1", "last_acquire", "last_report"):
+                    r.pop(k)
+            d["ratio_to_echo"] = round(d["pairs_per_s"] / e["pairs_per_s"], 3)
+            phases[mode] = {"daemon": d, "echo": e}
+
+        hwm = _rss_kb(daemon.pid, "VmHWM:")
+        sampler.stopping.set()
+        sampler.join()
+        peak = sampler.peak_mb()
+        _stop(daemon)
+        if daemon.returncode not in (0, None):
+            log(f"warning: the daemon exited with status {daemon.returncode}")
+        return {
+            "clients": args.clients,
+            "seconds": args.seconds,
+            "warmup": args.warmup,
+            "cpus": os.cpu_count(),
+            "python": platform_mod.python_version(),
+            "daemon_peak_rss_mb": round(peak or 0, 1),
+            "daemon_vmhwm_mb": round(hwm / 1024, 1) if hwm else None,
+            "cprofile": args.cprofile,
+            "phases": phases,
+        }
+    except Exception:
+        if daemon_out is not None and (tmp / "daemon.out").exists():
+            daemon_out.flush()
+            tail = (tmp / "daemon.out").read_bytes()[-3000:].decode(errors="replace")
+            if tail.strip():
+                log("daemon output (tail):\n" + tail)
+        raise
+    finally:
+        for child in list(children):
+            _stop(child, timeout=2)
+        if sampler is not None:
+            sampler.stopping.set()
+        _stop(daemon)
+        if daemon_out is not None:
+            daemon_out.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def floors(result: dict) -> list[tuple[str, str, bool]]:
+    checks = []
+    phases = result["phases"]
+    if "single" in phases:
+        d = phases["single"]["daemon"]
+        checks.append((f"single decisions/s >= {FLOOR_SINGLE:,}", f"{d['decisions_per_s']:,.0f}",
+                       d["decisions_per_s"] >= FLOOR_SINGLE))
+        checks.append((f"single p99 < {FLOOR_P99_MS:g} ms", f"{d['p99_ms']:.3f} ms", d["p99_ms"] < FLOOR_P99_MS))
+    if "batch" in phases:
+        d = phases["batch"]["daemon"]
+        checks.append((f"batch platform decisions/s >= {FLOOR_BATCH:,}", f"{d['decisions_per_s']:,.0f}",
+                       d["decisions_per_s"] >= FLOOR_BATCH))
+        checks.append((f"batch p99 < {FLOOR_P99_MS:g} ms", f"{d['p99_ms']:.3f} ms", d["p99_ms"] < FLOOR_P99_MS))
+    rss = result["daemon_peak_rss_mb"]
+    checks.append((f"daemon peak RSS < {FLOOR_RSS_MB:g} MB", f"{rss:.1f} MB", rss < FLOOR_RSS_MB))
+    errors = sum(p[t]["errors"] for p in phases.values() for t in ("daemon", "echo"))
+    checks.append(("no failed requests", str(errors), errors == 0))
+    return checks
+
+
+def report_text(result: dict, checks) -> str:
+    out = [f"ratecared breaker socket bench: {result['clients']} clients x {result['seconds']:g} s per phase "
+           f"(+{result['warmup']:g} s warm-up), {result['cpus']} CPUs, Python {result['python']}"
+           + (f", daemon under cProfile -> {result['cprofile']}" if result["cprofile"] else "")]
+    out.append("")
+    head = (f"{'phase':<7} {'server':<7} {'pairs/s':>9} {'decisions/s':>12} {'p50 ms':>8} {'p99 ms':>8} "
+            f"{'p99.9 ms':>9} {'max ms':>8} {'srv CPU':>8} {'srv wait':>8} {'srv us/pair':>11} {'cli us/pair':>11} {'host busy':>9} "
+            f"{'other':>5} {'errors':>6}")
+    out.append(head)
+    out.append("-" * len(head))
+    for mode, p in result["phases"].items():
+        for who in ("daemon", "echo"):
+            r = p[who]
+            decisions = f"{r['decisions_per_s']:,.0f}" if who == "daemon" else "-"
+            out.append(f"{mode:<7} {who:<7} {r['pairs_per_s']:>9,.0f} {decisions:>12} {r['p50_ms']:>8.3f} "
+                       f"{r['p99_ms']:>8.3f} {r['p999_ms']:>9.3f} {r['max_ms']:>8.3f} {r['server_cpu_pct']:>7.0f}% "
+                       f"{r['server_main_thread_runqueue_wait_pct']:>7.0f}% "
+                       f"{r['server_cpu_us_per_pair']:>11.1f} {r['client_cpu_us_per_pair']:>11.1f} "
+                       f"{r['host_busy_pct']:>8.0f}% {r['host_other_pct']:>4.0f}% {r['errors']:>6}")
+        d = p["daemon"]
+        out.append(f"{mode:<7} ratio daemon/echo throughput: {d['ratio_to_echo']:.3f}   "
+                   f"daemon peak RSS in phase: {d['peak_rss_mb']:.1f} MB")
+        busy = max(p["daemon"]["host_other_pct"], p["echo"]["host_other_pct"])
+        if busy > 10:
+            out.append(f"{mode:<7} warning: processes outside the bench used up to {busy:.0f}% of the host; "
+                       "the figures are pessimistic")
+        out.append("")
+    out.append(f"daemon peak RSS (VmRSS every {RSS_INTERVAL * 1000:.0f} ms): {result['daemon_peak_rss_mb']:.1f} MB"
+               f"   (kernel VmHWM: {result['daemon_vmhwm_mb']} MB)")
+    out.append("srv CPU: server process CPU, 100% = one core; srv wait: share of the time its event loop was "
+               "runnable but waiting for a CPU;\nsrv/cli us/pair: CPU microseconds per acquire+report pair; "
+               "host busy/other: whole host, and the part used outside the bench (100% = all CPUs)")
+    out.append("")
+    out.append("floors:")
+    for name, value, ok in checks:
+        out.append(f"  {name:<38} {value:>14}   {'PASS' if ok else 'FAIL'}")
+    out.append(f"result: {'PASS' if all(ok for *_, ok in checks) else 'FAIL'}")
+    return "\n".join(out)
+
+
+class Interrupted(BaseException):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per phase and server [5]")
+    parser.add_argument("--warmup", type=float, default=0.5, help="unmeasured warm-up seconds per phase [0.5]")
+    parser.add_argument("--clients", type=int, default=8, help="client processes, one connection each [8]")
+    parser.add_argument("--phases", default="single,batch", help="comma-separated: single,batch [both]")
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object on stdout")
+    parser.add_argument("--cprofile", metavar="PATH",
+                        help="run the daemon under cProfile and write its stats to PATH (skews the figures)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    args = parser.parse_args(argv)
+    args.phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    if not args.phases or any(p not in ("single", "batch") for p in args.phases):
+        parser.error("--phases takes single, batch or both")
+    if args.clients < 1 or args.seconds <= 0 or args.warmup < 0:
+        parser.error("--clients >= 1, --seconds > 0, --warmup >= 0")
+    if args.cprofile:
+        args.cprofile = str(Path(args.cprofile).resolve())
+
+    def log(msg: str) -> None:
+        if not args.quiet:
+            print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+    # Ctrl-C and SIGTERM unwind through bench()'s finally: daemon, echo server, clients, temp dir.
+    def interrupted(signum: int, frame) -> None:
+        raise Interrupted(signum)
+
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
+    try:
+        result = bench(args, log)
+    except Interrupted as exc:
+        print(f"[bench] {signal.Signals(exc.signum).name}: stopped; daemon, echo server, clients and temp dir "
+              "cleaned up", file=sys.stderr)
+        return 128 + exc.signum
+    except Exception as exc:  # noqa: BLE001
+        print(f"[bench] error: {exc}", file=sys.stderr)
+        return 1
+    checks = floors(result)
+    passed = all(ok for *_, ok in checks)
+    if args.json:
+        result["floors"] = [{"check": name, "value": value, "pass": ok} for name, value, ok in checks]
+        result["pass"] = passed
+        print(json.dumps(result, indent=None, separators=(",", ":")))
+    else:
+        print(report_text(result, checks))
+    if args.cprofile:
+        import pstats
+        log(f"cProfile stats in {args.cprofile}; top 30 by own time:")
+        if not args.quiet:
+            pstats.Stats(args.cprofile, stream=sys.stderr).sort_stats("tottime").print_stats(30)
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
