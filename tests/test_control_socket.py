@@ -308,4 +308,6 @@ def test_batch_acquire_answers_a_platform_named_twice_once(daemon: DaemonProcess
     body = json.dumps({"platforms": ["agoda", "booking", "agoda"]}).encode()
     code, reply = http(daemon.socket, "POST", "/api/v1/circuit-breaker/acquire", body)
     assert code == 200 and list(reply["data"]) == ["agoda", "booking"]
-    assert daemon.client().status()["platforms"][2]["trials_in_flight"] == 0
+    permit = reply["data"]["agoda"]["permit"]
+    report = json.dumps({"permit": permit, "success": True}).encode()
+    assert http(daemon.socket, "POST", "/api/v1/circuit-breaker/agoda/report", report)[1]["data"]["counted"]
