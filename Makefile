@@ -82,6 +82,7 @@ deb-deps:
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python bench/breaker_socket.py
+	$(VENV)/bin/python bench/jobs.py
 
 clean:
 	rm -rf $(VENV) $(VENV_DEB12) storage build *.egg-info

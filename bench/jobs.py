@@ -1,0 +1,1049 @@
+#!/usr/bin/env python3
+"""How close ratecared's nightly jobs come to what the database itself can do.
+
+Starts a private MariaDB (temporary directory, 1 GiB buffer pool, 256 MiB redo
+log; tests/mariadb.py's server, subclassed) and the real daemon on it, then
+measures each job against a floor taken in the same run, on the same data:
+
+  1  aggregate_statistics on N requests of yesterday (UTC), retention 3650 days
+     so nothing is purged; its time is the run's duration_seconds
+     floor: hand-written INSERT ... SELECT ... GROUP BY into both summary tables,
+            two variants (A: the job's two statements; B: widget rows first and
+            unique_widgets counted from them), the faster counts; rounds
+            alternate floor and job, best of each             pass: job <= 1.2 x floor
+  2  aggregate_statistics purging 3 x N detail rows past retention (3 days; the
+     rows are 12..10 days old and already summarised; 3 x N/10 recent rows stay)
+     floor: ONE plain DELETE ... WHERE created_at < cutoff on an identical reload
+                      pass: job rows/s >= 0.7 x floor rows/s, chunk_ms_max < 500
+  3  cleanup_expired_cache on N expired + N/5 live cache rows, expiry scattered
+     floor: ONE plain DELETE FROM cache WHERE expires_at < now on an identical reload
+                      pass: job rows/s >= 0.7 x floor rows/s, chunk_ms_max < 500
+  4  warm_cache of 100 widgets, concurrency 4, against an in-process HTTP server
+     whose every request takes 200 ms
+     floor: 100 / 4 x 0.2 s = 5 s                         pass: job <= 1.3 x floor
+  5  the daemon's VmRSS, sampled every 100 ms through all of it: peak < 80 MB
+
+N is 1,000,000 (scaled by --rows-scale). Before every timed purge, floor or
+job, the data is loaded the same way, ANALYZEd, and InnoDB is let settle
+(dirty pages flushed, purge caught up), so both start from the same state.
+The job figures come from the run's own details (duration_seconds,
+rows_per_second, chunk_ms_max); the floors are timed here, client side, on a
+connection with the daemon's session settings (UTC, READ COMMITTED).
+
+Two things make single runs noisy, and the bench reports both:
+  - the machine may be shared: before each timed section the bench waits (up to
+    --quiet-wait s) until other processes use under 10% of the CPUs, and every
+    figure shows the share they used while it was timed ("others");
+  - a DELETE only marks rows; InnoDB's purge threads remove them after the
+    commit. One big DELETE leaves all of that for after its end, while a job
+    that commits chunk by chunk has the purge of its earlier chunks running
+    beside it. For information the bench also times the purge that follows
+    each, and shows rows/s with it included ("incl. InnoDB purge").
+
+Usage:
+    .venv/bin/python bench/jobs.py                     # full size, about 6 minutes on a quiet machine
+    .venv/bin/python bench/jobs.py --rows-scale 0.1    # a quick, smaller run (about 1 minute)
+    .venv/bin/python bench/jobs.py --json              # one JSON object on stdout
+    .venv/bin/python bench/jobs.py --figures 1,4       # only some figures (RSS always)
+    .venv/bin/python bench/jobs.py --quiet-wait 0      # never wait for other processes
+
+Progress goes to stderr; the table (or the JSON) to stdout. Exit status 0 when
+every figure passes, 1 when one fails or the bench cannot run, 130 on Ctrl-C.
+MariaDB, the daemon, the HTTP server and the temporary directory are removed
+on exit, on Ctrl-C and on SIGTERM. Linux only (/proc); needs mariadb-server.
+At small --rows-scale the aggregation figure is dominated by timer noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import platform as platform_mod
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date, datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))   # the MariaDB harness
+sys.path.insert(1, str(ROOT))
+
+import pymysql  # noqa: E402
+import requests  # noqa: E402
+
+import mariadb as harness  # noqa: E402  (tests/mariadb.py)
+from ratecared.client import Client  # noqa: E402
+
+UTC = timezone.utc
+FULL_ROWS = 1_000_000
+WIDGETS = 500                 # distinct widget ids in the generated requests
+DAY_SPAN_US = 86_000_000_000  # rows of a day spread over its first 86,000 s
+
+AGG_LIMIT = 1.2               # job duration <= 1.2 x floor
+PURGE_RATE_LIMIT = 0.7        # job rows/s >= 0.7 x floor rows/s
+CHUNK_MS_LIMIT = 500.0        # no single purge statement over 0.5 s
+WARM_LIMIT = 1.3              # warming <= 1.3 x floor
+RSS_LIMIT_MB = 80.0
+
+RETENTION_DAYS = 3
+OLD_DAYS = (12, 11, 10)       # purged: days this many days before today (UTC)
+RECENT_DAYS = (3, 2, 1)       # kept (today - 3 is the first day retention keeps)
+WARM_WIDGETS = 100
+WARM_CONCURRENCY = 4
+WARM_DELAY = 0.2
+RSS_INTERVAL = 0.1
+QUIET_PCT = 10.0              # "quiet": other processes use under 10% of all CPUs
+NEVER = "0 0 29 2 *"          # no scheduled run during the bench: jobs run only when asked
+
+SERVER_OPTIONS = ("--innodb-buffer-pool-size=1G", "--innodb-log-file-size=256M")
+
+
+class BenchError(Exception):
+    """The bench itself could not run or its data came out wrong."""
+
+
+# -- MariaDB -------------------------------------------------------------------------
+
+
+class BenchMariaDB(harness.MariaDB):
+    """The tests' private server with a production-sized buffer pool and redo log.
+
+    Same command line as MariaDB.start(); the options added last win.
+    """
+
+    def start(self) -> None:
+        if self.running:
+            raise RuntimeError("MariaDB is already running")
+        mariadbd = harness._find("mariadbd")
+        if mariadbd is None:
+            raise RuntimeError(harness.MISSING_MESSAGE)
+        if not self.datadir.exists():
+            self._install()
+        self._process = subprocess.Popen(
+            [
+                mariadbd,
+                "--no-defaults",
+                "--user=root",
+                f"--datadir={self.datadir}",
+                f"--socket={self._socket}",
+                "--skip-networking",
+                f"--pid-file={self._pid_file}",
+                f"--log-error={self.error_log}",
+                *harness._SERVER_OPTIONS,
+                *SERVER_OPTIONS,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=harness._die_with_parent,
+        )
+        self._wait_until_ready(self._process)
+
+
+class Sql:
+    """The bench's own connection, with the daemon's session settings."""
+
+    def __init__(self, server: BenchMariaDB, database: str) -> None:
+        self.conn = server.root_connect(database=database, charset="utf8mb4",
+                                        init_command="SET time_zone = '+00:00'")
+        self.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+
+    def execute(self, sql: str, params: tuple = ()) -> int:
+        with self.conn.cursor() as cur:
+            return cur.execute(sql, params or None)
+
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self.conn.cursor() as cur:
+            cur.execute(sql, params or None)
+            return list(cur.fetchall())
+
+    def timed(self, statements: list[tuple[str, tuple]], transaction: bool = False) -> tuple[float, int]:
+        """Run statements back to back; (wall seconds, rows affected by the last)."""
+        rows = 0
+        started = time.perf_counter()
+        with self.conn.cursor() as cur:
+            if transaction:
+                cur.execute("BEGIN")
+            for sql, params in statements:
+                rows = cur.execute(sql, params or None)
+            if transaction:
+                cur.execute("COMMIT")
+        return time.perf_counter() - started, rows
+
+    def status(self, *names: str) -> dict[str, int]:
+        marks = ", ".join(["%s"] * len(names))
+        return {k: int(v) for k, v in self.query(f"SHOW GLOBAL STATUS WHERE Variable_name IN ({marks})", names)}
+
+    def settle(self, log: Callable[[str], None], timeout: float = 180.0) -> float:
+        """Flush dirty pages and let purge catch up, so every timed run starts alike."""
+        started = time.monotonic()
+        saved = self.query("SELECT @@innodb_max_dirty_pages_pct, @@innodb_io_capacity, @@innodb_io_capacity_max")[0]
+        # Flush as fast as the disk goes, only while settling: the timed runs keep the defaults.
+        self.execute("SET GLOBAL innodb_io_capacity_max = 100000")
+        self.execute("SET GLOBAL innodb_io_capacity = 50000")
+        self.execute("SET GLOBAL innodb_max_dirty_pages_pct = 0")
+        target = self.purge_target()
+        try:
+            while True:
+                dirty = self.status("Innodb_buffer_pool_pages_dirty")["Innodb_buffer_pool_pages_dirty"]
+                if dirty <= 200 and self.purged(target):
+                    break
+                if time.monotonic() - started > timeout:
+                    log(f"warning: InnoDB not settled after {timeout:g} s: {dirty} dirty pages")
+                    break
+                time.sleep(0.2)
+        finally:
+            self.execute("SET GLOBAL innodb_max_dirty_pages_pct = %s", (saved[0],))
+            self.execute("SET GLOBAL innodb_io_capacity = %s", (saved[1],))
+            self.execute("SET GLOBAL innodb_io_capacity_max = %s", (saved[2],))
+        return time.monotonic() - started
+
+    def _purge_state(self) -> tuple[int, int, int]:
+        """(Trx id counter, purge done below this number, history list length): SHOW ENGINE INNODB STATUS."""
+        text = self.query("SHOW ENGINE INNODB STATUS")[0][2]
+        numbers = [int(re.search(pattern, text).group(1))  # type: ignore[union-attr]
+                   for pattern in (r"Trx id counter (\d+)", r"Purge done for trx's n:o < (\d+)",
+                                   r"History list length (\d+)")]
+        return numbers[0], numbers[1], numbers[2]
+
+    def purge_target(self) -> int:
+        return self._purge_state()[0]
+
+    def purged(self, target: int) -> bool:
+        """Whether InnoDB has purged what every transaction before `target` deleted.
+
+        Either the purge has passed the transaction counter read at `target`, or
+        nothing is left in the history list (the last transactions may have
+        written no undo, and then the purge position never gets past them).
+        """
+        _, done, history = self._purge_state()
+        return done >= target or history == 0
+
+    def wait_purged(self, timeout: float = 600.0) -> float:
+        """Seconds until InnoDB's purge has removed what every transaction so far deleted.
+
+        A DELETE only marks rows; the purge threads remove them after the commit.
+        One big DELETE leaves all of that for after its own end.
+        """
+        started = time.monotonic()
+        target = self.purge_target()
+        while not self.purged(target):
+            if time.monotonic() - started > timeout:
+                break
+            time.sleep(0.1)
+        return time.monotonic() - started
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def ts(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def day_start(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def load_requests(sql: Sql, day: date, rows: int) -> None:
+    """`rows` requests spread over a UTC day, in time order (ids grow with created_at)."""
+    step = DAY_SPAN_US // rows
+    sql.execute(
+        "INSERT INTO api_requests (widget_id, platform, status_code, response_time_ms, cache_hit, created_at)"
+        f" SELECT 1 + MOD(seq, {WIDGETS}), 'booking', IF(MOD(seq, 20) = 0, 503, 200), MOD(seq, 900), MOD(seq, 2),"
+        f" TIMESTAMPADD(MICROSECOND, seq * {step}, %s) FROM seq_0_to_{rows - 1}",
+        (ts(day_start(day)),))
+
+
+# The floor of aggregation: what the job has to produce, written by hand.
+SUMMARY_SQL = (
+    "INSERT INTO api_statistics_summary (stat_date, total_requests, cache_hits, cache_misses, error_count,"
+    " avg_response_ms, max_response_ms, unique_widgets, updated_at)"
+    " SELECT %s, COUNT(*), SUM(cache_hit), COUNT(*) - SUM(cache_hit), SUM(status_code >= 500),"
+    " AVG(response_time_ms), MAX(response_time_ms), COUNT(DISTINCT widget_id), UTC_TIMESTAMP()"
+    " FROM api_requests WHERE created_at >= %s AND created_at < %s"
+)
+WIDGET_SQL = (
+    "INSERT INTO api_statistics_widget_daily (stat_date, widget_id, requests)"
+    " SELECT %s, widget_id, COUNT(*) FROM api_requests WHERE created_at >= %s AND created_at < %s"
+    " GROUP BY widget_id"
+)
+# Variant B: the widget rows first, then unique_widgets counted from them, not by COUNT(DISTINCT).
+SUMMARY_FROM_WIDGETS_SQL = (
+    "INSERT INTO api_statistics_summary (stat_date, total_requests, cache_hits, cache_misses, error_count,"
+    " avg_response_ms, max_response_ms, unique_widgets, updated_at)"
+    " SELECT %s, COUNT(*), SUM(cache_hit), COUNT(*) - SUM(cache_hit), SUM(status_code >= 500),"
+    " AVG(response_time_ms), MAX(response_time_ms),"
+    " (SELECT COUNT(*) FROM api_statistics_widget_daily WHERE stat_date = %s), UTC_TIMESTAMP()"
+    " FROM api_requests WHERE created_at >= %s AND created_at < %s"
+)
+
+
+def floor_statements(variant: str, day: date) -> list[tuple[str, tuple]]:
+    d, start, end = day.isoformat(), ts(day_start(day)), ts(day_start(day + timedelta(days=1)))
+    if variant == "A":
+        return [(SUMMARY_SQL, (d, start, end)), (WIDGET_SQL, (d, start, end))]
+    return [(WIDGET_SQL, (d, start, end)), (SUMMARY_FROM_WIDGETS_SQL, (d, d, start, end))]
+
+
+def summarise(sql: Sql, day: date) -> None:
+    sql.timed(floor_statements("A", day), transaction=True)
+
+
+def clear_summary(sql: Sql, day: date) -> None:
+    sql.execute("DELETE FROM api_statistics_summary WHERE stat_date = %s", (day.isoformat(),))
+    sql.execute("DELETE FROM api_statistics_widget_daily WHERE stat_date = %s", (day.isoformat(),))
+
+
+def summary_of(sql: Sql, day: date) -> tuple:
+    """A day's summary row (without updated_at) and a digest of its widget rows."""
+    row = sql.query("SELECT total_requests, cache_hits, cache_misses, error_count, ROUND(avg_response_ms, 3),"
+                    " max_response_ms, unique_widgets FROM api_statistics_summary WHERE stat_date = %s",
+                    (day.isoformat(),))
+    widgets = sql.query("SELECT COUNT(*), SUM(requests), SUM(widget_id * requests) FROM api_statistics_widget_daily"
+                        " WHERE stat_date = %s", (day.isoformat(),))
+    return tuple(int(x) if x is not None and float(x).is_integer() else float(x) if x is not None else None
+                 for x in (row[0] if row else ()) + widgets[0])
+
+
+def set_setting(sql: Sql, key: str, value: Any) -> None:
+    if sql.execute("UPDATE settings SET `value` = %s, updated_at = UTC_TIMESTAMP() WHERE `key` = %s",
+                   (str(value), key)) == 0 and not sql.query("SELECT 1 FROM settings WHERE `key` = %s", (key,)):
+        raise BenchError(f"no setting {key!r} in the settings table")
+
+
+# -- the daemon ------------------------------------------------------------------------
+
+
+def _daemon_argv(config: Path) -> list[str]:
+    script = Path(sys.executable).parent / "ratecared"
+    if script.exists():
+        return [str(script), "--config", str(config)]
+    return [sys.executable, "-c", "import sys; from ratecared.cli import main; sys.exit(main())",
+            "--config", str(config)]
+
+
+def _term_with_parent() -> None:
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG: no orphaned daemon
+
+
+def write_config(tmp: Path, url: str, warm_port: int) -> Path:
+    config = tmp / "ratecared.toml"
+    purge_job = f'schedule = "{NEVER}"\nstarting_deadline = 0\noptimize_min_free_mb = 1000000\n'
+    config.write_text(
+        "[daemon]\n"
+        f'socket = "{tmp / "rc.sock"}"\n'
+        'socket_group = ""\nadmin_group = ""\ntimezone = "UTC"\nhost = "bench"\n'
+        "[database]\n"
+        f'url = "{url}"\n'
+        "auto_migrate = true\n"
+        "[logging]\n"
+        f'dir = "{tmp / "logs"}"\n'
+        "[jobs.aggregate_statistics]\n" + purge_job +
+        "[jobs.cleanup_expired_cache]\n" + purge_job +
+        "[jobs.warm_cache]\n"
+        f'schedule = "{NEVER}"\nstarting_deadline = 0\n'
+        f'url = "http://127.0.0.1:{warm_port}/api/v1/widgets/{{widget_id}}/rates"\n'
+        f"concurrency = {WARM_CONCURRENCY}\n"
+    )
+    return config
+
+
+def wait_ready(proc: subprocess.Popen, path: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"the daemon exited with status {proc.returncode} before it was ready")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+            return
+        except OSError:
+            time.sleep(0.05)
+        finally:
+            probe.close()
+    raise BenchError(f"the daemon did not accept connections on {path} within {timeout:g} s")
+
+
+def stop_process(proc: subprocess.Popen | None, timeout: float = 30.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def rss_kb(pid: int, field: str = "VmRSS:") -> int | None:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(field.encode()):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, pid: int) -> None:
+        super().__init__(name="rss-sampler", daemon=True)
+        self.pid = pid
+        self.samples: list[tuple[float, int]] = []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            kb = rss_kb(self.pid)
+            if kb is not None:
+                self.samples.append((time.monotonic(), kb))
+            self.stopping.wait(RSS_INTERVAL)
+
+    def peak_mb(self, since: float = 0.0, until: float = float("inf")) -> float:
+        kbs = [kb for t, kb in self.samples if since <= t <= until]
+        return round(max(kbs) / 1024, 1) if kbs else 0.0
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _machine_jiffies() -> tuple[int, int, int]:
+    """(busy, steal, total) jiffies of all CPUs from /proc/stat."""
+    with open("/proc/stat", "rb") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    return sum(v) - v[3] - v[4] - v[7], v[7], sum(v)
+
+
+def _process_jiffies(pid: int) -> int:
+    """utime + stime of a process, all its threads."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return 0
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return int(fields[11]) + int(fields[12])
+
+
+class CpuMeter:
+    """Who used the CPUs over an interval: MariaDB, the daemon, this bench, and everyone else.
+
+    The machine may be shared: a floor and a job timed while other work ran are
+    not comparable, so every timed section reports the others' share (percent
+    of all CPUs) next to its figure.
+    """
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self._start = self._read()
+        self._t0 = time.monotonic()
+
+    def _read(self) -> tuple[tuple[int, int, int], dict[str, int]]:
+        return _machine_jiffies(), {name: _process_jiffies(pid) for name, pid in self.pids.items()}
+
+    def read(self) -> dict[str, float]:
+        (busy1, steal1, total1), ours1 = self._read()
+        (busy0, steal0, total0), ours0 = self._start
+        total = max(1, total1 - total0)
+        ours = {name: ours1[name] - ours0[name] for name in ours1}
+        seconds = max(1e-3, time.monotonic() - self._t0)
+        out = {f"{name}_cpu_pct": round(100 * j / CLK_TCK / seconds, 1) for name, j in ours.items()}
+        out["others_pct"] = round(max(0.0, 100 * (busy1 - busy0 - sum(ours.values())) / total), 1)
+        # A virtual machine's CPUs can be taken by the host as well: "steal".
+        out["steal_pct"] = round(100 * (steal1 - steal0) / total, 1)
+        return out
+
+
+def run_job(sock: str, job: str) -> dict[str, Any]:
+    with Client(sock, timeout=600) as client:
+        result = client.run_job(job, wait=True)
+    if result.get("status") != "success":
+        raise BenchError(f"{job} ended {result.get('status')}: {result.get('error')} {result.get('details')}")
+    return result
+
+
+# -- the widget endpoint -----------------------------------------------------------------
+
+
+class WidgetServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(("127.0.0.1", 0), WidgetHandler)
+        self.delay = delay
+        self.lock = threading.Lock()
+        self.requests = 0
+        self.active = 0
+        self.peak_active = 0
+
+    def reset(self) -> None:
+        with self.lock:
+            self.requests = self.active = self.peak_active = 0
+
+
+class WidgetHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes: without TCP_NODELAY the second
+    # waits for the client's delayed ACK, 40 ms a request.
+    disable_nagle_algorithm = True
+    server: WidgetServer
+
+    def do_GET(self) -> None:  # noqa: N802
+        srv = self.server
+        with srv.lock:
+            srv.requests += 1
+            srv.active += 1
+            srv.peak_active = max(srv.peak_active, srv.active)
+        try:
+            time.sleep(srv.delay)
+        finally:
+            with srv.lock:
+                srv.active -= 1
+        body = b'{"rates":[]}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+
+# -- the figures ------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, log: Callable[[str], None]) -> None:
+        self.args = args
+        self.log = log
+        self.n = max(1000, int(FULL_ROWS * args.rows_scale))
+        self.sql: Sql
+        self.sock = ""
+        self.daemon: subprocess.Popen | None = None
+        self.sampler: RssSampler | None = None
+        self.http: WidgetServer | None = None
+        self.pids: dict[str, int] = {}
+        self.quiet_waited = 0.0
+
+    def today(self) -> date:
+        return datetime.now(UTC).date()
+
+    def check_same_day(self, today: date) -> None:
+        if self.today() != today:
+            raise BenchError("midnight UTC passed during a figure: its days moved; run the bench again")
+
+    def truncate(self, *tables: str) -> None:
+        for table in tables:
+            self.sql.execute(f"TRUNCATE TABLE {table}")
+
+    def prepare(self, what: str, load: Callable[[], None], table: str) -> None:
+        started = time.monotonic()
+        load()
+        self.sql.execute(f"ANALYZE TABLE {table}")
+        loaded = time.monotonic() - started
+        settled = self.sql.settle(self.log)
+        self.log(f"  {what}: loaded in {loaded:.1f} s, InnoDB settled in {settled:.1f} s")
+
+    def wait_quiet(self) -> float:
+        """Wait (up to --quiet-wait s) until other processes leave the CPUs alone; return their last share."""
+        if self.args.quiet_wait <= 0:
+            return -1.0
+        started = time.monotonic()
+        told = False
+        while True:
+            meter = CpuMeter(self.pids)
+            time.sleep(1.0)
+            others = meter.read()["others_pct"]
+            if others < QUIET_PCT:
+                break
+            if time.monotonic() - started >= self.args.quiet_wait:
+                self.log(f"  warning: other processes still use {others:.0f}% of the CPUs; measuring anyway")
+                break
+            if not told:
+                self.log(f"  waiting for a quiet machine: other processes use {others:.0f}% of the CPUs")
+                told = True
+        waited = time.monotonic() - started - 1.0
+        self.quiet_waited += waited
+        if told:
+            self.log(f"  ... waited {waited:.0f} s; others now at {others:.0f}%")
+        return others
+
+    def measured(self, fn: Callable[[], Any], wait: bool = True) -> tuple[Any, dict[str, float]]:
+        """fn() after waiting for a quiet machine, with the CPU use of everyone during it."""
+        if wait:
+            self.wait_quiet()
+        meter = CpuMeter(self.pids)
+        result = fn()
+        return result, meter.read()
+
+    # 1 ------------------------------------------------------------------------------------
+
+    def aggregation(self) -> dict[str, Any]:
+        n, sql = self.n, self.sql
+        today = self.today()
+        day = today - timedelta(days=1)
+        d = day.isoformat()
+        self.log(f"1. aggregation: {n:,} requests on {day} (UTC), {self.args.rounds} rounds")
+        self.truncate("api_requests", "api_statistics_summary", "api_statistics_widget_daily")
+        set_setting(sql, "cache-statistics-retention-days", 3650)
+        # The job's fixed cost: a run with no rows at all (lock, settings, queries, bookkeeping).
+        overhead = min(float(run_job(self.sock, "aggregate_statistics")["details"]["duration_seconds"])
+                       for _ in range(3))
+        self.prepare("requests", lambda: load_requests(sql, day, n), "api_requests")
+        plans = {}
+        start, end = ts(day_start(day)), ts(day_start(day + timedelta(days=1)))
+        for name, text in (("summary", SUMMARY_SQL), ("widgets", WIDGET_SQL)):
+            rows = sql.query("EXPLAIN " + text[text.index("SELECT"):], (d, start, end))
+            plans[name] = [f"type={r[3]} key={r[5]} rows={r[8]} {r[9] or ''}".strip() for r in rows]
+        # One unmeasured pass of each, so no round pays for a cold first scan.
+        for variant in ("A", "B"):
+            clear_summary(sql, day)
+            sql.timed(floor_statements(variant, day), transaction=True)
+        reference = summary_of(sql, day)
+
+        def job() -> float:
+            result = run_job(self.sock, "aggregate_statistics")
+            det = result["details"]
+            self.check_same_day(today)
+            if det.get("days_summarised") != [d] or det.get("requests_summarised") != n:
+                raise BenchError(f"aggregation summarised {det.get('days_summarised')}"
+                                 f" / {det.get('requests_summarised')} rows, expected [{d}] / {n}")
+            if det.get("rows_deleted"):
+                raise BenchError(f"aggregation deleted {det['rows_deleted']} rows with 3650 days' retention")
+            return float(det["duration_seconds"])
+
+        rounds: list[dict[str, Any]] = []
+        for i in range(self.args.rounds):
+            r: dict[str, Any] = {}
+            self.wait_quiet()
+            meter = CpuMeter(self.pids)
+            for what in ("A", "B", "job") if i % 2 == 0 else ("job", "B", "A"):
+                clear_summary(sql, day)
+                if what == "job":
+                    r["job_s"] = job()
+                else:
+                    r[f"floor_{what}_s"] = round(sql.timed(floor_statements(what, day), transaction=True)[0], 3)
+                got = summary_of(sql, day)
+                if got != reference:
+                    raise BenchError(f"{'the job' if what == 'job' else 'floor ' + what} summarised {got},"
+                                     f" the first floor {reference}")
+            r["others_pct"] = meter.read()["others_pct"]
+            r["floor_s"] = min(r["floor_A_s"], r["floor_B_s"])
+            rounds.append(r)
+            self.log(f"  round {i + 1}: floor A {r['floor_A_s']:.3f} s, floor B {r['floor_B_s']:.3f} s,"
+                     f" job {r['job_s']:.3f} s (others {r['others_pct']:.0f}% CPU)")
+        clear_summary(sql, day)
+        job_s = min(r["job_s"] for r in rounds)
+        floor = min(r["floor_s"] for r in rounds)
+        return {"rows": n, "day": d, "rounds": rounds, "job_s": job_s, "floor_s": floor,
+                "floor_A_s": min(r["floor_A_s"] for r in rounds), "floor_B_s": min(r["floor_B_s"] for r in rounds),
+                "ratio": round(job_s / floor, 3), "plans": plans, "job_empty_run_s": overhead,
+                "others_pct": max(r["others_pct"] for r in rounds)}
+
+    # 2 and 3 ------------------------------------------------------------------------------
+
+    def delete_figure(self, job: str, table: str, floor_sql: str, cutoff: Callable[[], str], expected: int,
+                      load: Callable[[], None], check: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """The floor (one DELETE) and the job, each on a fresh load of the same data."""
+        sql = self.sql
+        self.prepare("floor data", load, table)
+        floor_cutoff = cutoff()
+        plan = sql.query("EXPLAIN " + floor_sql, (floor_cutoff,))
+        (seconds, deleted), floor_cpu = self.measured(lambda: sql.timed([(floor_sql, (floor_cutoff,))]))
+        if deleted != expected:
+            raise BenchError(f"the floor DELETE removed {deleted} rows, expected {expected}")
+        # What the single DELETE left for InnoDB's purge to do after it: not in the floor's time.
+        purge_after_floor = sql.wait_purged()
+        floor_rate = deleted / seconds
+        self.log(f"  floor: one DELETE of {deleted:,} rows in {seconds:.2f} s = {floor_rate:,.0f} rows/s"
+                 f" (purge then took {purge_after_floor:.1f} s more; others {floor_cpu['others_pct']:.0f}% CPU)")
+
+        self.prepare("job data", load, table)
+        result, job_cpu = self.measured(lambda: run_job(self.sock, job))
+        purge_after_job = sql.wait_purged()
+        det = result["details"]
+        check(det)
+        purge_s = round(det["rows_deleted"] / det["rows_per_second"], 3) if det["rows_per_second"] else None
+        self.log(f"  job: {det['rows_deleted']:,} rows at {det['rows_per_second']:,} rows/s in {det['chunks']}"
+                 f" chunks (p50 {det['chunk_ms_p50']} ms, max {det['chunk_ms_max']} ms); whole job"
+                 f" {det['duration_seconds']:.2f} s (purge then took {purge_after_job:.1f} s more;"
+                 f" others {job_cpu['others_pct']:.0f}% CPU,"
+                 f" mariadbd {job_cpu['mariadbd_cpu_pct']:.0f}%, daemon {job_cpu['daemon_cpu_pct']:.0f}%)")
+        return {"rows": expected, "floor_cutoff": floor_cutoff, "job_cutoff": det.get("cutoff", det.get("expired_before")),
+                "floor_s": round(seconds, 3), "floor_rows_per_s": round(floor_rate),
+                "floor_plan": [f"type={r[3]} key={r[5]} rows={r[8]} {r[9] or ''}".strip() for r in plan],
+                "floor_purge_after_s": round(purge_after_floor, 1),
+                "floor_cpu": floor_cpu,
+                "job_rows_per_s": det["rows_per_second"], "job_purge_s": purge_s,
+                "job_duration_s": det["duration_seconds"], "chunks": det["chunks"],
+                "chunk_ms_p50": det["chunk_ms_p50"], "chunk_ms_max": det["chunk_ms_max"],
+                "job_purge_after_s": round(purge_after_job, 1), "job_cpu": job_cpu,
+                "job_details": det,
+                "others_pct": max(floor_cpu["others_pct"], job_cpu["others_pct"]),
+                "ratio": round(det["rows_per_second"] / floor_rate, 3)}
+
+    def purge(self) -> dict[str, Any]:
+        n, sql = self.n, self.sql
+        recent_n = max(100, n // 10)
+        today = self.today()
+        cutoff = ts(day_start(today - timedelta(days=RETENTION_DAYS)))
+        old = len(OLD_DAYS) * n
+        kept = len(RECENT_DAYS) * recent_n
+        self.log(f"2. retention purge: {old:,} rows before {cutoff} (UTC), {kept:,} recent rows kept")
+
+        def load() -> None:
+            self.truncate("api_requests", "api_statistics_summary", "api_statistics_widget_daily")
+            for back in OLD_DAYS:
+                load_requests(sql, today - timedelta(days=back), n)
+            for back in RECENT_DAYS:
+                load_requests(sql, today - timedelta(days=back), recent_n)
+            # Retention never deletes an unsummarised day: summarise them all first.
+            for back in OLD_DAYS + RECENT_DAYS:
+                summarise(sql, today - timedelta(days=back))
+
+        def check(det: dict[str, Any]) -> None:
+            self.check_same_day(today)
+            left = sql.query("SELECT COUNT(*) FROM api_requests")[0][0]
+            if det.get("rows_deleted") != old or left != kept or str(det.get("cutoff", ""))[:19] != cutoff:
+                raise BenchError(f"the purge deleted {det.get('rows_deleted')} rows before {det.get('cutoff')},"
+                                 f" left {left}; expected {old} before {cutoff}, {kept} left")
+
+        set_setting(sql, "cache-statistics-retention-days", RETENTION_DAYS)
+        out = self.delete_figure("aggregate_statistics", "api_requests",
+                                 "DELETE FROM api_requests WHERE created_at < %s", lambda: cutoff, old, load, check)
+        out.update(kept=kept, days_summarised=out["job_details"].get("days_summarised"))
+        return out
+
+    def cache(self) -> dict[str, Any]:
+        sql = self.sql
+        expired = self.n
+        live = max(100, self.n // 5)
+        total = expired + live
+        # Every sixth row is live when expired:live is 5:1; otherwise the last ones are.
+        every = (total // live) if total % live == 0 else 0
+        self.log(f"3. cache cleanup: {expired:,} expired rows, {live:,} live, expiry scattered over a week")
+
+        def load() -> None:
+            self.truncate("cache")
+            now = ts(datetime.now(UTC))
+            is_live = f"MOD(seq, {every}) = {every - 1}" if every else f"seq >= {expired}"
+            sql.execute(
+                "INSERT INTO cache (cache_key, widget_id, payload, created_at, expires_at)"
+                " SELECT CONCAT('k', seq), 1 + MOD(seq, 500),"
+                " CONCAT('{\"widget\":', MOD(seq, 500), ',\"rates\":\"', REPEAT('r', 200), '\"}'),"
+                " expires - INTERVAL 1 HOUR, expires FROM ("
+                f" SELECT seq, IF({is_live}, %s + INTERVAL (7200 + MOD(seq, 86400)) SECOND,"
+                f" %s - INTERVAL (60 + MOD(seq * 7919, 604800)) SECOND) AS expires FROM seq_0_to_{total - 1}) s",
+                (now, now))
+
+        def check(det: dict[str, Any]) -> None:
+            left = sql.query("SELECT COUNT(*) FROM cache")[0][0]
+            if det.get("rows_deleted") != expired or left != live:
+                raise BenchError(f"cleanup deleted {det.get('rows_deleted')} rows and left {left};"
+                                 f" expected {expired} and {live}")
+
+        out = self.delete_figure("cleanup_expired_cache", "cache", "DELETE FROM cache WHERE expires_at < %s",
+                                 lambda: ts(datetime.now(UTC)), expired, load, check)
+        self.truncate("cache")
+        out.update(kept=live)
+        return out
+
+    # 4 ------------------------------------------------------------------------------------
+
+    def warming(self) -> dict[str, Any]:
+        sql, http = self.sql, self.http
+        assert http is not None
+        today = self.today()
+        self.log(f"4. cache warming: {WARM_WIDGETS} widgets, concurrency {WARM_CONCURRENCY},"
+                 f" {WARM_DELAY * 1000:.0f} ms per request")
+        self.truncate("api_requests", "api_statistics_summary", "api_statistics_widget_daily", "widgets")
+        extra = 20   # more candidates than the count, so the top-N query has something to rank
+        sql.execute("INSERT INTO widgets (id, name, active) SELECT seq, CONCAT('widget ', seq), 1"
+                    f" FROM seq_1_to_{WARM_WIDGETS + extra}")
+        for back in (1, 2, 3):
+            sql.execute("INSERT INTO api_statistics_widget_daily (stat_date, widget_id, requests)"
+                        f" SELECT %s, seq, 10000 - seq * 10 FROM seq_1_to_{WARM_WIDGETS + extra}",
+                        ((today - timedelta(days=back)).isoformat(),))
+        set_setting(sql, "cache-warming-enabled", 1)
+        set_setting(sql, "cache-warming-widget-count", WARM_WIDGETS)
+        url = f"http://127.0.0.1:{http.server_address[1]}/api/v1/widgets/{{}}/rates"
+
+        # What a plain client gets from this server: the same pool size, one session.
+        def plain() -> float:
+            with requests.Session() as session, ThreadPoolExecutor(WARM_CONCURRENCY) as pool:
+                started = time.perf_counter()
+                statuses = list(pool.map(lambda w: session.get(url.format(w), timeout=10).status_code,
+                                         range(1, WARM_WIDGETS + 1)))
+                if any(s != 200 for s in statuses):
+                    raise BenchError("the widget server answered the plain client with an error")
+                return time.perf_counter() - started
+
+        http.reset()
+        client_s, _ = self.measured(plain)
+        http.reset()
+        result, cpu = self.measured(lambda: run_job(self.sock, "warm_cache"))
+        self.check_same_day(today)
+        det = result["details"]
+        if det.get("warmed") != WARM_WIDGETS or det.get("failed") or http.requests != WARM_WIDGETS:
+            raise BenchError(f"warming: {det}; the server saw {http.requests} requests")
+        floor = WARM_WIDGETS / WARM_CONCURRENCY * WARM_DELAY
+        set_setting(sql, "cache-warming-enabled", 0)
+        self.log(f"  job {det['duration_seconds']:.3f} s (floor {floor:.1f} s, plain client {client_s:.3f} s,"
+                 f" peak concurrency {http.peak_active}; others {cpu['others_pct']:.0f}% CPU)")
+        return {"widgets": WARM_WIDGETS, "concurrency": WARM_CONCURRENCY, "delay_s": WARM_DELAY,
+                "job_s": det["duration_seconds"], "floor_s": floor, "plain_client_s": round(client_s, 3),
+                "server_peak_concurrency": http.peak_active, "ratio": round(det["duration_seconds"] / floor, 3),
+                "others_pct": cpu["others_pct"]}
+
+    # the whole run ------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        started = time.monotonic()
+        tmp = Path(tempfile.mkdtemp(prefix="rcb-", dir="/tmp"))
+        server: BenchMariaDB | None = None
+        daemon_out = None
+        self.sql = None  # type: ignore[assignment]
+        http_thread = None
+        try:
+            if not harness.available():
+                raise BenchError(harness.MISSING_MESSAGE)
+            server = BenchMariaDB(tmp / "mdb")
+            server.start()
+            url = server.create_database("bench")
+            with server.root_connect() as conn:
+                version = conn.get_server_info()
+            self.log(f"MariaDB {version} on {server.socket}"
+                     f" ({time.monotonic() - started:.1f} s)")
+            self.http = WidgetServer(WARM_DELAY)
+            http_thread = threading.Thread(target=self.http.serve_forever, name="widget-http", daemon=True)
+            http_thread.start()
+            config = write_config(tmp, url, self.http.server_address[1])
+            self.sock = str(tmp / "rc.sock")
+            daemon_out = open(tmp / "daemon.out", "wb")
+            self.daemon = subprocess.Popen(_daemon_argv(config), stdin=subprocess.DEVNULL, stdout=daemon_out,
+                                           stderr=subprocess.STDOUT, start_new_session=True,
+                                           preexec_fn=_term_with_parent)
+            self.sampler = RssSampler(self.daemon.pid)
+            self.sampler.start()
+            wait_ready(self.daemon, self.sock)
+            assert server._process is not None
+            self.pids = {"mariadbd": server._process.pid, "daemon": self.daemon.pid, "bench": os.getpid()}
+            self.sql = Sql(server, "bench")
+            self.log(f"daemon pid {self.daemon.pid} ready; RSS {(rss_kb(self.daemon.pid) or 0) / 1024:.1f} MB")
+
+            results: dict[str, Any] = {}
+            phase_rss: dict[str, float] = {}
+            for key, fn in (("1", self.aggregation), ("2", self.purge), ("3", self.cache), ("4", self.warming)):
+                if key not in self.args.figures:
+                    continue
+                t0 = time.monotonic()
+                results[fn.__name__] = fn()
+                results[fn.__name__]["phase_s"] = round(time.monotonic() - t0, 1)
+                phase_rss[fn.__name__] = self.sampler.peak_mb(t0)
+                results[fn.__name__]["daemon_peak_rss_mb"] = phase_rss[fn.__name__]
+            hwm = rss_kb(self.daemon.pid, "VmHWM:")
+            self.sampler.stopping.set()
+            self.sampler.join()
+            if self.daemon.poll() is not None:
+                raise BenchError(f"the daemon exited with status {self.daemon.returncode} during the bench")
+            results["rss"] = {"peak_mb": self.sampler.peak_mb(), "vmhwm_mb": round((hwm or 0) / 1024, 1),
+                              "samples": len(self.sampler.samples), "per_figure_mb": phase_rss}
+            results["meta"] = {
+                "rows_scale": self.args.rows_scale, "n": self.n, "rounds": self.args.rounds,
+                "mariadb": version, "server_options": list(SERVER_OPTIONS),
+                "python": platform_mod.python_version(), "cpus": os.cpu_count(),
+                "bench_seconds": round(time.monotonic() - started, 1),
+                "quiet_waited_s": round(self.quiet_waited, 1), "quiet_wait": self.args.quiet_wait,
+            }
+            return results
+        except BaseException:
+            if daemon_out is not None and (tmp / "daemon.out").exists():
+                daemon_out.flush()
+                tail = (tmp / "daemon.out").read_bytes()[-3000:].decode(errors="replace")
+                if tail.strip():
+                    self.log("daemon output (tail):\n" + tail)
+            raise
+        finally:
+            if self.sampler is not None:
+                self.sampler.stopping.set()
+            stop_process(self.daemon)
+            if daemon_out is not None:
+                daemon_out.close()
+            if self.http is not None:
+                if http_thread is not None:
+                    self.http.shutdown()
+                self.http.server_close()
+            if self.sql is not None:
+                self.sql.close()
+            if server is not None:
+                try:
+                    server.close()
+                except Exception as exc:  # noqa: BLE001
+                    self.log(f"warning: MariaDB: {exc}")
+                    server.kill()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- the report ---------------------------------------------------------------------------------
+
+
+def figures(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of the table: figure, value, floor, ratio, limit, ok (None: for information only)."""
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, value: str, floor: str, ratio: float | None, limit: str, ok: bool | None,
+            others: float | None = None) -> None:
+        rows.append({"figure": name, "value": value, "floor": floor, "ratio": ratio, "limit": limit, "pass": ok,
+                     "others_cpu_pct": others})
+
+
+    if "aggregation" in result:
+        a = result["aggregation"]
+        add(f"1 aggregate {a['rows']:,} rows: job s (best of {len(a['rounds'])})", f"{a['job_s']:.3f}",
+            f"{a['floor_s']:.3f}", a["ratio"], f"<= {AGG_LIMIT:g} x", a["ratio"] <= AGG_LIMIT, a["others_pct"])
+    for key, label in (("purge", "2 purge"), ("cache", "3 cache cleanup")):
+        if key not in result:
+            continue
+        p = result[key]
+        add(f"{label} {p['rows']:,} rows: job rows/s", f"{p['job_rows_per_s']:,}", f"{p['floor_rows_per_s']:,}",
+            p["ratio"], f">= {PURGE_RATE_LIMIT:g} x", p["ratio"] >= PURGE_RATE_LIMIT, p["others_pct"])
+        add(f"{label}: chunk_ms_max ({p['chunks']} chunks)", f"{p['chunk_ms_max']:.1f}", "-", None,
+            f"< {CHUNK_MS_LIMIT:g} ms", p["chunk_ms_max"] < CHUNK_MS_LIMIT, p["job_cpu"]["others_pct"])
+        add(f"{label}: whole job s (info)", f"{p['job_duration_s']:.2f}", f"{p['floor_s']:.2f}",
+            round(p["job_duration_s"] / p["floor_s"], 3) if p["floor_s"] else None, "-", None)
+        # The same rows/s once InnoDB's own purge of the deleted rows has finished too.
+        job_total = (p["job_purge_s"] or 0) + p["job_purge_after_s"]
+        floor_total = p["floor_s"] + p["floor_purge_after_s"]
+        if job_total > 0 and floor_total > 0:
+            add(f"{label}: rows/s incl. InnoDB purge (info)", f"{p['rows'] / job_total:,.0f}",
+                f"{p['rows'] / floor_total:,.0f}", round(floor_total / job_total, 3), "-", None)
+    if "warming" in result:
+        w = result["warming"]
+        add(f"4 warm {w['widgets']} widgets x {w['delay_s'] * 1000:.0f} ms / {w['concurrency']}: job s",
+            f"{w['job_s']:.3f}", f"{w['floor_s']:.3f}", w["ratio"], f"<= {WARM_LIMIT:g} x", w["ratio"] <= WARM_LIMIT,
+            w["others_pct"])
+    r = result["rss"]
+    add("5 daemon peak VmRSS MB", f"{r['peak_mb']:.1f}", "-", None, f"< {RSS_LIMIT_MB:g} MB",
+        r["peak_mb"] < RSS_LIMIT_MB)
+    return rows
+
+
+def report_text(result: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    m = result["meta"]
+    out = [f"ratecared jobs bench: N = {m['n']:,} (--rows-scale {m['rows_scale']:g}), MariaDB {m['mariadb']}"
+           f" ({' '.join(m['server_options'])}), Python {m['python']}, {m['cpus']} CPUs;"
+           f" {m['bench_seconds']:.0f} s in all ({m['quiet_waited_s']:.0f} s of it waiting for a quiet machine)", ""]
+    head = (f"{'figure':<52} {'value':>11} {'floor':>11} {'ratio':>7} {'limit':>10}  {'result':<6}"
+            f" {'others':>6}")
+    out += [head, "-" * len(head)]
+    for row in rows:
+        ratio = f"{row['ratio']:.3f}" if row["ratio"] is not None else "-"
+        verdict = {True: "PASS", False: "FAIL", None: "info"}[row["pass"]]
+        others = f"{row['others_cpu_pct']:.0f}%" if row["others_cpu_pct"] is not None else ""
+        out.append(f"{row['figure']:<52} {row['value']:>11} {row['floor']:>11} {ratio:>7} {row['limit']:>10}"
+                   f"  {verdict:<6} {others:>6}")
+    out.append("others: the share of all CPUs that other processes on the machine used during the timed runs"
+               " (the worst of floor and job)")
+    out.append("")
+    if "aggregation" in result:
+        a = result["aggregation"]
+        out.append("aggregation rounds (s): " + "; ".join(
+            f"A {r['floor_A_s']:.3f} B {r['floor_B_s']:.3f} job {r['job_s']:.3f}" for r in a["rounds"]))
+        out.append(f"  floor A = the job's two statements by hand ({a['floor_A_s']:.3f} s), B = widgets first,"
+                   f" unique_widgets counted from them ({a['floor_B_s']:.3f} s)")
+        out.append(f"  plans: summary {a['plans']['summary']}; widgets {a['plans']['widgets']}")
+        out.append(f"  the job's fixed cost (a run with no rows): {a['job_empty_run_s']:.3f} s")
+    for key in ("purge", "cache"):
+        if key in result:
+            p = result[key]
+            out.append(f"{key}: floor one DELETE {p['floor_s']:.2f} s ({p['floor_plan'][0]}), InnoDB purge after it"
+                       f" {p['floor_purge_after_s']:.1f} s; job: purge {p['job_purge_s']} s in {p['chunks']} chunks,"
+                       f" p50 {p['chunk_ms_p50']} ms, whole job {p['job_duration_s']:.2f} s, InnoDB purge after it"
+                       f" {p['job_purge_after_s']:.1f} s; CPU during the job: mariadbd"
+                       f" {p['job_cpu']['mariadbd_cpu_pct']:.0f}%, daemon {p['job_cpu']['daemon_cpu_pct']:.0f}%")
+    if "warming" in result:
+        w = result["warming"]
+        out.append(f"warming: a plain {w['concurrency']}-thread client takes {w['plain_client_s']:.3f} s;"
+                   f" server peak concurrency under the job {w['server_peak_concurrency']}")
+    r = result["rss"]
+    out.append(f"daemon RSS: peak {r['peak_mb']:.1f} MB over {r['samples']} samples (VmHWM {r['vmhwm_mb']} MB);"
+               f" per figure {r['per_figure_mb']}")
+    busy = [row for row in rows if (row["others_cpu_pct"] or 0) > 2 * QUIET_PCT]
+    if busy:
+        out.append(f"warning: {len(busy)} figure(s) measured while other processes used over {2 * QUIET_PCT:g}% of"
+                   " the CPUs: compare them with care")
+    ok = all(row["pass"] is not False for row in rows)
+    out.append(f"result: {'PASS' if ok else 'FAIL'}")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--rows-scale", type=float, default=1.0,
+                        help="scale every row count (N = 1,000,000 x this) [1]")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="aggregation rounds, floor and job alternating; best of each counts [5]")
+    parser.add_argument("--figures", default="1,2,3,4", help="comma-separated subset of 1,2,3,4 [all];"
+                        " the RSS figure is always reported")
+    parser.add_argument("--quiet-wait", type=float, default=120.0,
+                        help="before each timed section, wait up to this many seconds for other processes to"
+                             f" leave the CPUs under {QUIET_PCT:g}%% busy; 0: never wait [120]")
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object on stdout")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    args = parser.parse_args(argv)
+    args.figures = {f.strip() for f in args.figures.split(",") if f.strip()}
+    if not args.figures or not args.figures <= {"1", "2", "3", "4"}:
+        parser.error("--figures takes a comma-separated subset of 1,2,3,4")
+    if not 0 < args.rows_scale <= 10 or args.rounds < 1:
+        parser.error("--rows-scale must be in (0, 10], --rounds >= 1")
+
+    t0 = time.monotonic()
+
+    def log(msg: str) -> None:
+        if not args.quiet:
+            print(f"[bench {time.monotonic() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    # SIGTERM must still run the cleanup in Bench.run()'s finally.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        result = Bench(args, log).run()
+    except KeyboardInterrupt:
+        print("[bench] interrupted; daemon, MariaDB and temp dir cleaned up", file=sys.stderr)
+        return 130
+    except (BenchError, RuntimeError, OSError, pymysql.MySQLError) as exc:
+        print(f"[bench] error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    rows = figures(result)
+    passed = all(row["pass"] is not False for row in rows)
+    if args.json:
+        result["figures"] = rows
+        result["pass"] = passed
+        print(json.dumps(result, separators=(",", ":"), default=str))
+    else:
+        print(report_text(result, rows))
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
