@@ -118,39 +118,9 @@ class BenchError(Exception):
 
 
 class BenchMariaDB(harness.MariaDB):
-    """The tests' private server with a production-sized buffer pool and redo log.
+    """The tests' private server with a production-sized buffer pool and redo log."""
 
-    Same command line as MariaDB.start(); the options added last win.
-    """
-
-    def start(self) -> None:
-        if self.running:
-            raise RuntimeError("MariaDB is already running")
-        mariadbd = harness._find("mariadbd")
-        if mariadbd is None:
-            raise RuntimeError(harness.MISSING_MESSAGE)
-        if not self.datadir.exists():
-            self._install()
-        self._process = subprocess.Popen(
-            [
-                mariadbd,
-                "--no-defaults",
-                "--user=root",
-                f"--datadir={self.datadir}",
-                f"--socket={self._socket}",
-                "--skip-networking",
-                f"--pid-file={self._pid_file}",
-                f"--log-error={self.error_log}",
-                *harness._SERVER_OPTIONS,
-                *SERVER_OPTIONS,
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=harness._die_with_parent,
-        )
-        self._wait_until_ready(self._process)
+    server_options = (*harness._SERVER_OPTIONS, *SERVER_OPTIONS)
 
 
 class Sql:
@@ -876,7 +846,7 @@ class Bench:
                 "quiet_waited_s": round(self.quiet_waited, 1), "quiet_wait": self.args.quiet_wait,
             }
             return results
-        except BaseException:
+        except Exception:
             if daemon_out is not None and (tmp / "daemon.out").exists():
                 daemon_out.flush()
                 tail = (tmp / "daemon.out").read_bytes()[-3000:].decode(errors="replace")
@@ -1024,8 +994,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quiet:
             print(f"[bench {time.monotonic() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
-    # SIGTERM must still run the cleanup in Bench.run()'s finally.
+    # SIGTERM and Ctrl-C (even when started in the background, where SIGINT
+    # comes ignored) must still run the cleanup in Bench.run()'s finally.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         result = Bench(args, log).run()
     except KeyboardInterrupt:

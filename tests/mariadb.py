@@ -66,6 +66,9 @@ def _die_with_parent() -> None:
 class MariaDB:
     """One mariadbd whose datadir, socket, pid file and error log all live in basedir."""
 
+    # A subclass may add options; the ones given last win.
+    server_options: tuple[str, ...] = _SERVER_OPTIONS
+
     def __init__(self, basedir: Path) -> None:
         self.basedir = Path(basedir)
         self.datadir = self.basedir / "data"
@@ -105,7 +108,7 @@ class MariaDB:
                 "--skip-networking",
                 f"--pid-file={self._pid_file}",
                 f"--log-error={self.error_log}",
-                *_SERVER_OPTIONS,
+                *self.server_options,
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -191,7 +194,7 @@ class MariaDB:
                 "--auth-root-authentication-method=normal",
                 "--skip-test-db",
                 f"--datadir={self.datadir}",
-                *_SERVER_OPTIONS,
+                *self.server_options,
             ],
             stdin=subprocess.DEVNULL,
             capture_output=True,

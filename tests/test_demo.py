@@ -141,7 +141,6 @@ def test_cli_exits_78_on_a_bad_config(tmp_path: Path) -> None:
 
 def test_widget_standin_serves_rates_and_runs_the_daemon_command(tmp_path: Path) -> None:
     import socket as socketlib
-    import urllib.request
 
     probe = socketlib.socket()
     probe.bind(("127.0.0.1", 0))
