@@ -1,10 +1,12 @@
 """The daemon's lifecycle: start in order, serve, reload, stop in time.
 
 Threads: the main thread runs the asyncio loop (control socket, signals,
-ticks, watchdog); `store` writes snapshots and re-reads settings; the
-`control-worker` pool answers the API calls that touch the database. The
-watchdog is pinged from the loop only while `store` shows progress too, so a
-wedged thread gets the daemon restarted instead of hidden.
+ticks, watchdog); `store` writes snapshots and re-reads settings;
+`scheduler` runs the jobs, one at a time; the `control-worker` pool answers
+the API calls that touch the database. The watchdog is pinged from the loop
+only while `store` shows progress and `scheduler` is alive, so a wedged
+thread gets the daemon restarted instead of hidden; a long job does not stop
+the pings.
 """
 
 from __future__ import annotations
