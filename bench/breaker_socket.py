@@ -55,6 +55,8 @@ import time
 from array import array
 from pathlib import Path
 
+from process_metrics import RSS_INTERVAL, RssSampler, rss_kb, wait_ready
+
 PLATFORMS = ("booking", "expedia", "agoda", "hotels", "trivago", "tripadvisor", "google")
 PREFIX = "/api/v1/circuit-breaker"
 
@@ -63,7 +65,6 @@ FLOOR_BATCH = 20_000      # platform decisions/s
 FLOOR_P99_MS = 5.0        # per acquire+report pair, both phases
 FLOOR_RSS_MB = 60.0       # daemon peak VmRSS
 
-RSS_INTERVAL = 0.1
 RECV_BYTES = 16384        # replies are under 1 KiB; a bigger buffer only costs allocation
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -297,17 +298,6 @@ def _echo_main(lsock: socket.socket, canned_acquire: bytes, canned_report: bytes
 # -- /proc ---------------------------------------------------------------------------
 
 
-def _rss_kb(pid: int, field: str = "VmRSS:") -> int | None:
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(field.encode()):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
-
-
 def _cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all its threads), from /proc/PID/stat."""
     with open(f"/proc/{pid}/stat", "rb") as f:
@@ -340,27 +330,6 @@ def _schedstat(pid: int) -> tuple[int, int]:
     return int(run), int(wait)
 
 
-class RssSampler(threading.Thread):
-    def __init__(self, pid: int) -> None:
-        super().__init__(name="rss-sampler", daemon=True)
-        self.pid = pid
-        self.samples: list[tuple[float, int]] = []
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        # Signals must land on the main thread, or Ctrl-C waits until the main thread's read returns.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        while not self.stopping.is_set():
-            kb = _rss_kb(self.pid)
-            if kb is not None:
-                self.samples.append((time.monotonic(), kb))
-            self.stopping.wait(RSS_INTERVAL)
-
-    def peak_mb(self, since: float = 0.0, until: float = float("inf")) -> float | None:
-        kbs = [kb for t, kb in self.samples if since <= t <= until]
-        return max(kbs) / 1024 if kbs else None
-
-
 # -- the daemon --------------------------------------------------------------------
 
 
@@ -377,22 +346,6 @@ def _daemon_argv(config: Path, cprofile: str | None) -> list[str]:
         return [str(script), "--config", str(config)]
     return [sys.executable, "-c", "import sys; from ratecared.cli import main; sys.exit(main())",
             "--config", str(config)]
-
-
-def _wait_ready(proc: subprocess.Popen, path: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the daemon exited with status {proc.returncode} before it was ready")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
-            return
-        except OSError:
-            time.sleep(0.05)
-        finally:
-            probe.close()
-    raise RuntimeError(f"the daemon did not accept connections on {path} within {timeout:g} s")
 
 
 def _stop(proc: subprocess.Popen | mp.Process | None, timeout: float = 10.0) -> None:
@@ -561,8 +514,8 @@ def bench(args, log) -> dict:
                                   start_new_session=True)   # Ctrl-C reaches us only; we stop it
         sampler = RssSampler(daemon.pid)
         sampler.start()
-        _wait_ready(daemon, sock_path)
-        log(f"daemon pid {daemon.pid} ready on {sock_path}; RSS {(_rss_kb(daemon.pid) or 0) / 1024:.1f} MB")
+        wait_ready(daemon, sock_path)
+        log(f"daemon pid {daemon.pid} ready on {sock_path}; RSS {(rss_kb(daemon.pid) or 0) / 1024:.1f} MB")
 
         phases: dict[str, dict] = {}
         for mode in args.phases:
@@ -577,7 +530,7 @@ def bench(args, log) -> dict:
             d["ratio_to_echo"] = round(d["pairs_per_s"] / e["pairs_per_s"], 3)
             phases[mode] = {"daemon": d, "echo": e}
 
-        hwm = _rss_kb(daemon.pid, "VmHWM:")
+        hwm = rss_kb(daemon.pid, "VmHWM:")
         sampler.stopping.set()
         sampler.join()
         peak = sampler.peak_mb()

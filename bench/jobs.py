@@ -64,7 +64,6 @@ import platform as platform_mod
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -75,6 +74,8 @@ from datetime import date, datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
+
+from process_metrics import RssSampler, rss_kb, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))   # the MariaDB harness
@@ -103,7 +104,6 @@ RECENT_DAYS = (3, 2, 1)       # kept (today - 3 is the first day retention keeps
 WARM_WIDGETS = 100
 WARM_CONCURRENCY = 4
 WARM_DELAY = 0.2
-RSS_INTERVAL = 0.1
 QUIET_PCT = 10.0              # "quiet": other processes use under 10% of all CPUs
 NEVER = "0 0 29 2 *"          # no scheduled run during the bench: jobs run only when asked
 
@@ -335,22 +335,6 @@ def write_config(tmp: Path, url: str, warm_port: int) -> Path:
     return config
 
 
-def wait_ready(proc: subprocess.Popen, path: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchError(f"the daemon exited with status {proc.returncode} before it was ready")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
-            return
-        except OSError:
-            time.sleep(0.05)
-        finally:
-            probe.close()
-    raise BenchError(f"the daemon did not accept connections on {path} within {timeout:g} s")
-
-
 def stop_process(proc: subprocess.Popen | None, timeout: float = 30.0) -> None:
     if proc is None or proc.poll() is not None:
         return
@@ -360,36 +344,6 @@ def stop_process(proc: subprocess.Popen | None, timeout: float = 30.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-
-
-def rss_kb(pid: int, field: str = "VmRSS:") -> int | None:
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(field.encode()):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-class RssSampler(threading.Thread):
-    def __init__(self, pid: int) -> None:
-        super().__init__(name="rss-sampler", daemon=True)
-        self.pid = pid
-        self.samples: list[tuple[float, int]] = []
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            kb = rss_kb(self.pid)
-            if kb is not None:
-                self.samples.append((time.monotonic(), kb))
-            self.stopping.wait(RSS_INTERVAL)
-
-    def peak_mb(self, since: float = 0.0, until: float = float("inf")) -> float:
-        kbs = [kb for t, kb in self.samples if since <= t <= until]
-        return round(max(kbs) / 1024, 1) if kbs else 0.0
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
