@@ -98,7 +98,7 @@ class JobConfig:
     schedule: str
     starting_deadline: float
     # Purges: chunk statements aim at this many seconds, then pause a share of it.
-    chunk_seconds: float = 0.2
+    chunk_seconds: float = 0.1
     pause_ratio: float = 0.1
     optimize_min_free_mb: float = 256.0
     # Warming: the widget endpoint, parallel requests, per-request and per-run limits.

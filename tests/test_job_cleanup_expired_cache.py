@@ -31,20 +31,24 @@ def test_expired_rows_go_and_the_rest_stay(database: Database) -> None:
                        chunks=ChunkPolicy(initial=64, smallest=50, largest=100, pause_ratio=0))
     result = cleanup_expired_cache.run(ctx)
     assert (result.status, result.rows, result.details["rows_deleted"]) == ("success", 300, 300)
+    assert result.details["walk"] == "primary_key"
     assert result.details["chunks"] > 2
     left = {k[:3] for (k,) in database.query("SELECT cache_key FROM cache")}
     assert left == {"fre", "edg"}
     assert database.query("SELECT COUNT(*) FROM cache")[0][0] == 201
 
 
-def test_many_rows_with_one_expiry_are_all_deleted(database: Database) -> None:
-    # A bulk load gives thousands of rows the same expires_at: the keyset must not stall on it.
-    insert_rows(database, "cache", COLUMNS, cache_rows(2500, [NOW - timedelta(hours=2)]))
+def test_few_expired_rows_sharing_one_expiry_are_found_through_the_index(database: Database) -> None:
+    # One row in ten expired, all at the same instant (a bulk load): the index
+    # walk is chosen, and its keyset must not stall on the shared expires_at.
+    expiries = [NOW - timedelta(hours=2)] + [NOW + timedelta(hours=1)] * 9
+    insert_rows(database, "cache", COLUMNS, cache_rows(25000, expiries))
     ctx = make_context(database, "cleanup_expired_cache", NOW,
                        chunks=ChunkPolicy(initial=100, smallest=100, largest=100, pause_ratio=0))
     result = cleanup_expired_cache.run(ctx)
+    assert result.details["walk"] == "expires_at_index"
     assert result.details["rows_deleted"] == 2500 and result.details["chunks"] == 26
-    assert database.query("SELECT COUNT(*) FROM cache")[0][0] == 0
+    assert database.query("SELECT COUNT(*) FROM cache")[0][0] == 22500
 
 
 def test_rows_expiring_during_the_run_are_kept(database: Database) -> None:

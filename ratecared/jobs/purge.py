@@ -49,7 +49,7 @@ class PurgeStats:
 
 @dataclass(frozen=True)
 class ChunkPolicy:
-    target_seconds: float = 0.2
+    target_seconds: float = 0.1
     pause_ratio: float = 0.1
     initial: int = 5000
     smallest: int = 500
@@ -81,7 +81,11 @@ def delete_in_chunks(
         if finished:
             break
         scale = policy.target_seconds / max(elapsed, 1e-4)
-        size = int(min(policy.largest, max(policy.smallest, size * min(2.0, max(0.5, scale)))))
+        if deleted < size / 2:
+            # A sparse chunk says nothing about how long a full one takes:
+            # growing on it made the next, dense chunk overshoot.
+            scale = min(scale, 1.0)
+        size = int(min(policy.largest, max(policy.smallest, size * min(1.5, max(0.5, scale)))))
         if policy.pause_ratio > 0:
             stop.wait(elapsed * policy.pause_ratio)
     stats.seconds = clock() - started
@@ -117,5 +121,32 @@ def delete_before(
         marks = ", ".join("?" for _ in ids)
         deleted = db.execute(f"DELETE FROM {table} WHERE id IN ({marks}) AND {column} < ?", (*ids, before))
         return deleted, len(rows) < size
+
+    return delete_in_chunks(chunk, stop, policy)
+
+
+def delete_id_windows(
+    db: Database, table: str, column: str, before: str, low: int, end: int, stop: threading.Event,
+    policy: ChunkPolicy = ChunkPolicy(),
+) -> PurgeStats:
+    """Delete rows of `table` with `column` < `before` and `low` <= id < `end`, in windows of ids.
+
+    Walking the primary key visits pages in order and sends no rows to
+    Python; a window that finds few rows jumps over the gap to the next id.
+    """
+    if low >= end:
+        return PurgeStats()
+    position = low
+
+    def chunk(size: int) -> tuple[int, bool]:
+        nonlocal position
+        upper = min(position + size, end)
+        deleted = db.execute(f"DELETE FROM {table} WHERE id >= ? AND id < ? AND {column} < ?",
+                             (position, upper, before))
+        position = upper
+        if deleted < size // 2 and position < end:
+            following = db.query(f"SELECT MIN(id) FROM {table} WHERE id >= ? AND id < ?", (position, end))[0][0]
+            position = end if following is None else int(following)
+        return deleted, position >= end
 
     return delete_in_chunks(chunk, stop, policy)
