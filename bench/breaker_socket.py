@@ -55,7 +55,7 @@ import time
 from array import array
 from pathlib import Path
 
-from process_metrics import RSS_INTERVAL, RssSampler, rss_kb, wait_ready
+from process_metrics import RSS_INTERVAL, RssSampler, rss_kb, stop_process, wait_ready
 
 PLATFORMS = ("booking", "expedia", "agoda", "hotels", "trivago", "tripadvisor", "google")
 PREFIX = "/api/v1/circuit-breaker"
@@ -352,20 +352,13 @@ def _stop(proc: subprocess.Popen | mp.Process | None, timeout: float = 10.0) -> 
     if proc is None:
         return
     if isinstance(proc, subprocess.Popen):
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    else:
+        stop_process(proc, timeout)
+    elif proc.is_alive():
+        proc.terminate()
+        proc.join(timeout)
         if proc.is_alive():
-            proc.terminate()
-            proc.join(timeout)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+            proc.kill()
+            proc.join()
 
 
 # -- one phase -----------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""What both benchmarks read off the daemon process: readiness and memory."""
+"""What both benchmarks do with the daemon process: wait for it, read its memory, stop it."""
 
 from __future__ import annotations
 
@@ -62,3 +62,15 @@ class RssSampler(threading.Thread):
         """The highest sample in [since, until], in MB; 0.0 when there is none."""
         kbs = [kb for t, kb in self.samples if since <= t <= until]
         return round(max(kbs) / 1024, 1) if kbs else 0.0
+
+
+def stop_process(proc: subprocess.Popen | None, timeout: float = 30.0) -> None:
+    """SIGTERM, then SIGKILL after `timeout` s: a stuck process must not outlive the bench."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
