@@ -298,6 +298,11 @@ def summary_of(sql: Sql, day: date) -> tuple:
                  for x in (row[0] if row else ()) + widgets[0])
 
 
+def plan_lines(explain: list[tuple]) -> list[str]:
+    """EXPLAIN rows, one short line each: access type, key, estimated rows, extra."""
+    return [f"type={r[3]} key={r[5]} rows={r[8]} {r[9] or ''}".strip() for r in explain]
+
+
 def set_setting(sql: Sql, key: str, value: Any) -> None:
     if sql.execute("UPDATE settings SET `value` = %s, updated_at = UTC_TIMESTAMP() WHERE `key` = %s",
                    (str(value), key)) == 0 and not sql.query("SELECT 1 FROM settings WHERE `key` = %s", (key,)):
@@ -534,7 +539,7 @@ class Bench:
         start, end = ts(day_start(day)), ts(day_start(day + timedelta(days=1)))
         for name, text in (("summary", SUMMARY_SQL), ("widgets", WIDGET_SQL)):
             rows = sql.query("EXPLAIN " + text[text.index("SELECT"):], (d, start, end))
-            plans[name] = [f"type={r[3]} key={r[5]} rows={r[8]} {r[9] or ''}".strip() for r in rows]
+            plans[name] = plan_lines(rows)
         # One unmeasured pass of each, so no round pays for a cold first scan.
         for variant in ("A", "B"):
             clear_summary(sql, day)
@@ -586,6 +591,15 @@ class Bench:
         """CPU seconds mariadbd has used so far, all its threads (the purge threads too)."""
         return _process_jiffies(self.pids["mariadbd"]) / CLK_TCK
 
+    def measured_then_purged(self, fn: Callable[[], Any]) -> tuple[Any, dict[str, float], float, dict[str, float]]:
+        """measured(fn), then the wait for InnoDB's purge, with mariadbd's CPU seconds for each part."""
+        cpu0 = self.mariadbd_cpu_s()
+        result, cpu = self.measured(fn)
+        cpu1 = self.mariadbd_cpu_s()
+        purge_after = self.sql.wait_purged()
+        work = {"statement_cpu_s": round(cpu1 - cpu0, 1), "purge_after_cpu_s": round(self.mariadbd_cpu_s() - cpu1, 1)}
+        return result, cpu, purge_after, work
+
     def timed_floor(self, table: str, floor_sql: str, cutoff_of: Callable[[], str], expected: int,
                     load: Callable[[], None]) -> dict[str, Any]:
         """One plain DELETE on a fresh load, then the InnoDB purge it left behind."""
@@ -594,32 +608,24 @@ class Bench:
         # After the load: the cache's expiry times are relative to when it ran.
         cutoff = cutoff_of()
         plan = sql.query("EXPLAIN " + floor_sql, (cutoff,))
-        cpu0 = self.mariadbd_cpu_s()
-        (seconds, deleted), cpu = self.measured(lambda: sql.timed([(floor_sql, (cutoff,))]))
+        # What the single DELETE left for InnoDB's purge to do after it is not in the floor's time.
+        (seconds, deleted), cpu, purge_after, work = self.measured_then_purged(
+            lambda: sql.timed([(floor_sql, (cutoff,))]))
         if deleted != expected:
             raise BenchError(f"the floor DELETE removed {deleted} rows, expected {expected}")
-        cpu1 = self.mariadbd_cpu_s()
-        # What the single DELETE left for InnoDB's purge to do after it: not in the floor's time.
-        purge_after = sql.wait_purged()
-        work = {"statement_cpu_s": round(cpu1 - cpu0, 1), "purge_after_cpu_s": round(self.mariadbd_cpu_s() - cpu1, 1)}
         rate = deleted / seconds
         self.log(f"  floor: one DELETE of {deleted:,} rows in {seconds:.2f} s = {rate:,.0f} rows/s"
                  f" (purge then took {purge_after:.1f} s more; mariadbd CPU {work['statement_cpu_s']} s"
                  f" + {work['purge_after_cpu_s']} s; others {cpu['others_pct']:.0f}% CPU)")
         return {"s": round(seconds, 3), "rows_per_s": round(rate), "purge_after_s": round(purge_after, 1),
                 "cpu": cpu, "work": work, "cutoff": cutoff,
-                "plan": [f"type={r[3]} key={r[5]} rows={r[8]} {r[9] or ''}".strip() for r in plan]}
+                "plan": plan_lines(plan)}
 
     def timed_job(self, job: str, table: str, load: Callable[[], None],
                   check: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         """The job on a fresh load, then the InnoDB purge still behind it."""
-        sql = self.sql
         self.prepare("job data", load, table)
-        cpu0 = self.mariadbd_cpu_s()
-        result, cpu = self.measured(lambda: run_job(self.sock, job))
-        cpu1 = self.mariadbd_cpu_s()
-        purge_after = sql.wait_purged()
-        work = {"statement_cpu_s": round(cpu1 - cpu0, 1), "purge_after_cpu_s": round(self.mariadbd_cpu_s() - cpu1, 1)}
+        result, cpu, purge_after, work = self.measured_then_purged(lambda: run_job(self.sock, job))
         det = result["details"]
         check(det)
         self.log(f"  job: {det['rows_deleted']:,} rows at {det['rows_per_second']:,} rows/s in {det['chunks']}"
