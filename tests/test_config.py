@@ -76,14 +76,19 @@ def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
     assert config.logging.dir == tmp_path / "logs"
 
 
+def systemd_credential(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, password: str) -> None:
+    """What LoadCredential=db-password gives the daemon: $CREDENTIALS_DIRECTORY/db-password."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "db-password").write_text(password)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+
+
 def test_password_file_and_systemd_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "pw").write_text("s3cret\n")
     config = load(write(tmp_path, "[database]\nurl = 'mysql://rc@localhost/rc'\npassword_file = 'pw'\n"))
     assert config.database.password() == "s3cret"
-    creds = tmp_path / "creds"
-    creds.mkdir()
-    (creds / "db-password").write_text("fromsystemd")
-    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    systemd_credential(tmp_path, monkeypatch, "fromsystemd")
     config = load(write(tmp_path, "[database]\nurl = 'mysql://rc@localhost/rc'\n"))
     assert config.database.password() == "fromsystemd"
 
@@ -119,9 +124,6 @@ def test_an_unreadable_password_file_falls_through_to_the_credential(tmp_path: P
     # The daemon's user cannot read the root-only file; a directory in its
     # place fails the same way (OSError) even for root, who runs the tests.
     (tmp_path / "pw").mkdir()
-    creds = tmp_path / "creds"
-    creds.mkdir()
-    (creds / "db-password").write_text("via-systemd")
-    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    systemd_credential(tmp_path, monkeypatch, "via-systemd")
     config = load(write(tmp_path, "[database]\nurl = 'mysql://rc@localhost/rc'\npassword_file = 'pw'\n"))
     assert config.database.password() == "via-systemd"
