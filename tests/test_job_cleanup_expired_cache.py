@@ -81,5 +81,6 @@ def test_stop_between_chunks_keeps_what_was_done(database: Database) -> None:
     database.execute = execute_then_stop  # type: ignore[method-assign]
     with pytest.raises(Interrupted) as info:
         cleanup_expired_cache.run(ctx)
-    assert info.value.args[0].rows == 100
+    assert info.value.rows == 100
+    assert info.value.details["rows_deleted"] == 100 and info.value.details["walk"] == "primary_key"
     assert database.query("SELECT COUNT(*) FROM cache")[0][0] == 900

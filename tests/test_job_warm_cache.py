@@ -12,6 +12,7 @@ import pytest
 from jobhelpers import insert_rows, local, make_context
 from ratecared.db import Database
 from ratecared.jobs import warm_cache
+from ratecared.jobs.purge import Interrupted
 from ratecared.settings import Settings
 
 NOW = local("Europe/Istanbul", 2026, 11, 28, 6, 0)
@@ -131,6 +132,45 @@ def test_unreachable_app_is_a_failure_not_a_crash(database: Database) -> None:
     result = warm_cache.run(make_context(database, "warm_cache", NOW, settings=settings,
                                          url="http://127.0.0.1:9/w/{widget_id}", max_consecutive_failures=3))
     assert result.status == "failed" and result.details["failed"] == 3
+
+
+class RecordedLog:
+    """The job's log lines, as (event, fields)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, dict[str, object]]] = []
+
+    def info(self, event: str, **fields: object) -> None:
+        self.lines.append((event, fields))
+
+    warning = info
+
+
+def test_a_failure_says_why(database: Database) -> None:
+    popular(database)
+    settings = Settings(warming_enabled=True, warming_widget_count=1)
+    ctx = make_context(database, "warm_cache", NOW, settings=settings, url="http://127.0.0.1:9/w/{widget_id}",
+                       max_consecutive_failures=1)
+    ctx.log = log = RecordedLog()
+    warm_cache.run(ctx)
+    errors = [fields["error"] for event, fields in log.lines if event == "widget warming failed"]
+    assert errors == ["ConnectionError: [Errno 111] Connection refused"]
+
+
+def test_a_stop_does_not_wait_for_requests_in_flight(database: Database, app_factory) -> None:
+    popular(database)
+    app = app_factory(delay=5.0)
+    stop = threading.Event()
+    settings = Settings(warming_enabled=True, warming_widget_count=8)
+    ctx = make_context(database, "warm_cache", NOW, settings=settings, url=app.url, concurrency=2, timeout=30,
+                       stop=stop)
+    threading.Timer(0.3, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(Interrupted) as info:
+        warm_cache.run(ctx)
+    assert time.monotonic() - started < 1.5
+    assert info.value.details["stopped_early"] == "daemon stopping"
+    assert (info.value.rows, info.value.details["skipped"]) == (0, 8)
 
 
 def test_off_by_default(database: Database, app: WidgetApp) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from ratecared.db import Database, parse_timestamp, timestamp
 from ratecared.jobs.context import JobContext, JobResult
-from ratecared.jobs.purge import PurgeStats, delete_before, delete_id_windows
+from ratecared.jobs.purge import Interrupted, PurgeStats, delete_before, delete_id_windows
 from ratecared.jobs.space import optimize_if_it_pays
 
 REROLL_DAYS = 2
@@ -110,31 +110,34 @@ def purge_details(ctx: JobContext, cutoff: str) -> PurgeStats:
     walked = delete_id_windows(db, "api_requests", "created_at", cutoff, low, end, ctx.stop, ctx.chunks)
     # Rows written late with an old created_at sit beyond the boundary id:
     # a pass along the created_at index finds them.
-    return walked.add(delete_before(db, "api_requests", "created_at", cutoff, ctx.stop, ctx.chunks))
+    try:
+        return walked.add(delete_before(db, "api_requests", "created_at", cutoff, ctx.stop, ctx.chunks))
+    except Interrupted as exc:
+        raise Interrupted(walked.add(exc.stats)) from None
 
 
 def run(ctx: JobContext) -> JobResult:
     days = days_to_roll(ctx)
-    summarised = widget_rows = 0
-    for day in days:
+    done: dict[str, Any] = {"days_summarised": [], "requests_summarised": 0, "widget_rows": 0,
+                            "retention_days": ctx.settings.retention_days}
+    try:
+        for day in days:
+            ctx.check()
+            requests, widgets = roll_day(ctx, day)
+            done["days_summarised"].append(day.isoformat())
+            done["requests_summarised"] += requests
+            done["widget_rows"] += widgets
+            ctx.log.info("day summarised", day=day.isoformat(), requests=requests, widgets=widgets)
         ctx.check()
-        requests, widgets = roll_day(ctx, day)
-        summarised += requests
-        widget_rows += widgets
-        ctx.log.info("day summarised", day=day.isoformat(), requests=requests, widgets=widgets)
-    ctx.check()
-    cutoff = retention_cutoff(ctx)
-    purge = purge_details(ctx, cutoff)
+        done["cutoff"] = cutoff = retention_cutoff(ctx)
+        purge = purge_details(ctx, cutoff)
+    except Interrupted as exc:
+        raise exc.including(_rows_written(done), done) from None
     ctx.log.info("detail rows purged", cutoff=cutoff, **purge.as_details())
     space: dict[str, Any] = optimize_if_it_pays(ctx, "api_requests")
-    details = {
-        "days_summarised": [d.isoformat() for d in days],
-        "requests_summarised": summarised,
-        "widget_rows": widget_rows,
-        "retention_days": ctx.settings.retention_days,
-        "cutoff": cutoff,
-        **purge.as_details(),
-        **space,
-    }
-    # Rows written (summaries, widget counts) plus rows deleted.
-    return JobResult("success", rows=len(days) + widget_rows + purge.rows, details=details)
+    return JobResult("success", rows=_rows_written(done) + purge.rows, details={**done, **purge.as_details(), **space})
+
+
+def _rows_written(done: dict[str, Any]) -> int:
+    """Summary rows (one per day) plus widget rows; the run's rows add the detail rows deleted."""
+    return len(done["days_summarised"]) + done["widget_rows"]

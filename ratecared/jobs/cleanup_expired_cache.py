@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ratecared.db import Database, timestamp
 from ratecared.jobs.context import JobContext, JobResult
-from ratecared.jobs.purge import delete_before, delete_id_windows
+from ratecared.jobs.purge import Interrupted, delete_before, delete_id_windows
 from ratecared.jobs.space import optimize_if_it_pays
 
 
@@ -38,11 +38,14 @@ def run(ctx: JobContext) -> JobResult:
     low, high = db.query("SELECT MIN(id), MAX(id) FROM cache")[0]
     share = expired_share(db, now, int(low), int(high)) if low is not None else 0.0
     walk = "primary_key" if share >= PRIMARY_KEY_WALK_SHARE else "expires_at_index"
-    if walk == "primary_key":
-        purge = delete_id_windows(db, "cache", "expires_at", now, int(low), int(high) + 1, ctx.stop, ctx.chunks)
-    else:
-        purge = delete_before(db, "cache", "expires_at", now, ctx.stop, ctx.chunks)
+    plan = {"expired_before": now, "walk": walk, "sampled_expired_share": round(share, 3)}
+    try:
+        if walk == "primary_key":
+            purge = delete_id_windows(db, "cache", "expires_at", now, int(low), int(high) + 1, ctx.stop, ctx.chunks)
+        else:
+            purge = delete_before(db, "cache", "expires_at", now, ctx.stop, ctx.chunks)
+    except Interrupted as exc:
+        raise exc.including(0, plan) from None
     ctx.log.info("expired cache rows deleted", expired_before=now, walk=walk, **purge.as_details())
     space = optimize_if_it_pays(ctx, "cache")
-    return JobResult("success", rows=purge.rows, details={"expired_before": now, "walk": walk, "sampled_expired_share": round(share, 3),
-                                                           **purge.as_details(), **space})
+    return JobResult("success", rows=purge.rows, details={**plan, **purge.as_details(), **space})

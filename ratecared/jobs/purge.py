@@ -18,10 +18,6 @@ from typing import Any, Callable
 from ratecared.db import Database
 
 
-class Interrupted(Exception):
-    """The daemon is stopping; the job ends at the next chunk boundary."""
-
-
 @dataclass
 class PurgeStats:
     rows: int = 0
@@ -47,6 +43,26 @@ class PurgeStats:
         }
 
 
+class Interrupted(Exception):
+    """The daemon is stopping; the job ends at the next chunk boundary.
+
+    It carries what the run did before it stopped, so the run's record shows
+    the rows it deleted or wrote rather than nothing.
+    """
+
+    def __init__(self, stats: PurgeStats | None = None) -> None:
+        super().__init__("the daemon was stopping")
+        self.stats = stats or PurgeStats()
+        self.rows = self.stats.rows
+        self.details: dict[str, Any] = self.stats.as_details() if self.stats.chunks else {}
+
+    def including(self, rows: int, details: dict[str, Any]) -> "Interrupted":
+        """This interruption with the work the job did before it added."""
+        self.rows += rows
+        self.details = {**details, **self.details}
+        return self
+
+
 @dataclass(frozen=True)
 class ChunkPolicy:
     target_seconds: float = 0.1
@@ -64,7 +80,7 @@ def delete_in_chunks(
 ) -> PurgeStats:
     """Call `delete_chunk(size) -> (rows deleted, finished)` until finished.
 
-    Raises Interrupted (with the stats so far in `args[0]`) when `stop` is set.
+    Raises Interrupted, with the stats so far, when `stop` is set.
     """
     stats = PurgeStats()
     size = policy.initial
