@@ -12,6 +12,7 @@ import os
 import socket
 import tomllib
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -328,6 +329,11 @@ def _parse(path: Path, raw: dict[str, Any]) -> Config:
         schedule = js.string("schedule", defaults["schedule"])
         if not croniter.is_valid(schedule) or len(schedule.split()) != 5:
             raise ConfigError(path, f"jobs.{name}.schedule", f"not a valid five-field cron expression: {schedule!r}")
+        try:
+            croniter(schedule, datetime(2000, 1, 1)).get_next(datetime)
+        except ValueError:
+            raise ConfigError(path, f"jobs.{name}.schedule",
+                              f"never fires: {schedule!r} names a date that does not exist") from None
         values: dict[str, Any] = {
             "schedule": schedule,
             "starting_deadline": js.number("starting_deadline", defaults["starting_deadline"], 0, 7 * 86400),

@@ -215,11 +215,19 @@ class Daemon:
         next_watchdog = 0.0
         tick = min(TICK, self.notify.watchdog_interval or TICK)
         shown = ""
+        code = 0
         while not self.stop_requested.is_set():
             try:
                 await asyncio.wait_for(self.stop_requested.wait(), tick)
             except asyncio.TimeoutError:
                 pass
+            dead = [t.name for t in (self.runner, self.store) if not t.is_alive()]
+            if dead and not self.stop_requested.is_set():
+                # A daemon without its scheduler or snapshots only looks healthy:
+                # exit non-zero so systemd restarts it and the journal says why.
+                self.log.critical("a thread of the daemon died; exiting", threads=dead)
+                code = 1
+                break
             self.registry.tick()
             status = self.status_line()
             if status != shown:
@@ -229,24 +237,30 @@ class Daemon:
             if interval and time.monotonic() >= next_watchdog and self._threads_alive():
                 self.notify("WATCHDOG=1")
                 next_watchdog = time.monotonic() + interval
-        return await self._stop(server, executor)
+        await self._stop(server, executor)
+        return code
 
     def _threads_alive(self) -> bool:
         stale = time.monotonic() - self.store.heartbeat
         return self.store.is_alive() and self.runner.is_alive() and stale < 60 + self.config.database.connect_timeout
 
-    async def _stop(self, server: ControlServer, executor: ThreadPoolExecutor) -> int:
+    async def _stop(self, server: ControlServer, executor: ThreadPoolExecutor) -> None:
         self.notify("STOPPING=1", "STATUS=stopping")
         self.log.info("stopping")
-        await server.close()
+        # No new clients; the open ones (a `run --wait`, the app's breaker
+        # calls) are answered until the job has stopped and been recorded.
+        server.stop_accepting()
         self.runner.stop()
         self.store.stop()
         await asyncio.to_thread(self.runner.join, 8.0)
+        if self.runner.is_alive():
+            self.log.warning("a job did not stop in time; its run shows as interrupted at the next start",
+                             job=self.runner.current[0] if self.runner.current else None)
+        await server.close(grace=1.0)
         await asyncio.to_thread(self.store.join, 3.0)
         saved = self.store.write_snapshot()
         executor.shutdown(wait=False, cancel_futures=True)
         self.log.info("stopped", final_snapshot="written" if saved else "failed")
-        return 0
 
     def status_line(self) -> str:
         counts = {state: 0 for state in State}

@@ -44,6 +44,8 @@ def test_defaults_fill_everything_but_the_url(tmp_path: Path) -> None:
         ("[database]\nurl = 'sqlite:////x.db'\n[daemon]\nsockett = '/x'\n", "daemon.sockett", "unknown key"),
         ("[database]\nurl = 'sqlite:////x.db'\n[jobs.warm_cache]\nschedule = '0 25 * * *'\n",
          "jobs.warm_cache.schedule", "cron"),
+        ("[database]\nurl = 'sqlite:////x.db'\n[jobs.aggregate_statistics]\nschedule = '0 2 30 2 *'\n",
+         "jobs.aggregate_statistics.schedule", "never fires"),
         ("[database]\nurl = 'sqlite:////x.db'\n[jobs.warm_cache]\nurl = 'http://x/'\n", "jobs.warm_cache.url",
          "{widget_id}"),
         ("[database]\nurl = 'sqlite:////x.db'\n[circuit_breaker]\nplatforms = ['a', 'a']\n",

@@ -175,6 +175,11 @@ def test_socket_file_is_0660(daemon: DaemonProcess) -> None:
         ("GET", "/", b"", 404, "not_found"),
         ("DELETE", "/api/v1/circuit-breaker/status", b"", 405, "method_not_allowed"),
         ("GET", "/api/v1/circuit-breaker/booking/acquire", b"", 405, "method_not_allowed"),
+        ("GET", "/api/v1/jobs/warm_cache/runs?limit=0", b"", 400, "invalid_request"),
+        ("GET", "/api/v1/jobs/warm_cache/runs?limit=-1", b"", 400, "invalid_request"),
+        ("GET", "/api/v1/jobs/warm_cache/runs?limit=abc", b"", 400, "invalid_request"),
+        ("GET", "/api/v1/jobs/warm%20cache/runs", b"", 404, "unknown_job"),
+        ("POST", "/api/v1/jobs/warm_cache%2F..%2Fx/run", b"", 404, "unknown_job"),
     ],
 )
 def test_bad_requests_get_clear_errors(daemon: DaemonProcess, method: str, path: str, body: bytes, code: int,
@@ -182,6 +187,13 @@ def test_bad_requests_get_clear_errors(daemon: DaemonProcess, method: str, path:
     got, reply = http(daemon.socket, method, path, body)
     assert (got, reply["status"], reply["error"]["code"]) == (code, "error", error)
     assert reply["error"]["message"]
+
+
+def test_job_names_are_percent_decoded(daemon: DaemonProcess) -> None:
+    got, reply = http(daemon.socket, "GET", "/api/v1/jobs/warm%20cache/runs")
+    assert reply["error"]["message"].startswith("unknown job 'warm cache'; jobs: aggregate_statistics")
+    got, reply = http(daemon.socket, "GET", "/api/v1/jobs/warm%5Fcache/runs?limit=1000")
+    assert (got, reply["data"]) == (200, [])
 
 
 def test_malformed_http_and_oversized_bodies(daemon: DaemonProcess) -> None:

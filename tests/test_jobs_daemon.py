@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
 
@@ -150,11 +153,97 @@ def test_sigterm_during_a_purge_records_interrupted_and_exits_in_time(config_fac
     started = time.monotonic()
     assert daemon.stop(signal.SIGTERM) == 0
     assert time.monotonic() - started < 10
-    status, details, error = db.query("SELECT status, details, error FROM job_runs WHERE job = 'aggregate_statistics'")[0]
-    assert status == "interrupted" and "between chunks" in error
-    assert 0 < json.loads(details)["rows_deleted"] < OLD_DAYS * DAY_ROWS
+    status, rows, details, error = db.query(
+        "SELECT status, rows_affected, details, error FROM job_runs WHERE job = 'aggregate_statistics'")[0]
+    assert status == "interrupted" and "ended early" in error
+    done = json.loads(details)
+    assert 0 < done["rows_deleted"] < OLD_DAYS * DAY_ROWS
+    # The record keeps what the run did before the stop: its summaries and the rows it deleted.
+    assert len(done["days_summarised"]) >= OLD_DAYS
+    assert rows == len(done["days_summarised"]) + done["widget_rows"] + done["rows_deleted"]
     assert "job finished job=aggregate_statistics" in daemon.output and "status=interrupted" in daemon.output
     db.close()
+
+
+def test_sigterm_answers_a_waiting_run_and_records_the_queued_one(config_factory, daemon_factory) -> None:
+    config = slow_purge_config(config_factory)
+    db = seeded(config)
+    before = count(db)
+    daemon = daemon_factory(config)
+    waiting = subprocess.Popen([sys.executable, "-m", "ratecarectl", "--socket", daemon.socket, "run",
+                                "aggregate_statistics", "--wait"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    wait_for(lambda: count(db) < before - 1000)
+    code, out, _ = ctl(daemon.socket, "run", "cleanup_expired_cache")
+    queued = re.search(r"run ([0-9a-f]{12})", out)
+    assert code == 0 and queued
+    # Asking again while it waits gives the same run, not a second one.
+    assert queued.group(1) in ctl(daemon.socket, "run", "cleanup_expired_cache")[1]
+    jobs = {job["name"]: job for job in json.loads(ctl(daemon.socket, "jobs", "--json")[1])}
+    assert jobs["cleanup_expired_cache"]["queued_run_id"] == queued.group(1)
+    assert daemon.stop(signal.SIGTERM) == 0
+    out, err = waiting.communicate(timeout=30)
+    assert waiting.returncode == 1 and out.startswith("aggregate_statistics: interrupted"), (out, err)
+    assert db.query("SELECT `trigger`, status, error FROM job_runs WHERE run_id = ?", (queued.group(1),)) == [
+        ("manual", "skipped", "the daemon stopped before the run started")]
+    assert "manual run dropped" in daemon.output
+    db.close()
+
+
+class HangingWidgets:
+    """A widget endpoint that answers only when released: requests stay in flight."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.asked = threading.Event()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                owner.asked.set()
+                owner.release.wait(60)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/w/{{widget_id}}"
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_sigterm_during_warming_does_not_wait_for_requests_in_flight(config_factory, daemon_factory,
+                                                                       tmp_path: Path) -> None:
+    widgets = HangingWidgets()
+    try:
+        config = config_factory(jobs__warm_cache={"url": widgets.url, "timeout": 60})
+        db = Database(DatabaseConfig(url=f"sqlite:///{tmp_path / 'rc.db'}"))
+        migrations.apply(db)
+        db.execute("UPDATE settings SET `value` = '1' WHERE `key` = 'cache-warming-enabled'")
+        yesterday = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
+        db.execute("INSERT INTO api_statistics_widget_daily (stat_date, widget_id, requests) VALUES (?, 1, 5)",
+                   (yesterday,))
+        daemon = daemon_factory(config)
+        assert ctl(daemon.socket, "run", "warm_cache")[0] == 0
+        assert widgets.asked.wait(20)
+        started = time.monotonic()
+        assert daemon.stop(signal.SIGTERM) == 0
+        assert time.monotonic() - started < 10
+        assert db.query("SELECT status FROM job_runs WHERE job = 'warm_cache'") == [("interrupted",)]
+        # The run's last line reaches its log file before the daemon says it stopped.
+        ended = [json.loads(line) for line in (tmp_path / "logs" / "warming.log").read_text().splitlines()]
+        assert [line["status"] for line in ended if line["event"] == "job finished"] == ["interrupted"]
+        assert daemon.output.index("job finished") < daemon.output.index("stopped final_snapshot")
+        db.close()
+    finally:
+        widgets.close()
 
 
 def test_kill_9_during_the_purge_loses_nothing_and_the_next_run_finishes(config_factory, daemon_factory,

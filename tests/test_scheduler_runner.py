@@ -10,7 +10,7 @@ import pytest
 
 from ratecared.config import Config, load
 from ratecared.db import Database, parse_timestamp, timestamp
-from ratecared.scheduler.runner import Runner, catch_up
+from ratecared.scheduler.runner import Runner, Stopping, catch_up
 from ratecared.settings import Settings
 
 TZ = ZoneInfo("Europe/Berlin")
@@ -134,7 +134,9 @@ def test_a_run_left_running_by_a_killed_daemon_is_marked_interrupted(tmp_path: P
 def test_manual_runs_go_first_and_are_recorded_as_manual(tmp_path: Path, db: Database, db_url: str) -> None:
     r = runner(config_for(tmp_path, db_url), db)
     r.start_up(at(2026, 3, 28, 12))
-    run_id, future = r.request("cleanup_expired_cache")
+    run_id, future, already = r.request("cleanup_expired_cache")
+    assert r.request("cleanup_expired_cache") == (run_id, future, True) and not already
+    assert r.queued() == {"cleanup_expired_cache": run_id}
     result = r.step(at(2026, 3, 28, 12))
     assert result == future.result() and result["run_id"] == run_id
     assert (result["trigger"], result["slot"], result["status"]) == ("manual", None, "success")
@@ -144,11 +146,25 @@ def test_manual_runs_go_first_and_are_recorded_as_manual(tmp_path: Path, db: Dat
 def test_the_loop_stops_promptly(tmp_path: Path, db: Database, db_url: str) -> None:
     r = Runner(config_for(tmp_path, db_url), db, "web1", settings=lambda: Settings(), refresh_settings=lambda: None)
     r.start()
-    run_id, future = r.request("aggregate_statistics")
+    run_id, future, _ = r.request("aggregate_statistics")
     assert future.result(timeout=20)["status"] == "success"
     r.stop()
     r.join(5)
     assert not r.is_alive()
+    with pytest.raises(Stopping):
+        r.request("aggregate_statistics")
+
+
+def test_manual_runs_left_queued_at_stop_are_recorded(tmp_path: Path, db: Database, db_url: str) -> None:
+    r = runner(config_for(tmp_path, db_url), db)
+    r.start_up(at(2026, 3, 28, 12))
+    run_id, future, _ = r.request("warm_cache")
+    r.stop()
+    r.run()
+    assert future.result(timeout=1)["status"] == "skipped"
+    [row] = [run for run in r.runs("warm_cache") if run["run_id"] == run_id]
+    assert (row["trigger"], row["status"], row["error"]) == ("manual", "skipped",
+                                                             "the daemon stopped before the run started")
 
 
 @pytest.mark.parametrize(

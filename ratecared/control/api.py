@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime, timezone
-from urllib.parse import parse_qs
 from concurrent.futures import Executor
+from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Protocol
+from urllib.parse import parse_qs, unquote
 
 from ratecared import logs
 from ratecared.breaker.machine import Decision, Outcome, State
 from ratecared.breaker.registry import Registry, UnknownPlatform
 from ratecared.control.server import Peer, Request, Response, error_response
 from ratecared.jobs import JOBS
-from ratecared.scheduler.runner import Runner
+from ratecared.scheduler.runner import Runner, Stopping
 
 PREFIX = "/api/v1/"
 MAX_BATCH = 100
+MAX_RUNS = 1000
 
 _NOT_COUNTED = {
     "stale": "the call was admitted in an earlier state of the breaker, so it is not counted",
@@ -135,7 +136,8 @@ class Api:
             return error_response(exc.status, exc.code, exc.message)
 
     def _dynamic(self, method: str, route: str) -> Callable[[Request], Any]:
-        parts = route.split("/")
+        # Names arrive percent-encoded; decoding after the split keeps an encoded "/" inside its name.
+        parts = [unquote(part) for part in route.split("/")]
         if len(parts) == 3 and parts[0] == "circuit-breaker" and parts[2] in ("acquire", "report"):
             platform = parts[1]
             if method != "POST":
@@ -293,8 +295,9 @@ class Api:
         try:
             limit = int(parse_qs(request.query).get("limit", ["20"])[0])
         except ValueError:
-            raise ApiError(400, "invalid_request", "limit must be a whole number") from None
-        limit = max(1, min(limit, 1000))
+            limit = 0
+        if not 1 <= limit <= MAX_RUNS:
+            raise ApiError(400, "invalid_request", f"limit must be a whole number from 1 to {MAX_RUNS}")
         return success(await self._in_thread(lambda: self.daemon.runner.runs(job, limit)))
 
     async def _run_job(self, job: str, request: Request) -> Response:
@@ -302,11 +305,14 @@ class Api:
         wait = self._body(request).get("wait", False)
         if not isinstance(wait, bool):
             raise ApiError(400, "invalid_request", '"wait" must be true or false')
-        run_id, future = self.daemon.runner.request(job)
-        self.jobs_log.info("job run requested", job=job, run_id=run_id, peer_uid=request.peer.uid,
-                              peer_pid=request.peer.pid)
+        try:
+            run_id, future, already = self.daemon.runner.request(job)
+        except Stopping as exc:
+            raise ApiError(503, "stopping", str(exc)) from None
+        self.jobs_log.info("job run requested", job=job, run_id=run_id, already_queued=already,
+                           peer_uid=request.peer.uid, peer_pid=request.peer.pid)
         if not wait:
-            return success({"job": job, "run_id": run_id, "status": "queued"}, status=202)
+            return success({"job": job, "run_id": run_id, "status": "queued", "already_queued": already}, status=202)
         return success(await asyncio.wrap_future(future))
 
     async def _reload(self, request: Request) -> Response:

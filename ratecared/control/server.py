@@ -352,17 +352,24 @@ class ControlServer:
         self.path = Path(sock.getsockname())
         self._server = await self.loop.create_unix_server(lambda: _Connection(self), sock=sock, backlog=1024)
 
-    async def close(self) -> None:
-        """Stop listening, drop idle clients and remove the socket file."""
-        if self._server is None:
-            return
-        self._server.close()
-        for conn in list(self.connections):
-            if conn.transport:
-                conn.transport.close()
+    def stop_accepting(self) -> None:
+        """Stop listening and remove the socket file; connections already open go on."""
+        if self._server is not None:
+            self._server.close()
         if self.path and os.path.lexists(self.path):
             try:
                 os.unlink(self.path)
             except OSError:
                 pass
+
+    async def close(self, grace: float = 0.0) -> None:
+        """Stop listening, give requests in progress up to `grace` seconds to answer, drop every client."""
+        if self._server is None:
+            return
+        self.stop_accepting()
+        if self.tasks and grace > 0:
+            await asyncio.wait(set(self.tasks), timeout=grace)
+        for conn in list(self.connections):
+            if conn.transport:
+                conn.transport.close()
         self._server = None

@@ -15,10 +15,10 @@ argument, so the tests drive the scheduler without sleeping.
 from __future__ import annotations
 
 import json
-import queue
 import threading
 import time
 import uuid
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -29,7 +29,7 @@ from ratecared.config import Config
 from ratecared.db import Database, DatabaseError, IntegrityError, parse_timestamp, timestamp
 from ratecared.jobs import JOBS
 from ratecared.jobs.context import JobContext, JobResult
-from ratecared.jobs.purge import ChunkPolicy, Interrupted, PurgeStats
+from ratecared.jobs.purge import ChunkPolicy, Interrupted
 from ratecared.scheduler.cron import dst_note, fires_between, next_fire, previous_fire
 from ratecared.settings import Settings
 
@@ -72,6 +72,10 @@ class _Manual:
     future: Future[dict[str, Any]]
 
 
+class Stopping(Exception):
+    """The daemon is stopping: no new manual run is taken."""
+
+
 class Runner(threading.Thread):
     def __init__(
         self,
@@ -92,7 +96,9 @@ class Runner(threading.Thread):
         self.tz = config.daemon.tz
         self.stop_event = threading.Event()
         self.wake = threading.Event()
-        self.manual: queue.Queue[_Manual] = queue.Queue()
+        self._manual: deque[_Manual] = deque()
+        self._manual_lock = threading.Lock()
+        self._closed = False
         self.next_slots: dict[str, datetime] = {}
         self.pending_catch_up: list[tuple[datetime, str]] = []
         self.current: tuple[str, str] | None = None
@@ -144,10 +150,8 @@ class Runner(threading.Thread):
 
     def step(self, now: datetime) -> dict[str, Any] | None:
         """Run one manual or due job at `now`; return its run, or None when nothing was due."""
-        try:
-            manual = self.manual.get_nowait()
-        except queue.Empty:
-            manual = None
+        with self._manual_lock:
+            manual = self._manual.popleft() if self._manual else None
         if manual is not None:
             try:
                 manual.future.set_result(self.execute(manual.job, None, "manual", now, manual.run_id))
@@ -204,18 +208,54 @@ class Runner(threading.Thread):
             # Bounded, so a clock step or a DST change is noticed within a minute.
             self.wake.wait(self.seconds_until_next(self.clock()))
             self.wake.clear()
+        self._drop_queued(self.clock())
 
     def stop(self) -> None:
         self.stop_event.set()
         self.wake.set()
 
-    def request(self, job: str) -> tuple[str, Future[dict[str, Any]]]:
-        """Queue a manual run; the future resolves to the finished run."""
-        run_id = uuid.uuid4().hex[:12]
-        future: Future[dict[str, Any]] = Future()
-        self.manual.put(_Manual(job, run_id, future))
+    def request(self, job: str) -> tuple[str, Future[dict[str, Any]], bool]:
+        """Queue a manual run: (run_id, future of the finished run, whether it was queued already).
+
+        A second request for a job whose manual run has not started yet gets
+        that run: pressing `run` twice runs the job once.
+        """
+        with self._manual_lock:
+            if self._closed or self.stop_event.is_set():
+                raise Stopping("ratecared is stopping; run the job after it is back")
+            for queued in self._manual:
+                if queued.job == job:
+                    return queued.run_id, queued.future, True
+            manual = _Manual(job, uuid.uuid4().hex[:12], Future())
+            self._manual.append(manual)
         self.wake.set()
-        return run_id, future
+        return manual.run_id, manual.future, False
+
+    def queued(self) -> dict[str, str]:
+        """Manual runs waiting to start, job -> run_id."""
+        with self._manual_lock:
+            return {m.job: m.run_id for m in self._manual}
+
+    def _drop_queued(self, now: datetime) -> None:
+        """Record the manual runs that never started, so their run ids show in the history."""
+        with self._manual_lock:
+            self._closed = True
+            dropped = list(self._manual)
+            self._manual.clear()
+        for manual in dropped:
+            reason = "the daemon stopped before the run started"
+            try:
+                self.db.execute(
+                    "INSERT INTO job_runs (job, slot, `trigger`, host, run_id, status, started_at, finished_at, error)"
+                    " VALUES (?, NULL, 'manual', ?, ?, 'skipped', ?, ?, ?)",
+                    (manual.job, self.host, manual.run_id, timestamp(now), timestamp(now), reason))
+            except DatabaseError as exc:
+                self.log.warning("cannot record a dropped manual run", job=manual.job, run_id=manual.run_id,
+                                 error=str(exc))
+            logs.get(f"ratecared.jobs.{manual.job}").warning("manual run dropped", job=manual.job,
+                                                             run_id=manual.run_id, reason=reason)
+            manual.future.set_result({"job": manual.job, "run_id": manual.run_id, "status": "skipped", "slot": None,
+                                      "trigger": "manual", "rows": 0, "details": {}, "error": reason})
 
     # -- running a job ---------------------------------------------------------------
 
@@ -268,9 +308,8 @@ class Runner(threading.Thread):
         try:
             return JOBS[job](ctx)
         except Interrupted as exc:
-            done = exc.args[0] if exc.args else {}
-            details = done.as_details() if isinstance(done, PurgeStats) else dict(done)
-            return JobResult("interrupted", details=details, error="the daemon was stopping; stopped between chunks")
+            return JobResult("interrupted", rows=exc.rows, details=exc.details,
+                             error="the daemon was stopping; the run ended early, keeping what it had done")
         except DatabaseError as exc:
             log.error("job failed: database error", error=str(exc))
             return JobResult("failed", error=f"database error: {exc}")
@@ -296,15 +335,16 @@ class Runner(threading.Thread):
                 time.sleep(1)
 
     def _record_skipped(self, job: str, slot: datetime, trigger: str, now: datetime, reason: str) -> None:
+        run_id = uuid.uuid4().hex[:12]
         try:
             self.db.execute(
                 "INSERT INTO job_runs (job, slot, `trigger`, host, run_id, status, started_at, finished_at, error)"
                 " VALUES (?, ?, ?, ?, ?, 'skipped', ?, ?, ?)",
-                (job, timestamp(slot), trigger, self.host, uuid.uuid4().hex[:12], timestamp(now), timestamp(now),
-                 reason))
+                (job, timestamp(slot), trigger, self.host, run_id, timestamp(now), timestamp(now), reason))
         except IntegrityError:
             return
-        logs.get(f"ratecared.jobs.{job}").info("slot skipped", slot=timestamp(slot), reason=reason)
+        logs.get(f"ratecared.jobs.{job}").info("slot skipped", job=job, run_id=run_id,
+                                               slot=slot.astimezone(self.tz).isoformat(), reason=reason)
 
     def _acquire_lock(self, log: Any) -> bool:
         """Take the cross-daemon jobs lock (MySQL GET_LOCK); False if stopping first.
@@ -334,6 +374,7 @@ class Runner(threading.Thread):
 
     def overview(self, now: datetime) -> list[dict[str, Any]]:
         out = []
+        queued = self.queued()
         for job, job_config in self.config.jobs.items():
             nxt = self.next_slots.get(job) or next_fire(job_config.schedule, now, self.tz)
             last = self.runs(job, 1)
@@ -344,6 +385,7 @@ class Runner(threading.Thread):
                 "next_run": nxt.astimezone(self.tz).isoformat(),
                 "next_run_note": dst_note(job_config.schedule, nxt, self.tz),
                 "running": self.current is not None and self.current[0] == job,
+                "queued_run_id": queued.get(job),
                 "last_run": last[0] if last else None,
             })
         return out
