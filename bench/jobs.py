@@ -233,6 +233,11 @@ def ts(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def utc_text(shown: str | None) -> str | None:
+    """A run's local, offset-carrying time (its details) as ts() writes it, to compare with the bench's own."""
+    return ts(datetime.fromisoformat(shown)) if shown else None
+
+
 def day_start(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
@@ -720,7 +725,7 @@ class Bench:
         def check(det: dict[str, Any]) -> None:
             self.check_same_day(today)
             left = sql.query("SELECT COUNT(*) FROM api_requests")[0][0]
-            if det.get("rows_deleted") != old or left != kept or str(det.get("cutoff", ""))[:19] != cutoff:
+            if det.get("rows_deleted") != old or left != kept or utc_text(det.get("cutoff")) != cutoff:
                 raise BenchError(f"the purge deleted {det.get('rows_deleted')} rows before {det.get('cutoff')},"
                                  f" left {left}; expected {old} before {cutoff}, {kept} left")
 

@@ -74,6 +74,7 @@ def test_retention_deletes_summarised_days_past_the_limit_in_chunks(database: Da
     assert len(summaries(database)) == 40
     oldest = database.query("SELECT MIN(created_at) FROM api_requests")[0][0]
     assert str(oldest).startswith("2026-10-28 21:00")  # local midnight of 2026-10-29, 30 days back
+    assert result.details["cutoff"] == "2026-10-29T00:00:00.000+03:00"
     assert database.query("SELECT COUNT(*) FROM api_requests")[0][0] == 30 * 50
 
 

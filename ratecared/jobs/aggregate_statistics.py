@@ -129,11 +129,12 @@ def run(ctx: JobContext) -> JobResult:
             done["widget_rows"] += widgets
             ctx.log.info("day summarised", day=day.isoformat(), requests=requests, widgets=widgets)
         ctx.check()
-        done["cutoff"] = cutoff = retention_cutoff(ctx)
+        cutoff = retention_cutoff(ctx)
+        done["cutoff"] = ctx.shown(cutoff)
         purge = purge_details(ctx, cutoff)
     except Interrupted as exc:
         raise exc.including(_rows_written(done), done) from None
-    ctx.log.info("detail rows purged", cutoff=cutoff, **purge.as_details())
+    ctx.log.info("detail rows purged", cutoff=done["cutoff"], **purge.as_details())
     space: dict[str, Any] = optimize_if_it_pays(ctx, "api_requests")
     return JobResult("success", rows=_rows_written(done) + purge.rows, details={**done, **purge.as_details(), **space})
 

@@ -38,7 +38,7 @@ def run(ctx: JobContext) -> JobResult:
     low, high = db.query("SELECT MIN(id), MAX(id) FROM cache")[0]
     share = expired_share(db, now, int(low), int(high)) if low is not None else 0.0
     walk = "primary_key" if share >= PRIMARY_KEY_WALK_SHARE else "expires_at_index"
-    plan = {"expired_before": now, "walk": walk, "sampled_expired_share": round(share, 3)}
+    plan = {"expired_before": ctx.shown(ctx.now), "walk": walk, "sampled_expired_share": round(share, 3)}
     try:
         if walk == "primary_key":
             purge = delete_id_windows(db, "cache", "expires_at", now, int(low), int(high) + 1, ctx.stop, ctx.chunks)
@@ -46,6 +46,6 @@ def run(ctx: JobContext) -> JobResult:
             purge = delete_before(db, "cache", "expires_at", now, ctx.stop, ctx.chunks)
     except Interrupted as exc:
         raise exc.including(0, plan) from None
-    ctx.log.info("expired cache rows deleted", expired_before=now, walk=walk, **purge.as_details())
+    ctx.log.info("expired cache rows deleted", **plan, **purge.as_details())
     space = optimize_if_it_pays(ctx, "cache")
     return JobResult("success", rows=purge.rows, details={**plan, **purge.as_details(), **space})

@@ -9,7 +9,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from ratecared.config import JobConfig
-from ratecared.db import Database, timestamp
+from ratecared.db import Database, parse_timestamp, timestamp
 from ratecared.jobs.purge import ChunkPolicy, Interrupted
 from ratecared.scheduler.cron import place
 from ratecared.settings import Settings
@@ -41,6 +41,12 @@ class JobContext:
     def check(self) -> None:
         if self.stop.is_set():
             raise Interrupted()
+
+    def shown(self, moment: datetime | str) -> str:
+        """A moment as the run's record shows it: local time with its offset, as `history` prints times."""
+        parsed = parse_timestamp(moment) if isinstance(moment, str) else moment
+        assert parsed is not None
+        return parsed.astimezone(self.tz).isoformat(timespec="milliseconds")
 
     @property
     def today(self) -> date:
