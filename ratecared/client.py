@@ -16,12 +16,15 @@ import errno
 import http.client
 import json
 import os
+import select
 import socket
+import stat
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator, Literal
+from urllib.parse import quote
 
 DEFAULT_SOCKET = "/run/ratecared/ratecared.sock"
 
@@ -32,6 +35,10 @@ class ClientError(Exception):
 
 class DaemonUnreachable(ClientError):
     """No daemon answers on the socket (missing, refused, timed out)."""
+
+
+class ConnectionDropped(DaemonUnreachable):
+    """The daemon closed the connection before answering: a POST may or may not have been carried out."""
 
 
 class PermissionDenied(ClientError):
@@ -82,6 +89,31 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+def _segment(name: str) -> str:
+    """A job or platform name as one URL path segment, whatever characters it holds."""
+    return quote(name, safe="")
+
+
+def _dropped(sock: socket.socket | None) -> bool:
+    """Whether a kept-alive connection is unusable: readable before we asked means EOF or stray bytes.
+
+    A zero-timeout poll costs no round trip, so the app's acquire/report stay fast.
+    """
+    if sock is None:
+        return True
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _not_a_socket(path: str) -> bool:
+    """Connecting to a directory or a plain file says "Connection refused", which misleads."""
+    try:
+        return not stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 class Client:
     def __init__(
         self,
@@ -102,26 +134,7 @@ class Client:
         payload = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"} if payload is not None else {}
         with self._lock:
-            for attempt in (1, 2):
-                if self._conn is None or timeout is not None:
-                    self._close()
-                    self._conn = _UnixHTTPConnection(self.socket_path, timeout or self.timeout)
-                try:
-                    self._conn.request(method, path, body=payload, headers=headers)
-                    response = self._conn.getresponse()
-                    raw = response.read()
-                    status = response.status
-                    if response.will_close or timeout is not None:
-                        self._close()
-                    break
-                except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
-                    # A kept-alive connection the daemon closed (idle timeout, restart): retry once.
-                    self._close()
-                    if attempt == 2:
-                        raise DaemonUnreachable(f"ratecared at {self.socket_path} closed the connection") from exc
-                except OSError as exc:
-                    self._close()
-                    raise self._translate(exc) from exc
+            status, raw = self._exchange(method, path, payload, headers, timeout)
         try:
             envelope = json.loads(raw)
         except ValueError:
@@ -134,11 +147,47 @@ class Client:
             raise DaemonError(status, error.get("code", "error"), error.get("message", raw.decode(errors="replace")))
         return envelope["data"]
 
-    def _translate(self, exc: OSError) -> ClientError:
+    def _exchange(self, method: str, path: str, payload: bytes | None, headers: dict[str, str],
+                  timeout: float | None) -> tuple[int, bytes]:
+        """Send once and read the answer; only a GET on a reused connection is ever sent again.
+
+        A request with its own timeout gets a connection of its own, closed after.
+        """
+        wait = timeout or self.timeout
+        while True:
+            reused = self._conn is not None and timeout is None and not _dropped(self._conn.sock)
+            if not reused:
+                self._close()
+                self._conn = _UnixHTTPConnection(self.socket_path, wait)
+            try:
+                self._conn.request(method, path, body=payload, headers=headers)
+                response = self._conn.getresponse()
+                raw = response.read()
+                if response.will_close or timeout is not None:
+                    self._close()
+                return response.status, raw
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                self._close()
+                # The daemon may have closed an idle connection just as we sent: harmless to repeat
+                # a read, but a POST (run, reset, acquire) may already have been carried out.
+                if not reused or method != "GET":
+                    raise ConnectionDropped(
+                        f"ratecared at {self.socket_path} closed the connection without answering") from exc
+            except OSError as exc:
+                self._close()
+                raise self._translate(exc, wait) from exc
+            except BaseException:
+                # Anything else leaves http.client mid-request; the next call starts afresh.
+                self._close()
+                raise
+
+    def _translate(self, exc: OSError, wait: float) -> ClientError:
         if exc.errno in (errno.EACCES, errno.EPERM):
             return PermissionDenied(f"permission denied on {self.socket_path}: join the socket's group")
         if isinstance(exc, (socket.timeout, TimeoutError)):
-            return DaemonUnreachable(f"ratecared at {self.socket_path} did not answer in {self.timeout:g} s")
+            return DaemonUnreachable(f"ratecared at {self.socket_path} did not answer in {wait:g} s")
+        if exc.errno == errno.ECONNREFUSED and _not_a_socket(self.socket_path):
+            return DaemonUnreachable(f"{self.socket_path} is not a socket")
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         return DaemonUnreachable(f"cannot reach ratecared at {self.socket_path}: {reason}")
 
@@ -168,7 +217,7 @@ class Client:
     def acquire(self, platform: str) -> Decision:
         """Ask whether `platform` may be called now."""
         try:
-            data = self.request("POST", f"/api/v1/circuit-breaker/{platform}/acquire")
+            data = self.request("POST", f"/api/v1/circuit-breaker/{_segment(platform)}/acquire")
         except DaemonUnreachable as exc:
             return self._degraded(platform, exc)
         return Decision(platform, data["allowed"], data["state"], data["permit"], data["retry_after"])
@@ -187,7 +236,7 @@ class Client:
             return None
         body = {"permit": decision.permit, "success": success, "duration_ms": round(duration_ms, 1)}
         try:
-            return self.request("POST", f"/api/v1/circuit-breaker/{decision.platform}/report", body)
+            return self.request("POST", f"/api/v1/circuit-breaker/{_segment(decision.platform)}/report", body)
         except DaemonUnreachable:
             if self.when_unreachable == "raise":
                 raise
@@ -236,10 +285,11 @@ class Client:
 
     def run_job(self, job: str, wait: bool = False) -> dict[str, Any]:
         """Start a job now; with `wait`, block until it ends and return the run."""
-        return self.request("POST", f"/api/v1/jobs/{job}/run", {"wait": wait}, timeout=None if not wait else 86400.0)
+        path = f"/api/v1/jobs/{_segment(job)}/run"
+        return self.request("POST", path, {"wait": wait}, timeout=86400.0 if wait else None)
 
     def job_runs(self, job: str, limit: int = 20) -> list[dict[str, Any]]:
-        return self.request("GET", f"/api/v1/jobs/{job}/runs?limit={limit}", timeout=max(self.timeout, 10.0))
+        return self.request("GET", f"/api/v1/jobs/{_segment(job)}/runs?limit={limit}", timeout=max(self.timeout, 10.0))
 
     def health(self) -> dict[str, Any]:
         return self.request("GET", "/api/v1/health", timeout=max(self.timeout, 10.0))

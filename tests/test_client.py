@@ -2,12 +2,81 @@
 
 from __future__ import annotations
 
+import shutil
+import socket
+import tempfile
+import threading
+import time
 from pathlib import Path
+from typing import Iterable
 
 import pytest
 
 from conftest import DaemonProcess
-from ratecared.client import BreakerOpen, Client, DaemonError, DaemonUnreachable
+from ratecared.client import BreakerOpen, Client, ConnectionDropped, DaemonError, DaemonUnreachable
+
+BODY = b'{"status":"success","data":{"allowed":true,"state":"closed","permit":"p1","retry_after":null}}'
+ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY)
+
+
+class ScriptedDaemon:
+    """A stand-in for ratecared on a real Unix socket that logs every request line.
+
+    Each request is met by the next step of the script (then `default`):
+    "answer" (200, connection kept), "answer_and_hang_up", "hang_up" (read it,
+    close without answering) or "silent" (read it, never answer).
+    """
+
+    def __init__(self, script: Iterable[str] = (), default: str = "answer") -> None:
+        self.dir = tempfile.mkdtemp(prefix="rc-", dir="/tmp")
+        self.socket = f"{self.dir}/rc.sock"
+        self.script, self.default = list(script), default
+        self.requests: list[str] = []
+        self.connections = 0
+        self.hung_up = threading.Event()
+        self._stop = threading.Event()
+        self._listener = socket.socket(socket.AF_UNIX)
+        self._listener.bind(self.socket)
+        self._listener.listen()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as stream:
+            while line := stream.readline():
+                length = 0
+                while (header := stream.readline()).strip():
+                    name, _, value = header.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                stream.read(length)
+                self.requests.append(line.decode().strip())
+                step = self.script.pop(0) if self.script else self.default
+                if step == "silent":
+                    self._stop.wait()
+                if step in ("silent", "hang_up"):
+                    break
+                conn.sendall(ANSWER)
+                if step == "answer_and_hang_up":
+                    break
+        self.hung_up.set()
+
+    def __enter__(self) -> "ScriptedDaemon":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        shutil.rmtree(self.dir)
 
 
 def test_call_reports_success_and_exceptions_as_failures(daemon: DaemonProcess) -> None:
@@ -39,10 +108,62 @@ def test_keep_alive_survives_the_daemon_closing_idle_connections(config_factory,
     daemon = daemon_factory(config_factory(daemon={"idle_timeout": 0.2}))
     client = daemon.client()
     assert client.acquire("booking").allowed
-    import time
-
     time.sleep(0.5)
     assert client.acquire("booking").allowed
+
+
+ACQUIRE = "POST /api/v1/circuit-breaker/booking/acquire HTTP/1.1"
+STATUS = "GET /api/v1/circuit-breaker/status HTTP/1.1"
+
+
+def test_nothing_is_sent_twice_on_a_fresh_connection() -> None:
+    with ScriptedDaemon(default="hang_up") as daemon:
+        client = Client(daemon.socket)
+        with pytest.raises(ConnectionDropped, match="closed the connection without answering"):
+            client.acquire("booking")
+        with pytest.raises(ConnectionDropped):
+            client.status()
+        assert daemon.requests == [ACQUIRE, STATUS]
+
+
+def test_a_kept_alive_connection_the_daemon_closed_is_replaced_before_sending() -> None:
+    with ScriptedDaemon(["answer_and_hang_up"]) as daemon:
+        client = Client(daemon.socket)
+        assert client.acquire("booking").allowed
+        assert daemon.hung_up.wait(5)
+        assert client.acquire("booking").allowed
+        assert (daemon.requests, daemon.connections) == ([ACQUIRE, ACQUIRE], 2)
+
+
+def test_a_read_is_sent_again_on_a_reused_connection_a_post_never() -> None:
+    with ScriptedDaemon(["answer", "hang_up", "answer", "hang_up"]) as daemon:
+        client = Client(daemon.socket)
+        client.status()
+        client.status()
+        with pytest.raises(ConnectionDropped):
+            client.acquire("booking")
+        assert daemon.requests == [STATUS, STATUS, STATUS, ACQUIRE]
+
+
+def test_acquire_and_report_share_one_connection() -> None:
+    with ScriptedDaemon() as daemon:
+        client = Client(daemon.socket)
+        for _ in range(3):
+            client.report(client.acquire("booking"), True, 5.0)
+        assert (len(daemon.requests), daemon.connections) == (6, 1)
+
+
+def test_a_silent_daemon_times_out_with_the_seconds_waited() -> None:
+    with ScriptedDaemon(default="silent") as daemon:
+        with pytest.raises(DaemonUnreachable, match="did not answer in 0.3 s"):
+            Client(daemon.socket, timeout=0.3).status()
+
+
+@pytest.mark.parametrize("name", ["warm cache", "booking/../x", "booking?x=1", "line\nbreak"])
+def test_a_platform_name_travels_as_one_path_segment(daemon: DaemonProcess, name: str) -> None:
+    with pytest.raises(DaemonError) as info:
+        daemon.client().acquire(name)
+    assert (info.value.status, info.value.code) == (404, "unknown_platform")
 
 
 def test_unknown_platform_is_a_daemon_error(daemon: DaemonProcess) -> None:
