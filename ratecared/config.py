@@ -109,6 +109,15 @@ class JobConfig:
     deadline: float = 600.0
     max_consecutive_failures: int = 5
 
+    def as_dict(self) -> dict[str, Any]:
+        """The keys this job reads: warming's when it has a URL, the purges' otherwise."""
+        keys = ("schedule", "starting_deadline") + (_WARMING_KEYS if self.url is not None else _PURGE_KEYS)
+        return {key: getattr(self, key) for key in keys}
+
+
+_PURGE_KEYS = ("chunk_seconds", "pause_ratio", "optimize_min_free_mb")
+_WARMING_KEYS = ("url", "concurrency", "timeout", "deadline", "max_consecutive_failures")
+
 
 @dataclass(frozen=True)
 class BreakerConfig:
@@ -148,10 +157,7 @@ class Config:
                 "startup_wait": self.database.startup_wait,
             },
             "logging": {"dir": str(self.logging.dir), "level": self.logging.level},
-            "jobs": {
-                name: {k: v for k, v in vars(job).items() if v is not None}
-                for name, job in self.jobs.items()
-            },
+            "jobs": {name: job.as_dict() for name, job in self.jobs.items()},
             "circuit_breaker": {
                 "platforms": list(self.circuit_breaker.platforms),
                 "permit_lease": self.circuit_breaker.permit_lease,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -119,6 +120,11 @@ def test_check_config_prints_the_effective_config_with_the_password_masked(tmp_p
     assert "hunter2" not in result.stdout
     assert '"url": "mysql://rc:***@localhost/rc"' in result.stdout
     assert '"schedule": "0 2 * * *"' in result.stdout
+    jobs = json.loads(result.stdout[result.stdout.index("{"):])["jobs"]
+    # Each job shows only the keys it reads.
+    assert set(jobs["cleanup_expired_cache"]) == {"schedule", "starting_deadline", "chunk_seconds", "pause_ratio",
+                                                  "optimize_min_free_mb"}
+    assert "optimize_min_free_mb" not in jobs["warm_cache"] and jobs["warm_cache"]["concurrency"] == 4
 
 
 def test_an_unreadable_password_file_falls_through_to_the_credential(tmp_path: Path,

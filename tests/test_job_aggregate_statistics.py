@@ -136,6 +136,7 @@ def test_optimize_only_when_it_pays(tmp_path) -> None:
     assert result.details["free_bytes_after"] < result.details["free_bytes"] * 0.1
     again = aggregate_statistics.run(big)
     assert again.details["optimized"] is False and "below 20%" in again.details["optimize_skipped"]
+    assert again.details["space_of"] == "the database file" and " MB free of " in again.details["optimize_skipped"]
     db.close()
 
 

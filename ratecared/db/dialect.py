@@ -24,6 +24,8 @@ class SQLite:
     timeout: float
 
     name = "sqlite"
+    # Free pages belong to the file, not to one table: that is what incremental_vacuum returns.
+    space_of = "the database file"
 
     def connect(self) -> sqlite3.Connection:
         if self.path != ":memory:":
@@ -82,6 +84,7 @@ class MySQL:
     password_source: Any = None
 
     name = "mysql"
+    space_of = "the table"
 
     def connect(self) -> pymysql.connections.Connection:
         password = self.url_password

@@ -12,18 +12,21 @@ from ratecared.db import DatabaseError
 from ratecared.jobs.context import JobContext
 
 MIN_FREE_SHARE = 0.2
+MB = 1024 * 1024
 
 
 def optimize_if_it_pays(ctx: JobContext, table: str) -> dict[str, Any]:
     """Reclaim `table`'s free space when it is over both thresholds; report the figures."""
     db = ctx.database
     free, size = db.dialect.space(db.query, table)
-    min_free = int(ctx.config.optimize_min_free_mb * 1024 * 1024)
+    min_free = int(ctx.config.optimize_min_free_mb * MB)
     pays = free >= min_free and size > 0 and free >= MIN_FREE_SHARE * size
-    details: dict[str, Any] = {"free_bytes": free, "size_bytes": size, "optimized": False}
+    details: dict[str, Any] = {"free_bytes": free, "size_bytes": size, "space_of": db.dialect.space_of,
+                               "optimized": False}
     if not pays:
         details["optimize_skipped"] = (
-            f"{free} bytes free of {size}: below {MIN_FREE_SHARE:.0%} or {ctx.config.optimize_min_free_mb:g} MB"
+            f"{free / MB:.1f} MB free of {size / MB:.1f} MB in {db.dialect.space_of}:"
+            f" below {MIN_FREE_SHARE:.0%} or {ctx.config.optimize_min_free_mb:g} MB"
         )
         return details
     try:
