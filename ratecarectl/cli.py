@@ -12,11 +12,18 @@ from typing import Any, Callable, NoReturn
 
 import click
 
-from ratecared.client import Client, DaemonError, DaemonUnreachable, PermissionDenied
+from ratecared.client import (DEFAULT_SOCKET, Client, ConnectionDropped, DaemonError, DaemonUnreachable,
+                              PermissionDenied)
 
 EXIT_FAILURE, EXIT_UNREACHABLE, EXIT_DENIED = 1, 3, 4
 
 STATE_COLOURS = {"closed": "green", "open": "red", "half_open": "yellow"}
+
+ROWS_HELP = (
+    "ROWS is what a run changed: for aggregate_statistics the summary rows and widget daily rows it wrote "
+    "plus the detail rows it deleted; for cleanup_expired_cache the expired cache rows deleted; for warm_cache the "
+    "widgets warmed."
+)
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -24,14 +31,23 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-def _call(ctx: click.Context, action: Callable[[Client], Any]) -> Any:
+def _call(ctx: click.Context, action: Callable[[Client], Any], when_dropped: str | None = None) -> Any:
+    """Run `action`, turning the client's errors into a message and an exit code.
+
+    `when_dropped` replaces the unreachable message when the daemon closed the
+    connection after it had the request (it was reached, the outcome is unknown).
+    """
     client: Client = ctx.obj
     try:
         return action(client)
     except PermissionDenied as exc:
         _fail(str(exc), EXIT_DENIED)
     except DaemonUnreachable as exc:
-        _fail(f"{exc} (is ratecared running? systemctl status ratecared)", EXIT_UNREACHABLE)
+        if when_dropped and isinstance(exc, ConnectionDropped):
+            _fail(when_dropped, EXIT_FAILURE)
+        # systemd runs only the package's daemon; any other socket is a daemon of one's own.
+        hint = "; systemctl status ratecared" if client.socket_path == DEFAULT_SOCKET else ""
+        _fail(f"{exc} (is ratecared running?{hint})", EXIT_UNREACHABLE)
     except DaemonError as exc:
         _fail(exc.message, EXIT_FAILURE)
     finally:
@@ -60,10 +76,40 @@ def _seconds(value: float | None) -> str:
     return f"{value:.1f}s"
 
 
+def _job_names() -> list[str]:
+    """The jobs, from the daemon's own table; imported late, since the job modules
+    load requests and the database drivers, which every other command can do without."""
+    from ratecared.jobs import JOBS
+
+    return list(JOBS)
+
+
+def _complete_job(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    return [name for name in _job_names() if name.startswith(incomplete)]
+
+
+class _JobCommand(click.Command):
+    """A command on one JOB: its help ends with the names of the jobs."""
+
+    def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_help_text(ctx, formatter)
+        formatter.write_paragraph()
+        with formatter.indentation():
+            formatter.write_text(f"JOB is one of: {', '.join(_job_names())}.")
+
+
+def _not_empty(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not value:
+        raise click.BadParameter("must be a path, not empty")
+    return value
+
+
 @click.group()
-@click.option("--socket", "socket_path", envvar="RATECARE_SOCKET", default="/run/ratecared/ratecared.sock",
+@click.option("--socket", "socket_path", envvar="RATECARE_SOCKET", default=DEFAULT_SOCKET, callback=_not_empty,
               show_default=True, help="Control socket [env RATECARE_SOCKET].")
-@click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for the daemon.")
+@click.option("--timeout", default=5.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds to wait for the daemon; jobs, history and health wait at least 10, reload 30, "
+                   "run --wait until the run ends.")
 @click.pass_context
 def main(ctx: click.Context, socket_path: str, timeout: float) -> None:
     """Inspect and control the ratecared daemon."""
@@ -157,11 +203,21 @@ def _when(iso: str | None) -> str:
     return iso[:16].replace("T", " ") if iso else "-"
 
 
-@main.command()
+def _detail(value: Any) -> str:
+    """A run's detail as people read it: a list as "a, b" or "first … last (n)", never Python's repr."""
+    if not isinstance(value, list):
+        return str(value)
+    if not value:
+        return "none"
+    if len(value) > 4:
+        return f"{value[0]} … {value[-1]} ({len(value)})"
+    return ", ".join(str(item) for item in value)
+
+
+@main.command(help="Schedule, next and last run of each job.\n\nTimes are the daemon's local time.\n\n" + ROWS_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the daemon's JSON.")
 @click.pass_context
 def jobs(ctx: click.Context, as_json: bool) -> None:
-    """The jobs: schedule, next run (local time), last run and its result."""
     data = _call(ctx, lambda c: c.jobs())
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -182,13 +238,21 @@ def jobs(ctx: click.Context, as_json: bool) -> None:
         click.echo(click.style(f"note: {note}", fg="yellow"))
 
 
-@main.command()
-@click.argument("job")
-@click.option("--wait", is_flag=True, help="Wait for the end; exit 0 on success, 1 otherwise.")
+@main.command(cls=_JobCommand)
+@click.argument("job", shell_complete=_complete_job)
+@click.option("--wait", is_flag=True,
+              help="Wait for the end; exit 0 when the run succeeded or was skipped, 1 when it failed or was "
+                   "interrupted.")
 @click.pass_context
 def run(ctx: click.Context, job: str, wait: bool) -> None:
-    """Run a job now, through the same claim and lock as the schedule."""
-    result = _call(ctx, lambda c: c.run_job(job, wait))
+    """Run a job now, through the same claim and lock as the schedule.
+
+    With --wait, print the run's result and exit 0 when the run succeeded or
+    was skipped (the job is disabled in the settings), 1 when it failed or was
+    interrupted.
+    """
+    dropped = f"ratecared closed the connection while waiting for {job} to finish; see `ratecarectl history {job}`"
+    result = _call(ctx, lambda c: c.run_job(job, wait), when_dropped=dropped if wait else None)
     if not wait:
         click.echo(f"{job}: queued as run {result['run_id']}; see `ratecarectl history {job}`")
         return
@@ -196,23 +260,21 @@ def run(ctx: click.Context, job: str, wait: bool) -> None:
     duration = result.get("details", {}).get("duration_seconds")
     click.echo(line + (f", {_seconds(duration)})" if duration is not None else ")"))
     for key, value in result.get("details", {}).items():
-        if isinstance(value, list) and len(value) > 4:
-            value = f"{len(value)}: {value[0]} … {value[-1]}"
         if key != "duration_seconds":
-            click.echo(f"  {key}: {value}")
+            click.echo(f"  {key}: {_detail(value)}")
     if result.get("error"):
         click.echo(f"  error: {result['error']}", err=True)
     if result["status"] not in ("success", "skipped"):
         sys.exit(EXIT_FAILURE)
 
 
-@main.command()
-@click.argument("job")
-@click.option("--limit", default=20, show_default=True, help="How many runs, newest first.")
+@main.command(cls=_JobCommand, help="Recent runs of a job, newest first.\n\n" + ROWS_HELP)
+@click.argument("job", shell_complete=_complete_job)
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1),
+              help="How many runs, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="Print the daemon's JSON.")
 @click.pass_context
 def history(ctx: click.Context, job: str, limit: int, as_json: bool) -> None:
-    """Recent runs of a job, newest first."""
     data = _call(ctx, lambda c: c.job_runs(job, limit))
     if as_json:
         click.echo(json.dumps(data, indent=2))

@@ -5,20 +5,33 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from click.testing import CliRunner
 
 from conftest import DaemonProcess
+from jobhelpers import days_of_requests
+from ratecared.client import DEFAULT_SOCKET
+from ratecared.config import DatabaseConfig
+from ratecared.db import Database
+from ratecared.jobs import JOBS
 from ratecarectl.cli import main
+from test_client import ScriptedDaemon
 
 NOBODY = pwd.getpwnam("nobody")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching to nobody needs root")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def ctl(sock: str, *args: str) -> tuple[int, str, str]:
@@ -113,6 +126,180 @@ def test_socket_from_the_environment(daemon: DaemonProcess) -> None:
     result = subprocess.run([sys.executable, "-m", "ratecarectl", "status"], capture_output=True, text=True,
                             env={**os.environ, "RATECARE_SOCKET": daemon.socket}, timeout=60)
     assert result.returncode == 0 and "booking" in result.stdout
+
+
+def database_of(daemon: DaemonProcess) -> Database:
+    return Database(DatabaseConfig(url=f"sqlite:///{Path(daemon.config).parent / 'rc.db'}"))
+
+
+def source_file(relative: str) -> Path:
+    """A file of the source tree; the system test runs a copy of tests/ without one."""
+    path = REPO / relative
+    if not path.exists():
+        pytest.skip(f"{relative} is only in the source tree")
+    return path
+
+
+def test_run_and_reset_are_sent_once_to_a_daemon_that_hangs_up() -> None:
+    with ScriptedDaemon(default="hang_up") as daemon:
+        code, _, err = ctl(daemon.socket, "run", "warm_cache")
+        assert code == 3 and "closed the connection without answering" in err
+        assert ctl(daemon.socket, "reset")[0] == 3
+        assert daemon.requests == ["POST /api/v1/jobs/warm_cache/run HTTP/1.1",
+                                   "POST /api/v1/circuit-breaker/reset HTTP/1.1"]
+
+
+def test_run_wait_exits_1_when_the_daemon_closes_the_connection() -> None:
+    with ScriptedDaemon(default="hang_up") as daemon:
+        code, out, err = ctl(daemon.socket, "run", "warm_cache", "--wait")
+        assert (code, out) == (1, "")
+        assert err == ("ratecarectl: ratecared closed the connection while waiting for warm_cache to finish; "
+                       "see `ratecarectl history warm_cache`\n")
+        assert daemon.requests == ["POST /api/v1/jobs/warm_cache/run HTTP/1.1"]
+
+
+class SlowWidgets(ThreadingHTTPServer):
+    """The app's widget endpoint, answering only once `release` is set."""
+
+    def __init__(self) -> None:
+        self.reached, self.release = threading.Event(), threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.reached.set()
+                server.release.wait(20)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+def test_run_wait_exits_1_when_the_daemon_stops_during_the_run(config_factory, daemon_factory) -> None:
+    widgets = SlowWidgets()
+    url = f"http://127.0.0.1:{widgets.server_address[1]}/w/{{widget_id}}"
+    daemon = daemon_factory(config_factory(jobs__warm_cache={"url": url, "concurrency": 1}))
+    db = database_of(daemon)
+    db.execute("UPDATE settings SET `value` = '1' WHERE `key` = 'cache-warming-enabled'")
+    yesterday = (datetime.now(ZoneInfo("Europe/Istanbul")) - timedelta(days=1)).date().isoformat()
+    db.execute("INSERT INTO api_statistics_widget_daily (stat_date, widget_id, requests) VALUES (?, 1, 5)",
+               (yesterday,))
+    waiting = subprocess.Popen([sys.executable, "-m", "ratecarectl", "--socket", daemon.socket, "run", "warm_cache",
+                                "--wait"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert widgets.reached.wait(20)
+        daemon.send(signal.SIGTERM)
+        out, err = waiting.communicate(timeout=30)
+    finally:
+        widgets.release.set()
+        widgets.shutdown()
+        db.close()
+    assert waiting.returncode == 1, (out, err)
+    assert out.startswith("warm_cache: interrupted (run ")
+
+
+@pytest.mark.parametrize("name", ["warm cache", "warm_cache?wait=1", "warm_cache/../x", "warm\ncache", ""])
+def test_any_job_name_gets_the_daemons_answer(daemon: DaemonProcess, name: str) -> None:
+    for command in ("run", "history"):
+        code, out, err = ctl(daemon.socket, command, name)
+        assert (code, out, err) == (1, "", f"ratecarectl: unknown job {name!r}; jobs: {', '.join(JOBS)}\n")
+
+
+def test_timeout_must_be_positive(tmp_path: Path) -> None:
+    for value in ("0", "-1"):
+        code, _, err = ctl(str(tmp_path / "none.sock"), "--timeout", value, "status")
+        assert code == 2 and "--timeout" in err
+
+
+def test_a_timeout_names_the_seconds_waited() -> None:
+    with ScriptedDaemon(default="silent") as daemon:
+        code, _, err = ctl(daemon.socket, "--timeout", "0.3", "status")
+        assert code == 3 and "did not answer in 0.3 s" in err
+        started = time.monotonic()
+        code, _, err = ctl(daemon.socket, "--timeout", "0.3", "health")
+        assert code == 3 and "did not answer in 10 s" in err and time.monotonic() - started >= 10
+
+
+def test_history_limit_must_be_at_least_1(tmp_path: Path) -> None:
+    for value in ("0", "-1"):
+        code, _, err = ctl(str(tmp_path / "none.sock"), "history", "warm_cache", "--limit", value)
+        assert code == 2 and "--limit" in err
+
+
+def test_run_wait_prints_lists_for_people(daemon: DaemonProcess) -> None:
+    db = database_of(daemon)
+    today = datetime.now(ZoneInfo("Europe/Istanbul"))
+    days_of_requests(db, "Europe/Istanbul", today, days=2, per_day=10)
+    db.close()
+    code, out, _ = ctl(daemon.socket, "run", "aggregate_statistics", "--wait")
+    days = sorted(line.split(": ", 1)[1] for line in out.splitlines() if "days_summarised" in line)
+    assert code == 0 and len(days) == 1
+    first, second = days[0].split(", ")
+    assert first < second and len(first) == len("2026-11-26")
+    assert "[" not in out
+
+
+def test_socket_option_mistakes(tmp_path: Path) -> None:
+    code, _, err = ctl("", "status")
+    assert code == 2 and "--socket" in err
+    code, _, err = ctl(str(tmp_path), "status")
+    assert code == 3 and f"{tmp_path} is not a socket" in err
+
+
+def test_the_systemctl_hint_is_only_for_the_system_socket(tmp_path: Path) -> None:
+    code, _, err = ctl(str(tmp_path / "none.sock"), "status")
+    assert code == 3 and err.endswith("(is ratecared running?)\n")
+    if os.path.exists(DEFAULT_SOCKET):
+        pytest.skip(f"{DEFAULT_SOCKET} exists here")
+    env = {k: v for k, v in os.environ.items() if k != "RATECARE_SOCKET"}
+    result = subprocess.run([sys.executable, "-m", "ratecarectl", "status"], capture_output=True, text=True,
+                            env=env, timeout=60)
+    assert result.returncode == 3 and result.stderr.endswith("(is ratecared running?; systemctl status ratecared)\n")
+
+
+def test_help_names_the_jobs_and_what_rows_count() -> None:
+    runner = CliRunner()
+    commands = runner.invoke(main, ["--help"]).output.split("Commands:")[1]
+    assert "..." not in commands
+    for command in ("run", "history", "jobs"):
+        text = " ".join(runner.invoke(main, [command, "--help"]).output.split())
+        assert all(name in text for name in JOBS), command
+        if command != "run":
+            assert "ROWS is what a run changed" in text and "widgets warmed" in text
+    run_help = " ".join(runner.invoke(main, ["run", "--help"]).output.split())
+    assert "exit 0 when the run succeeded or was skipped" in run_help
+    assert "1 when it failed or was interrupted" in run_help
+
+
+def test_the_man_page_covers_every_option_and_job() -> None:
+    page = source_file("packaging/man/ratecarectl.1").read_text()
+    options = page.split(".SH OPTIONS", 1)[1].split(".SH ", 1)[0]
+    assert "\\-\\-socket" in options and "\\-\\-timeout" in options
+    text = " ".join(page.replace("\\-", "-").split())
+    assert all(name in text for name in JOBS)
+    assert "exit 0 when the run succeeded or was skipped" in text and "1 when it failed or was interrupted" in text
+    assert "ROWS" in text and "widgets warmed" in text
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_bash_completes_job_names() -> None:
+    script = source_file("packaging/bash-completion/ratecarectl")
+    program = Path(sys.executable).parent / "ratecarectl"
+    if not program.exists():
+        pytest.skip("ratecarectl is not installed beside this Python")
+    completions = {}
+    for words in ("run ''", "history wa"):
+        result = subprocess.run(
+            ["bash", "-c", f'source {script}; COMP_WORDS=(ratecarectl {words}); COMP_CWORD=2; '
+                           f'_ratecarectl_completion {program}; printf "%s\\n" "${{COMPREPLY[@]}}"'],
+            capture_output=True, text=True, timeout=60)
+        completions[words] = result.stdout.split()
+    assert completions == {"run ''": list(JOBS), "history wa": ["warm_cache"]}
 
 
 def open_socket_dir(daemon: DaemonProcess) -> None:
