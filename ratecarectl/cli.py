@@ -241,15 +241,15 @@ def jobs(ctx: click.Context, as_json: bool) -> None:
 @main.command(cls=_JobCommand)
 @click.argument("job", shell_complete=_complete_job)
 @click.option("--wait", is_flag=True,
-              help="Wait for the end; exit 0 when the run succeeded or was skipped, 1 when it failed or was "
-                   "interrupted.")
+              help="Wait for the end; exit 0 when the run succeeded or was skipped (job disabled), 1 when it "
+                   "failed, was interrupted or never started.")
 @click.pass_context
 def run(ctx: click.Context, job: str, wait: bool) -> None:
     """Run a job now, through the same claim and lock as the schedule.
 
     With --wait, print the run's result and exit 0 when the run succeeded or
-    was skipped (the job is disabled in the settings), 1 when it failed or was
-    interrupted.
+    was skipped (the job is disabled in the settings), 1 when it failed, was
+    interrupted or never started (the daemon stopped first).
     """
     dropped = f"ratecared closed the connection while waiting for {job} to finish; see `ratecarectl history {job}`"
     result = _call(ctx, lambda c: c.run_job(job, wait), when_dropped=dropped if wait else None)
@@ -264,7 +264,8 @@ def run(ctx: click.Context, job: str, wait: bool) -> None:
             click.echo(f"  {key}: {_detail(value)}")
     if result.get("error"):
         click.echo(f"  error: {result['error']}", err=True)
-    if result["status"] not in ("success", "skipped"):
+    # A skip with an error is a run that never started (the daemon stopped first), not a disabled job.
+    if result["status"] not in ("success", "skipped") or result.get("error"):
         sys.exit(EXIT_FAILURE)
 
 

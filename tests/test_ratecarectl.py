@@ -180,7 +180,7 @@ class SlowWidgets(ThreadingHTTPServer):
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
 
-def test_run_wait_exits_1_when_the_daemon_stops_during_the_run(config_factory, daemon_factory) -> None:
+def test_run_wait_exits_1_when_the_daemon_stops_before_the_run_ends(config_factory, daemon_factory) -> None:
     widgets = SlowWidgets()
     url = f"http://127.0.0.1:{widgets.server_address[1]}/w/{{widget_id}}"
     daemon = daemon_factory(config_factory(jobs__warm_cache={"url": url, "concurrency": 1}))
@@ -189,18 +189,26 @@ def test_run_wait_exits_1_when_the_daemon_stops_during_the_run(config_factory, d
     yesterday = (datetime.now(ZoneInfo("Europe/Istanbul")) - timedelta(days=1)).date().isoformat()
     db.execute("INSERT INTO api_statistics_widget_daily (stat_date, widget_id, requests) VALUES (?, 1, 5)",
                (yesterday,))
-    waiting = subprocess.Popen([sys.executable, "-m", "ratecarectl", "--socket", daemon.socket, "run", "warm_cache",
-                                "--wait"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = Path(daemon.config).parent / "logs" / "ratecared.log"
+    waiting: list[subprocess.Popen[str]] = []
     try:
-        assert widgets.reached.wait(20)
+        for job in ("warm_cache", "aggregate_statistics"):
+            waiting.append(subprocess.Popen([sys.executable, "-m", "ratecarectl", "--socket", daemon.socket, "run",
+                                             job, "--wait"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            assert widgets.reached.wait(20)
+        deadline = time.monotonic() + 20
+        while log.read_text().count('"job run requested"') < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         daemon.send(signal.SIGTERM)
-        out, err = waiting.communicate(timeout=30)
+        (running, running_err), (queued, queued_err) = (w.communicate(timeout=30) for w in waiting)
     finally:
         widgets.release.set()
         widgets.shutdown()
         db.close()
-    assert waiting.returncode == 1, (out, err)
-    assert out.startswith("warm_cache: interrupted (run ")
+    assert waiting[0].returncode == 1 and running.startswith("warm_cache: interrupted (run "), running_err
+    assert waiting[1].returncode == 1 and queued.startswith("aggregate_statistics: skipped (run ")
+    assert "the daemon stopped before the run started" in queued_err
 
 
 @pytest.mark.parametrize("name", ["warm cache", "warm_cache?wait=1", "warm_cache/../x", "warm\ncache", ""])
@@ -273,7 +281,7 @@ def test_help_names_the_jobs_and_what_rows_count() -> None:
             assert "ROWS is what a run changed" in text and "widgets warmed" in text
     run_help = " ".join(runner.invoke(main, ["run", "--help"]).output.split())
     assert "exit 0 when the run succeeded or was skipped" in run_help
-    assert "1 when it failed or was interrupted" in run_help
+    assert "1 when it failed, was interrupted or never started" in run_help
 
 
 def test_the_man_page_covers_every_option_and_job() -> None:
@@ -282,7 +290,8 @@ def test_the_man_page_covers_every_option_and_job() -> None:
     assert "\\-\\-socket" in options and "\\-\\-timeout" in options
     text = " ".join(page.replace("\\-", "-").split())
     assert all(name in text for name in JOBS)
-    assert "exit 0 when the run succeeded or was skipped" in text and "1 when it failed or was interrupted" in text
+    assert "exit 0 when the run succeeded or was skipped" in text
+    assert "1 when it failed, was interrupted or never started" in text
     assert "ROWS" in text and "widgets warmed" in text
 
 
