@@ -196,7 +196,8 @@ def reload(ctx: click.Context) -> None:
         click.echo(f"restart needed to apply: {', '.join(data['restart_needed_for'])}", err=True)
 
 
-RESULT_COLOURS = {"success": "green", "failed": "red", "interrupted": "yellow", "skipped": None, "running": "cyan"}
+RESULT_COLOURS = {"success": "green", "failed": "red", "interrupted": "yellow", "skipped": None, "running": "cyan",
+                  "queued": "cyan"}
 
 
 def _when(iso: str | None) -> str:
@@ -226,7 +227,7 @@ def jobs(ctx: click.Context, as_json: bool) -> None:
     notes = []
     for job in data:
         last = job["last_run"] or {}
-        result = "running" if job["running"] else last.get("status", "-")
+        result = "running" if job["running"] else "queued" if job.get("queued_run_id") else last.get("status", "-")
         rows.append([job["name"], job["schedule"], _when(job["next_run"]), _when(last.get("started_at")), result,
                      _seconds(last.get("duration_seconds")), str(last.get("rows", "-"))])
         if job["next_run_note"]:
@@ -254,7 +255,8 @@ def run(ctx: click.Context, job: str, wait: bool) -> None:
     dropped = f"ratecared closed the connection while waiting for {job} to finish; see `ratecarectl history {job}`"
     result = _call(ctx, lambda c: c.run_job(job, wait), when_dropped=dropped if wait else None)
     if not wait:
-        click.echo(f"{job}: queued as run {result['run_id']}; see `ratecarectl history {job}`")
+        queued = "already queued" if result.get("already_queued") else "queued"
+        click.echo(f"{job}: {queued} as run {result['run_id']}; see `ratecarectl history {job}`")
         return
     line = f"{job}: {result['status']} (run {result['run_id']}, {result['rows']} rows"
     duration = result.get("details", {}).get("duration_seconds")

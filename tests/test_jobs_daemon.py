@@ -178,7 +178,10 @@ def test_sigterm_answers_a_waiting_run_and_records_the_queued_one(config_factory
     queued = re.search(r"run ([0-9a-f]{12})", out)
     assert code == 0 and queued
     # Asking again while it waits gives the same run, not a second one.
-    assert queued.group(1) in ctl(daemon.socket, "run", "cleanup_expired_cache")[1]
+    assert ctl(daemon.socket, "run", "cleanup_expired_cache")[1].startswith(
+        f"cleanup_expired_cache: already queued as run {queued.group(1)}")
+    rows = {line.split()[0]: line.split() for line in ctl(daemon.socket, "jobs")[1].splitlines()[1:4]}
+    assert "running" in rows["aggregate_statistics"] and "queued" in rows["cleanup_expired_cache"]
     jobs = {job["name"]: job for job in json.loads(ctl(daemon.socket, "jobs", "--json")[1])}
     assert jobs["cleanup_expired_cache"]["queued_run_id"] == queued.group(1)
     assert daemon.stop(signal.SIGTERM) == 0
