@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterable, Sequence
 from zoneinfo import ZoneInfo
 
@@ -66,3 +67,39 @@ def days_of_requests(db: Database, tz: str, today: datetime, days: int, per_day:
             rows.append(request_row(widget=1 + i % 7, moment=moment, status=503 if i % 10 == 0 else 200,
                                     ms=10 + i, hit=i % 2))
     insert_rows(db, "api_requests", REQUEST_COLUMNS, rows)
+
+
+class HangingWidgets:
+    """The app's widget endpoint, answering only once released: its requests stay in flight."""
+
+    def __init__(self) -> None:
+        self.reached, self.release = threading.Event(), threading.Event()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                owner.reached.set()
+                owner.release.wait(60)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/w/{{widget_id}}"
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def enable_warming(db: Database, tz: str) -> None:
+    """Warming on, with one widget requested yesterday (local) to warm."""
+    db.execute("UPDATE settings SET `value` = '1' WHERE `key` = 'cache-warming-enabled'")
+    yesterday = (datetime.now(ZoneInfo(tz)) - timedelta(days=1)).date().isoformat()
+    db.execute("INSERT INTO api_statistics_widget_daily (stat_date, widget_id, requests) VALUES (?, 1, 5)",
+               (yesterday,))

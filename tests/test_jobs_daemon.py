@@ -7,16 +7,15 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
 from conftest import DaemonProcess
+from jobhelpers import HangingWidgets, enable_warming
 from mariadb import MariaDB
 from ratecared.config import DatabaseConfig
 from ratecared.db import Database, migrations, timestamp
@@ -129,10 +128,7 @@ def test_unknown_job_exits_1_and_failed_run_exits_1(config_factory, daemon_facto
     code, _, err = ctl(daemon.socket, "run", "nosuch")
     assert code == 1 and "unknown job 'nosuch'" in err
     db = Database(DatabaseConfig(url=f"sqlite:///{Path(daemon.config).parent / 'rc.db'}"))
-    db.execute("UPDATE settings SET `value` = '1' WHERE `key` = 'cache-warming-enabled'")
-    yesterday = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
-    db.execute("INSERT INTO api_statistics_widget_daily (stat_date, widget_id, requests) VALUES (?, 1, 5)",
-               (yesterday,))
+    enable_warming(db, "Europe/Istanbul")
     code, out, err = ctl(daemon.socket, "run", "warm_cache", "--wait")
     assert code == 1 and "warm_cache: failed" in out and "keeps failing" in err
     assert json.loads(ctl(daemon.socket, "history", "warm_cache", "--json")[1])[0]["status"] == "failed"
@@ -193,35 +189,6 @@ def test_sigterm_answers_a_waiting_run_and_records_the_queued_one(config_factory
     db.close()
 
 
-class HangingWidgets:
-    """A widget endpoint that answers only when released: requests stay in flight."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.asked = threading.Event()
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                owner.asked.set()
-                owner.release.wait(60)
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/w/{{widget_id}}"
-
-    def close(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_sigterm_during_warming_does_not_wait_for_requests_in_flight(config_factory, daemon_factory,
                                                                        tmp_path: Path) -> None:
     widgets = HangingWidgets()
@@ -229,13 +196,10 @@ def test_sigterm_during_warming_does_not_wait_for_requests_in_flight(config_fact
         config = config_factory(jobs__warm_cache={"url": widgets.url, "timeout": 60})
         db = Database(DatabaseConfig(url=f"sqlite:///{tmp_path / 'rc.db'}"))
         migrations.apply(db)
-        db.execute("UPDATE settings SET `value` = '1' WHERE `key` = 'cache-warming-enabled'")
-        yesterday = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
-        db.execute("INSERT INTO api_statistics_widget_daily (stat_date, widget_id, requests) VALUES (?, 1, 5)",
-                   (yesterday,))
+        enable_warming(db, "Europe/Istanbul")
         daemon = daemon_factory(config)
         assert ctl(daemon.socket, "run", "warm_cache")[0] == 0
-        assert widgets.asked.wait(20)
+        assert widgets.reached.wait(20)
         started = time.monotonic()
         assert daemon.stop(signal.SIGTERM) == 0
         assert time.monotonic() - started < 10

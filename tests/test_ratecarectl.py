@@ -10,10 +10,8 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from datetime import datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -21,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import DaemonProcess
-from jobhelpers import days_of_requests
+from jobhelpers import HangingWidgets, days_of_requests, enable_warming
 from ratecared.client import DEFAULT_SOCKET
 from ratecared.config import DatabaseConfig
 from ratecared.db import Database
@@ -158,37 +156,11 @@ def test_run_wait_exits_1_when_the_daemon_closes_the_connection() -> None:
         assert daemon.requests == ["POST /api/v1/jobs/warm_cache/run HTTP/1.1"]
 
 
-class SlowWidgets(ThreadingHTTPServer):
-    """The app's widget endpoint, answering only once `release` is set."""
-
-    def __init__(self) -> None:
-        self.reached, self.release = threading.Event(), threading.Event()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                server.reached.set()
-                server.release.wait(20)
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        super().__init__(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-
 def test_run_wait_exits_1_when_the_daemon_stops_before_the_run_ends(config_factory, daemon_factory) -> None:
-    widgets = SlowWidgets()
-    url = f"http://127.0.0.1:{widgets.server_address[1]}/w/{{widget_id}}"
-    daemon = daemon_factory(config_factory(jobs__warm_cache={"url": url, "concurrency": 1}))
+    widgets = HangingWidgets()
+    daemon = daemon_factory(config_factory(jobs__warm_cache={"url": widgets.url, "concurrency": 1}))
     db = database_of(daemon)
-    db.execute("UPDATE settings SET `value` = '1' WHERE `key` = 'cache-warming-enabled'")
-    yesterday = (datetime.now(ZoneInfo("Europe/Istanbul")) - timedelta(days=1)).date().isoformat()
-    db.execute("INSERT INTO api_statistics_widget_daily (stat_date, widget_id, requests) VALUES (?, 1, 5)",
-               (yesterday,))
+    enable_warming(db, "Europe/Istanbul")
     log = Path(daemon.config).parent / "logs" / "ratecared.log"
     waiting: list[subprocess.Popen[str]] = []
     try:
@@ -203,8 +175,7 @@ def test_run_wait_exits_1_when_the_daemon_stops_before_the_run_ends(config_facto
         daemon.send(signal.SIGTERM)
         (running, running_err), (queued, queued_err) = (w.communicate(timeout=30) for w in waiting)
     finally:
-        widgets.release.set()
-        widgets.shutdown()
+        widgets.close()
         db.close()
     assert waiting[0].returncode == 1 and running.startswith("warm_cache: interrupted (run "), running_err
     assert waiting[1].returncode == 1 and queued.startswith("aggregate_statistics: skipped (run ")
