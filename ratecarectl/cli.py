@@ -290,3 +290,6 @@ def history(ctx: click.Context, job: str, limit: int, as_json: bool) -> None:
         click.echo(f"{job}: no runs yet")
         return
     _table(rows, lambda col, text: RESULT_COLOURS.get(text) if col == 3 else None)
+    zone = _call(ctx, lambda c: c.jobs())
+    if zone:
+        click.echo(f"\ntimes in {zone[0]['timezone']}")

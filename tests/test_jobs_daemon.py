@@ -117,7 +117,7 @@ def test_jobs_run_and_history_from_ratecarectl(daemon: DaemonProcess) -> None:
     runs = json.loads(out)
     assert [(r["trigger"], r["status"], r["slot"]) for r in runs] == [("manual", "success", None)]
     code, out, _ = ctl(daemon.socket, "history", "aggregate_statistics")
-    assert code == 0 and "manual" in out and "success" in out
+    assert code == 0 and "manual" in out and "success" in out and out.endswith("\ntimes in Europe/Istanbul\n")
     code, out, _ = ctl(daemon.socket, "jobs", "--json")
     assert json.loads(out)[0]["last_run"]["status"] == "success"
 
