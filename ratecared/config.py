@@ -348,6 +348,11 @@ def _parse(path: Path, raw: dict[str, Any]) -> Config:
             template = js.string("url", defaults["url"])
             if "{widget_id}" not in template or not template.startswith(("http://", "https://")):
                 raise ConfigError(path, f"jobs.{name}.url", "must be an http(s) URL containing {widget_id}")
+            try:
+                template.format(widget_id=1)
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ConfigError(path, f"jobs.{name}.url",
+                                  f"{{widget_id}} is the only placeholder it may hold, not {exc}") from None
             values.update(
                 url=template,
                 concurrency=js.integer("concurrency", defaults["concurrency"], 1, 64),

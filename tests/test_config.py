@@ -49,6 +49,8 @@ def test_defaults_fill_everything_but_the_url(tmp_path: Path) -> None:
          "jobs.aggregate_statistics.schedule", "never fires"),
         ("[database]\nurl = 'sqlite:////x.db'\n[jobs.warm_cache]\nurl = 'http://x/'\n", "jobs.warm_cache.url",
          "{widget_id}"),
+        ("[database]\nurl = 'sqlite:////x.db'\n[jobs.warm_cache]\nurl = 'http://x/{widget_id}?h={hotel}'\n",
+         "jobs.warm_cache.url", "only placeholder"),
         ("[database]\nurl = 'sqlite:////x.db'\n[circuit_breaker]\nplatforms = ['a', 'a']\n",
          "circuit_breaker.platforms", "twice"),
         ("[database]\nurl = 'sqlite:////x.db'\n[logging]\nlevel = 'loud'\n", "logging.level", "must be"),

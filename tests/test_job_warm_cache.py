@@ -157,6 +157,16 @@ def test_a_failure_says_why(database: Database) -> None:
     assert errors == ["ConnectionError: [Errno 111] Connection refused"]
 
 
+def test_a_widget_that_cannot_be_asked_for_fails_at_once(database: Database, app: WidgetApp) -> None:
+    popular(database)
+    settings = Settings(warming_enabled=True, warming_widget_count=4)
+    started = time.monotonic()
+    result = warm_cache.run(make_context(database, "warm_cache", NOW, settings=settings, url=app.url + "?x={other}",
+                                         max_consecutive_failures=2))
+    assert time.monotonic() - started < 2
+    assert result.status == "failed" and result.details["failed"] >= 2 and app.seen == []
+
+
 def test_a_stop_does_not_wait_for_requests_in_flight(database: Database, app_factory) -> None:
     popular(database)
     app = app_factory(delay=5.0)

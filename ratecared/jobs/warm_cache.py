@@ -77,12 +77,17 @@ def run(ctx: JobContext) -> JobResult:
                 widget = todo.get_nowait()
             except queue.Empty:
                 return
-            results.put((widget, *_fetch(session, url.format(widget_id=widget), config.timeout)))
+            try:
+                results.put((widget, *_fetch(session, url.format(widget_id=widget), config.timeout)))
+            except Exception as exc:  # noqa: BLE001 - a widget that cannot be asked for is a failed widget
+                results.put((widget, None, 0.0, f"{type(exc).__name__}: {exc}"))
 
     # Daemon threads: a stop or the deadline leaves requests still in flight
     # behind, and neither the run nor the daemon's exit waits for them.
-    for i in range(min(config.concurrency, len(widgets))):
-        threading.Thread(target=worker, name=f"warm-cache-{i}", daemon=True).start()
+    workers = [threading.Thread(target=worker, name=f"warm-cache-{i}", daemon=True)
+               for i in range(min(config.concurrency, len(widgets)))]
+    for thread in workers:
+        thread.start()
     warmed = failed = consecutive = 0
     stopped: str | None = None
     try:
@@ -111,7 +116,9 @@ def run(ctx: JobContext) -> JobResult:
                 ms=round(seconds * 1000, 1), **({"error": error} if error else {}))
     finally:
         halt.set()
-        session.close()
+        # A worker still in flight keeps using the session; it goes with the last of them.
+        if not any(thread.is_alive() for thread in workers):
+            session.close()
     skipped = len(widgets) - warmed - failed
     details = {"widgets": len(widgets), "warmed": warmed, "failed": failed, "skipped": skipped,
                "url": url, "concurrency": config.concurrency}
