@@ -256,6 +256,7 @@ class Daemon:
         if self.runner.is_alive():
             self.log.warning("a job did not stop in time; its run shows as interrupted at the next start",
                              job=self.runner.current[0] if self.runner.current else None)
+            self.runner.close_queue()
         await server.close(grace=1.0)
         await asyncio.to_thread(self.store.join, 3.0)
         saved = self.store.write_snapshot()

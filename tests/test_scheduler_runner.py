@@ -143,6 +143,24 @@ def test_manual_runs_go_first_and_are_recorded_as_manual(tmp_path: Path, db: Dat
     assert r.runs("cleanup_expired_cache")[0]["trigger"] == "manual"
 
 
+def test_a_waiter_that_went_away_does_not_break_the_run(tmp_path: Path, db: Database, db_url: str) -> None:
+    r = runner(config_for(tmp_path, db_url), db)
+    r.start_up(at(2026, 3, 28, 12))
+    _, future, _ = r.request("cleanup_expired_cache")
+    assert future.cancel()
+    assert r.step(at(2026, 3, 28, 12))["status"] == "success"
+
+
+def test_a_stuck_runner_still_answers_the_queued_runs(tmp_path: Path, db: Database, db_url: str) -> None:
+    r = runner(config_for(tmp_path, db_url), db)
+    _, future, _ = r.request("warm_cache")
+    r.close_queue()
+    assert (future.result(timeout=0)["status"], future.result()["error"]) == (
+        "skipped", "the daemon stopped before the run started")
+    with pytest.raises(Stopping):
+        r.request("warm_cache")
+
+
 def test_the_loop_stops_promptly(tmp_path: Path, db: Database, db_url: str) -> None:
     r = Runner(config_for(tmp_path, db_url), db, "web1", settings=lambda: Settings(), refresh_settings=lambda: None)
     r.start()

@@ -313,7 +313,9 @@ class Api:
                            peer_uid=request.peer.uid, peer_pid=request.peer.pid)
         if not wait:
             return success({"job": job, "run_id": run_id, "status": "queued", "already_queued": already}, status=202)
-        return success(await asyncio.wrap_future(future))
+        # Shielded: the run's future is shared by every request for it, and one
+        # waiter going away must not cancel it for the others.
+        return success(await asyncio.shield(asyncio.wrap_future(future)))
 
     async def _reload(self, request: Request) -> Response:
         self._require_admin(request, "reload")

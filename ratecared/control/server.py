@@ -356,9 +356,11 @@ class ControlServer:
         """Stop listening and remove the socket file; connections already open go on."""
         if self._server is not None:
             self._server.close()
-        if self.path and os.path.lexists(self.path):
+        # Once only: by a later call another daemon may have bound the path.
+        path, self.path = self.path, None
+        if path and os.path.lexists(path):
             try:
-                os.unlink(self.path)
+                os.unlink(path)
             except OSError:
                 pass
 

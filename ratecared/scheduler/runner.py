@@ -76,6 +76,20 @@ class Stopping(Exception):
     """The daemon is stopping: no new manual run is taken."""
 
 
+DROPPED = "the daemon stopped before the run started"
+
+
+def _settle(future: Future[dict[str, Any]], result: dict[str, Any] | None = None,
+            exception: BaseException | None = None) -> None:
+    """Resolve a manual run's future unless a waiter's cancellation already did."""
+    if future.done():
+        return
+    if exception is not None:
+        future.set_exception(exception)
+    else:
+        future.set_result(result or {})
+
+
 class Runner(threading.Thread):
     def __init__(
         self,
@@ -154,11 +168,12 @@ class Runner(threading.Thread):
             manual = self._manual.popleft() if self._manual else None
         if manual is not None:
             try:
-                manual.future.set_result(self.execute(manual.job, None, "manual", now, manual.run_id))
+                result = self.execute(manual.job, None, "manual", now, manual.run_id)
             except BaseException as exc:  # noqa: BLE001 - the caller waiting on the future gets it
-                manual.future.set_exception(exc)
+                _settle(manual.future, exception=exc)
                 raise
-            return manual.future.result()
+            _settle(manual.future, result)
+            return result
         due = self.due(now)
         if due is None:
             return None
@@ -236,26 +251,34 @@ class Runner(threading.Thread):
         with self._manual_lock:
             return {m.job: m.run_id for m in self._manual}
 
-    def _drop_queued(self, now: datetime) -> None:
-        """Record the manual runs that never started, so their run ids show in the history."""
+    def close_queue(self) -> list[_Manual]:
+        """Take no more manual runs; answer the queued ones (never started) and hand them back.
+
+        The daemon calls this itself when the runner does not stop in time, so
+        a waiting `run --wait` gets an answer even when the database does not.
+        """
         with self._manual_lock:
             self._closed = True
             dropped = list(self._manual)
             self._manual.clear()
         for manual in dropped:
-            reason = "the daemon stopped before the run started"
+            _settle(manual.future, {"job": manual.job, "run_id": manual.run_id, "status": "skipped", "slot": None,
+                                    "trigger": "manual", "rows": 0, "details": {}, "error": DROPPED})
+        return dropped
+
+    def _drop_queued(self, now: datetime) -> None:
+        """Answer the manual runs that never started, then record them, so their run ids show in the history."""
+        for manual in self.close_queue():
+            logs.get(f"ratecared.jobs.{manual.job}").warning("manual run dropped", job=manual.job,
+                                                             run_id=manual.run_id, reason=DROPPED)
             try:
                 self.db.execute(
                     "INSERT INTO job_runs (job, slot, `trigger`, host, run_id, status, started_at, finished_at, error)"
                     " VALUES (?, NULL, 'manual', ?, ?, 'skipped', ?, ?, ?)",
-                    (manual.job, self.host, manual.run_id, timestamp(now), timestamp(now), reason))
-            except DatabaseError as exc:
+                    (manual.job, self.host, manual.run_id, timestamp(now), timestamp(now), DROPPED))
+            except Exception as exc:  # noqa: BLE001 - the daemon is stopping; say so and go on
                 self.log.warning("cannot record a dropped manual run", job=manual.job, run_id=manual.run_id,
                                  error=str(exc))
-            logs.get(f"ratecared.jobs.{manual.job}").warning("manual run dropped", job=manual.job,
-                                                             run_id=manual.run_id, reason=reason)
-            manual.future.set_result({"job": manual.job, "run_id": manual.run_id, "status": "skipped", "slot": None,
-                                      "trigger": "manual", "rows": 0, "details": {}, "error": reason})
 
     # -- running a job ---------------------------------------------------------------
 
