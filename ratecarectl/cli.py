@@ -12,8 +12,8 @@ from typing import Any, Callable, NoReturn
 
 import click
 
-from ratecared.client import (DEFAULT_SOCKET, Client, ConnectionDropped, DaemonError, DaemonUnreachable,
-                              PermissionDenied)
+from ratecared.client import (DEFAULT_SOCKET, Client, ClientError, ConnectionDropped, DaemonError,
+                              DaemonUnreachable, PermissionDenied)
 
 EXIT_FAILURE, EXIT_UNREACHABLE, EXIT_DENIED = 1, 3, 4
 
@@ -155,7 +155,9 @@ def status(ctx: click.Context, platform: str | None, as_json: bool) -> None:
 @click.pass_context
 def reset(ctx: click.Context, platform: str | None) -> None:
     """Close one platform's breaker, or every breaker."""
-    names = _call(ctx, lambda c: c.reset(platform))
+    names = _call(ctx, lambda c: c.reset(platform),
+                  when_dropped="ratecared closed the connection before answering; the reset may or may not have"
+                               " been done: see `ratecarectl status`")
     click.echo(f"reset: {', '.join(names)}")
 
 
@@ -252,8 +254,9 @@ def run(ctx: click.Context, job: str, wait: bool) -> None:
     was skipped (the job is disabled in the settings), 1 when it failed, was
     interrupted or never started (the daemon stopped first).
     """
-    dropped = f"ratecared closed the connection while waiting for {job} to finish; see `ratecarectl history {job}`"
-    result = _call(ctx, lambda c: c.run_job(job, wait), when_dropped=dropped if wait else None)
+    dropped = (f"ratecared closed the connection while waiting for {job} to finish" if wait else
+               f"ratecared closed the connection before answering; {job} may or may not have been queued")
+    result = _call(ctx, lambda c: c.run_job(job, wait), when_dropped=f"{dropped}: see `ratecarectl history {job}`")
     if not wait:
         queued = "already queued" if result.get("already_queued") else "queued"
         click.echo(f"{job}: {queued} as run {result['run_id']}; see `ratecarectl history {job}`")
@@ -273,7 +276,7 @@ def run(ctx: click.Context, job: str, wait: bool) -> None:
 
 @main.command(cls=_JobCommand, help="Recent runs of a job, newest first.\n\n" + ROWS_HELP)
 @click.argument("job", shell_complete=_complete_job)
-@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1),
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1, max=1000),
               help="How many runs, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="Print the daemon's JSON.")
 @click.pass_context
@@ -290,6 +293,10 @@ def history(ctx: click.Context, job: str, limit: int, as_json: bool) -> None:
         click.echo(f"{job}: no runs yet")
         return
     _table(rows, lambda col, text: RESULT_COLOURS.get(text) if col == 3 else None)
-    zone = _call(ctx, lambda c: c.jobs())
-    if zone:
-        click.echo(f"\ntimes in {zone[0]['timezone']}")
+    try:
+        zone = ctx.obj.jobs()[0]["timezone"]
+    except ClientError:
+        return  # the table stands on its own; the footer is only a reminder
+    finally:
+        ctx.obj.close()
+    click.echo(f"\ntimes in {zone}")

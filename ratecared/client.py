@@ -155,13 +155,14 @@ class Client:
         """
         wait = timeout or self.timeout
         while True:
-            reused = self._conn is not None and timeout is None and not _dropped(self._conn.sock)
-            if not reused:
+            conn = self._conn
+            reused = conn is not None and timeout is None and not _dropped(conn.sock)
+            if conn is None or not reused:
                 self._close()
-                self._conn = _UnixHTTPConnection(self.socket_path, wait)
+                conn = self._conn = _UnixHTTPConnection(self.socket_path, wait)
             try:
-                self._conn.request(method, path, body=payload, headers=headers)
-                response = self._conn.getresponse()
+                conn.request(method, path, body=payload, headers=headers)
+                response = conn.getresponse()
                 raw = response.read()
                 if response.will_close or timeout is not None:
                     self._close()

@@ -202,7 +202,8 @@ def test_sigterm_during_warming_does_not_wait_for_requests_in_flight(config_fact
         assert widgets.reached.wait(20)
         started = time.monotonic()
         assert daemon.stop(signal.SIGTERM) == 0
-        assert time.monotonic() - started < 10
+        # Well inside the 8 s the daemon gives a job: nothing waits for the request in flight.
+        assert time.monotonic() - started < 3
         assert db.query("SELECT status FROM job_runs WHERE job = 'warm_cache'") == [("interrupted",)]
         # The run's last line reaches its log file before the daemon says it stopped.
         ended = [json.loads(line) for line in (tmp_path / "logs" / "warming.log").read_text().splitlines()]

@@ -141,8 +141,9 @@ def source_file(relative: str) -> Path:
 def test_run_and_reset_are_sent_once_to_a_daemon_that_hangs_up() -> None:
     with ScriptedDaemon(default="hang_up") as daemon:
         code, _, err = ctl(daemon.socket, "run", "warm_cache")
-        assert code == 3 and "closed the connection without answering" in err
-        assert ctl(daemon.socket, "reset")[0] == 3
+        assert code == 1 and "warm_cache may or may not have been queued" in err
+        code, _, err = ctl(daemon.socket, "reset")
+        assert code == 1 and "the reset may or may not have been done" in err
         assert daemon.requests == ["POST /api/v1/jobs/warm_cache/run HTTP/1.1",
                                    "POST /api/v1/circuit-breaker/reset HTTP/1.1"]
 
@@ -151,7 +152,7 @@ def test_run_wait_exits_1_when_the_daemon_closes_the_connection() -> None:
     with ScriptedDaemon(default="hang_up") as daemon:
         code, out, err = ctl(daemon.socket, "run", "warm_cache", "--wait")
         assert (code, out) == (1, "")
-        assert err == ("ratecarectl: ratecared closed the connection while waiting for warm_cache to finish; "
+        assert err == ("ratecarectl: ratecared closed the connection while waiting for warm_cache to finish: "
                        "see `ratecarectl history warm_cache`\n")
         assert daemon.requests == ["POST /api/v1/jobs/warm_cache/run HTTP/1.1"]
 
@@ -204,8 +205,8 @@ def test_a_timeout_names_the_seconds_waited() -> None:
         assert code == 3 and "did not answer in 10 s" in err and time.monotonic() - started >= 10
 
 
-def test_history_limit_must_be_at_least_1(tmp_path: Path) -> None:
-    for value in ("0", "-1"):
+def test_history_limit_must_be_from_1_to_1000(tmp_path: Path) -> None:
+    for value in ("0", "-1", "1001"):
         code, _, err = ctl(str(tmp_path / "none.sock"), "history", "warm_cache", "--limit", value)
         assert code == 2 and "--limit" in err
 
