@@ -272,10 +272,7 @@ class Runner(threading.Thread):
             logs.get(f"ratecared.jobs.{manual.job}").warning("manual run dropped", job=manual.job,
                                                              run_id=manual.run_id, reason=DROPPED)
             try:
-                self.db.execute(
-                    "INSERT INTO job_runs (job, slot, `trigger`, host, run_id, status, started_at, finished_at, error)"
-                    " VALUES (?, NULL, 'manual', ?, ?, 'skipped', ?, ?, ?)",
-                    (manual.job, self.host, manual.run_id, timestamp(now), timestamp(now), DROPPED))
+                self._insert_skipped(manual.job, None, "manual", now, DROPPED, manual.run_id)
             except Exception as exc:  # noqa: BLE001 - the daemon is stopping; say so and go on
                 self.log.warning("cannot record a dropped manual run", job=manual.job, run_id=manual.run_id,
                                  error=str(exc))
@@ -357,13 +354,19 @@ class Runner(threading.Thread):
                     return
                 time.sleep(1)
 
+    def _insert_skipped(self, job: str, slot: datetime | None, trigger: str, now: datetime, reason: str,
+                        run_id: str) -> None:
+        """Record a run that never ran: a missed slot, or a manual run a stop dropped."""
+        self.db.execute(
+            "INSERT INTO job_runs (job, slot, `trigger`, host, run_id, status, started_at, finished_at, error)"
+            " VALUES (?, ?, ?, ?, ?, 'skipped', ?, ?, ?)",
+            (job, timestamp(slot) if slot is not None else None, trigger, self.host, run_id, timestamp(now),
+             timestamp(now), reason))
+
     def _record_skipped(self, job: str, slot: datetime, trigger: str, now: datetime, reason: str) -> None:
         run_id = uuid.uuid4().hex[:12]
         try:
-            self.db.execute(
-                "INSERT INTO job_runs (job, slot, `trigger`, host, run_id, status, started_at, finished_at, error)"
-                " VALUES (?, ?, ?, ?, ?, 'skipped', ?, ?, ?)",
-                (job, timestamp(slot), trigger, self.host, run_id, timestamp(now), timestamp(now), reason))
+            self._insert_skipped(job, slot, trigger, now, reason, run_id)
         except IntegrityError:
             return
         logs.get(f"ratecared.jobs.{job}").info("slot skipped", job=job, run_id=run_id,
