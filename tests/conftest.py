@@ -77,7 +77,7 @@ class DaemonProcess:
             self.wait_ready()
         return self
 
-    def wait_ready(self, timeout: float = 20.0) -> None:
+    def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc is not None
@@ -100,7 +100,7 @@ class DaemonProcess:
         assert self.proc is not None
         self.proc.send_signal(signum)
 
-    def stop(self, signum: int = signals.SIGTERM, timeout: float = 10.0) -> int:
+    def stop(self, signum: int = signals.SIGTERM, timeout: float = 30.0) -> int:
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(signum)
@@ -121,6 +121,43 @@ class DaemonProcess:
         return self.output
 
 
+def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, every: float = 0.05,
+             what: str = "condition") -> Any:
+    """Poll `predicate` until it is true; return its value.
+
+    The timeout is only a limit for a hung daemon: a slow machine never
+    comes near it.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout} s")
+        time.sleep(every)
+
+
+def ctl(sock: str, *args: str, timeout: float = 120) -> tuple[int, str, str]:
+    """`ratecarectl --socket SOCK ARGS…` as a user runs it: exit code, stdout, stderr."""
+    result = subprocess.run([sys.executable, "-m", "ratecarectl", "--socket", sock, *args], capture_output=True,
+                            text=True, timeout=timeout)
+    return result.returncode, result.stdout, result.stderr
+
+
+def fail(daemon: "DaemonProcess", platform: str = "booking", times: int = 5) -> None:
+    """`times` failed calls to `platform`, as the app reports them: by default enough to open it."""
+    client = daemon.client()
+    for _ in range(times):
+        client.report(client.acquire(platform), False, 5003)
+    client.close()
+
+
+def setting_in_effect(daemon: "DaemonProcess", key: str, value: Any) -> None:
+    """Wait until the daemon has re-read the settings table and applies `value` for `key`."""
+    wait_for(lambda: daemon.client().health()["settings"][key] == value, what=f"setting {key}={value!r} in effect")
+
+
 class NotifySocket:
     """systemd's side of sd_notify: a datagram socket that records messages."""
 
@@ -130,7 +167,7 @@ class NotifySocket:
         self.sock.bind(str(path))
         self.sock.settimeout(0.2)
 
-    def messages(self, until: Callable[[list[str]], bool], timeout: float = 10.0,
+    def messages(self, until: Callable[[list[str]], bool], timeout: float = 60.0,
                  on_each: Callable[[str], None] = lambda m: None) -> list[str]:
         got: list[str] = []
         deadline = time.monotonic() + timeout

@@ -6,14 +6,13 @@ import shutil
 import socket
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Iterable
 
 import pytest
 
-from conftest import DaemonProcess
-from ratecared.client import BreakerOpen, Client, ConnectionDropped, DaemonError, DaemonUnreachable
+from conftest import DaemonProcess, wait_for
+from ratecared.client import BreakerOpen, Client, ConnectionDropped, DaemonError, DaemonUnreachable, _dropped
 
 BODY = b'{"status":"success","data":{"allowed":true,"state":"closed","permit":"p1","retry_after":null}}'
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY)
@@ -24,7 +23,8 @@ class ScriptedDaemon:
 
     Each request is met by the next step of the script (then `default`):
     "answer" (200, connection kept), "answer_and_hang_up", "hang_up" (read it,
-    close without answering) or "silent" (read it, never answer).
+    close without answering), "silent" (read it, never answer) or "held"
+    (answer once the test sets `release`).
     """
 
     def __init__(self, script: Iterable[str] = (), default: str = "answer") -> None:
@@ -34,6 +34,7 @@ class ScriptedDaemon:
         self.requests: list[str] = []
         self.connections = 0
         self.hung_up = threading.Event()
+        self.release = threading.Event()
         self._stop = threading.Event()
         self._listener = socket.socket(socket.AF_UNIX)
         self._listener.bind(self.socket)
@@ -62,6 +63,8 @@ class ScriptedDaemon:
                 step = self.script.pop(0) if self.script else self.default
                 if step == "silent":
                     self._stop.wait()
+                if step == "held":
+                    self.release.wait(120)
                 if step in ("silent", "hang_up"):
                     break
                 conn.sendall(ANSWER)
@@ -108,7 +111,8 @@ def test_keep_alive_survives_the_daemon_closing_idle_connections(config_factory,
     daemon = daemon_factory(config_factory(daemon={"idle_timeout": 0.2}))
     client = daemon.client()
     assert client.acquire("booking").allowed
-    time.sleep(0.5)
+    # The daemon has closed the idle kept-alive connection: the client finds out and reconnects.
+    wait_for(lambda: _dropped(client._conn.sock), what="the daemon closing the idle connection")
     assert client.acquire("booking").allowed
 
 

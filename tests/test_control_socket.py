@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from conftest import DaemonProcess
+from conftest import DaemonProcess, fail, setting_in_effect, wait_for
 
 
-def raw(sock_path: str, data: bytes, read: bool = True, timeout: float = 5.0) -> bytes:
+def raw(sock_path: str, data: bytes, read: bool = True, timeout: float = 30.0) -> bytes:
     """Send bytes on a fresh connection and read until the daemon closes or times out."""
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(timeout)
@@ -49,12 +49,6 @@ def http(sock_path: str, method: str, path: str, body: bytes = b"", headers: str
     return int(head.split(b" ")[1]), json.loads(payload)
 
 
-def fail_booking(daemon: DaemonProcess, times: int = 5) -> None:
-    client = daemon.client()
-    for _ in range(times):
-        client.report(client.acquire("booking"), False, 5003)
-
-
 def test_status_has_the_seed_shape(daemon: DaemonProcess) -> None:
     code, reply = http(daemon.socket, "GET", "/api/v1/circuit-breaker/status")
     assert code == 200 and reply["status"] == "success"
@@ -69,7 +63,7 @@ def test_status_has_the_seed_shape(daemon: DaemonProcess) -> None:
 
 
 def test_five_failures_open_booking_and_calls_are_refused(daemon: DaemonProcess) -> None:
-    fail_booking(daemon)
+    fail(daemon)
     code, reply = http(daemon.socket, "POST", "/api/v1/circuit-breaker/booking/acquire")
     assert code == 200
     data = reply["data"]
@@ -98,14 +92,14 @@ def test_report_answers_counted_and_state(daemon: DaemonProcess) -> None:
 def test_late_report_after_a_transition_says_it_was_not_counted(daemon: DaemonProcess) -> None:
     client = daemon.client()
     slow = client.acquire("booking")
-    fail_booking(daemon)
+    fail(daemon)
     reply = client.report(slow, True, 4000)
     assert reply["counted"] is False and reply["state"] == "open" and reply["reason"] == "stale"
     assert "earlier state" in reply["message"]
 
 
 def test_batch_acquire_and_report(daemon: DaemonProcess) -> None:
-    fail_booking(daemon)
+    fail(daemon)
     body = json.dumps({"platforms": ["booking", "agoda", "google"]}).encode()
     code, reply = http(daemon.socket, "POST", "/api/v1/circuit-breaker/acquire", body)
     assert code == 200
@@ -122,7 +116,7 @@ def test_batch_acquire_and_report(daemon: DaemonProcess) -> None:
 
 
 def test_reset_one_and_all(daemon: DaemonProcess) -> None:
-    fail_booking(daemon)
+    fail(daemon)
     code, reply = http(daemon.socket, "POST", "/api/v1/circuit-breaker/reset", b'{"platform":"booking"}')
     assert (code, reply["data"]) == (200, {"reset": ["booking"]})
     assert daemon.client().acquire("booking").allowed
@@ -208,21 +202,35 @@ def test_malformed_http_and_oversized_bodies(daemon: DaemonProcess) -> None:
     assert daemon.client().status()["total_platforms"] == 7
 
 
-def test_half_sent_and_silent_clients_are_dropped_and_others_served(config_factory, daemon_factory) -> None:
-    daemon = daemon_factory(config_factory(daemon={"idle_timeout": 0.5}))
+def half_sent_and_silent(daemon: DaemonProcess) -> tuple[socket.socket, socket.socket]:
     silent = socket.socket(socket.AF_UNIX)
     silent.connect(daemon.socket)
     half = socket.socket(socket.AF_UNIX)
     half.connect(daemon.socket)
     half.sendall(b"POST /api/v1/circuit-breaker/booking/report HTTP/1.1\r\nContent-Length: 50\r\n\r\n{\"perm")
-    started = time.monotonic()
-    assert daemon.client().status()["total_platforms"] == 7
-    assert time.monotonic() - started < 0.5
-    half.settimeout(5)
+    return half, silent
+
+
+def test_half_sent_and_silent_clients_do_not_hold_up_others(config_factory, daemon_factory) -> None:
+    # An hour-long idle timeout: others are served while both are still connected.
+    daemon = daemon_factory(config_factory(daemon={"idle_timeout": 3600}))
+    half, silent = half_sent_and_silent(daemon)
+    assert daemon.client(timeout=30).status()["total_platforms"] == 7
+    half.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        half.recv(4096)
+    half.close()
+    silent.close()
+
+
+def test_half_sent_and_silent_clients_are_dropped(config_factory, daemon_factory) -> None:
+    daemon = daemon_factory(config_factory(daemon={"idle_timeout": 0.5}))
+    half, silent = half_sent_and_silent(daemon)
+    half.settimeout(30)
     assert half.recv(4096).startswith(b"HTTP/1.1 408 ")
-    silent.settimeout(5)
+    silent.settimeout(30)
     assert silent.recv(4096) == b""
-    assert time.monotonic() - started < 3
+    assert daemon.client().status()["total_platforms"] == 7
 
 
 def test_a_client_that_never_reads_is_dropped(config_factory, daemon_factory) -> None:
@@ -232,7 +240,8 @@ def test_a_client_that_never_reads_is_dropped(config_factory, daemon_factory) ->
     hog.setblocking(False)
     request = b"GET /api/v1/circuit-breaker/status HTTP/1.1\r\n\r\n" * 200
     sent_total = 0
-    deadline = time.monotonic() + 10
+    # Only a daemon that never drops it gets near this.
+    deadline = time.monotonic() + 60
     dropped = False
     while time.monotonic() < deadline:
         try:
@@ -252,7 +261,7 @@ def test_a_thousand_connections_at_once(config_factory, daemon_factory) -> None:
     conns = []
     for _ in range(1000):
         s = socket.socket(socket.AF_UNIX)
-        s.settimeout(10)
+        s.settimeout(30)
         s.connect(daemon.socket)
         conns.append(s)
     # Those over the cap are told so and closed; the daemon keeps serving.
@@ -268,14 +277,13 @@ def test_a_thousand_connections_at_once(config_factory, daemon_factory) -> None:
         assert s.recv(4096).startswith(b"HTTP/1.1 200 ")
     for s in conns:
         s.close()
-    time.sleep(0.2)
     assert daemon.client().status()["total_platforms"] == 7
 
 
 def test_concurrent_clients_never_get_more_trials_than_allowed(config_factory, daemon_factory, tmp_path) -> None:
     daemon = daemon_factory(config_factory())
     client = daemon.client()
-    fail_booking(daemon)
+    fail(daemon)
     # Shorten the open timeout through the settings table, as an operator would.
     import sqlite3
 
@@ -283,7 +291,9 @@ def test_concurrent_clients_never_get_more_trials_than_allowed(config_factory, d
     conn.execute("UPDATE settings SET value = '1' WHERE key = 'circuit-breaker-timeout-seconds'")
     conn.commit()
     conn.close()
-    time.sleep(1.6)
+    setting_in_effect(daemon, "circuit-breaker-timeout-seconds", 1)
+    # Status does not take a trial slot; it shows the breaker half-open once its second is up.
+    wait_for(lambda: client.status()["platforms"][0]["state"] == "half_open")
     allowed: list[bool] = []
     barrier = threading.Barrier(16)
 

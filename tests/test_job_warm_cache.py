@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
+from conftest import wait_for
 from jobhelpers import insert_rows, local, make_context
 from ratecared.db import Database
 from ratecared.jobs import warm_cache
@@ -19,10 +19,17 @@ NOW = local("Europe/Istanbul", 2026, 11, 28, 6, 0)
 
 
 class WidgetApp:
-    """A stand-in for the app's widget endpoint: records what was asked, answers as told."""
+    """A stand-in for the app's widget endpoint: records what was asked, answers as told.
 
-    def __init__(self, delay: float = 0.0, status: int = 200) -> None:
-        self.delay, self.status = delay, status
+    With `held`, every request waits until the test opens `gate`, so requests
+    stay in flight for as long as the test needs, on any machine.
+    """
+
+    def __init__(self, held: bool = False, status: int = 200) -> None:
+        self.status = status
+        self.gate = threading.Event()
+        if not held:
+            self.gate.set()
         self.seen: list[str] = []
         self.in_flight = self.max_in_flight = 0
         lock = threading.Lock()
@@ -34,7 +41,7 @@ class WidgetApp:
                     app.seen.append(self.path)
                     app.in_flight += 1
                     app.max_in_flight = max(app.max_in_flight, app.in_flight)
-                time.sleep(app.delay)
+                app.gate.wait(120)
                 with lock:
                     app.in_flight -= 1
                 body = b'{"rates": []}'
@@ -52,6 +59,7 @@ class WidgetApp:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api/v1/widgets/{{widget_id}}/rates"
 
     def close(self) -> None:
+        self.gate.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -60,7 +68,7 @@ class WidgetApp:
 def app_factory() -> Iterator[Callable[..., WidgetApp]]:
     apps: list[WidgetApp] = []
 
-    def make(**kw: float) -> WidgetApp:
+    def make(**kw: Any) -> WidgetApp:
         apps.append(WidgetApp(**kw))
         return apps[-1]
 
@@ -93,14 +101,19 @@ def test_warms_the_top_active_widgets_of_the_last_7_days(database: Database, app
 
 def test_concurrency_is_bounded_and_used(database: Database, app_factory) -> None:
     popular(database)
-    app = app_factory(delay=0.2)
+    app = app_factory(held=True)
     settings = Settings(warming_enabled=True, warming_widget_count=8)
-    started = time.monotonic()
-    result = warm_cache.run(make_context(database, "warm_cache", NOW, settings=settings, url=app.url, concurrency=4))
-    elapsed = time.monotonic() - started
-    assert result.details["warmed"] == 8
+    results = []
+    run = threading.Thread(target=lambda: results.append(warm_cache.run(
+        make_context(database, "warm_cache", NOW, settings=settings, url=app.url, concurrency=4))))
+    run.start()
+    # Used: four requests in flight at once. Bounded: the other four wait for a slot.
+    wait_for(lambda: app.in_flight == 4, what="four requests in flight")
+    assert len(app.seen) == 4
+    app.gate.set()
+    run.join(120)
+    assert results[0].details["warmed"] == 8
     assert app.max_in_flight == 4
-    assert elapsed < 8 * 0.2 * 0.75
 
 
 def test_a_failing_app_stops_the_run_early(database: Database, app_factory) -> None:
@@ -113,17 +126,28 @@ def test_a_failing_app_stops_the_run_early(database: Database, app_factory) -> N
     assert (result.details["warmed"], result.details["failed"], result.details["skipped"]) == (0, 3, 5)
 
 
-def test_timeouts_and_the_run_deadline(database: Database, app_factory) -> None:
+def test_a_request_that_outlives_its_timeout_fails(database: Database, app_factory) -> None:
     popular(database)
-    app = app_factory(delay=1.0)
+    app = app_factory(held=True)
+    settings = Settings(warming_enabled=True, warming_widget_count=2)
+    ctx = make_context(database, "warm_cache", NOW, settings=settings, url=app.url, concurrency=2, timeout=0.2,
+                       max_consecutive_failures=100)
+    ctx.log = log = RecordedLog()
+    result = warm_cache.run(ctx)
+    assert (result.details["warmed"], result.details["failed"]) == (0, 2)
+    errors = [fields["error"] for event, fields in log.lines if event == "widget warming failed"]
+    assert errors == ["ReadTimeout: no answer within 0.2 s"] * 2
+
+
+def test_the_run_deadline_ends_a_run_whose_requests_hang(database: Database, app_factory) -> None:
+    popular(database)
+    app = app_factory(held=True)
     settings = Settings(warming_enabled=True, warming_widget_count=8)
-    started = time.monotonic()
     result = warm_cache.run(make_context(database, "warm_cache", NOW, settings=settings, url=app.url,
-                                         concurrency=2, timeout=0.2, deadline=0.5, max_consecutive_failures=100))
-    elapsed = time.monotonic() - started
-    assert result.details["failed"] >= 2 and result.details["skipped"] > 0
+                                         concurrency=2, timeout=60, deadline=0.3))
+    # The app holds every request until the test ends: a run that waited for them would fail them, not skip.
     assert "deadline" in result.details["stopped_early"]
-    assert elapsed < 2.0
+    assert (result.details["warmed"], result.details["skipped"]) == (0, 8)
 
 
 def test_unreachable_app_is_a_failure_not_a_crash(database: Database) -> None:
@@ -160,25 +184,25 @@ def test_a_failure_says_why(database: Database) -> None:
 def test_a_widget_that_cannot_be_asked_for_fails_at_once(database: Database, app: WidgetApp) -> None:
     popular(database)
     settings = Settings(warming_enabled=True, warming_widget_count=4)
-    started = time.monotonic()
     result = warm_cache.run(make_context(database, "warm_cache", NOW, settings=settings, url=app.url + "?x={other}",
-                                         max_consecutive_failures=2))
-    assert time.monotonic() - started < 2
+                                         max_consecutive_failures=2, deadline=3600))
+    # A worker that died silently held the run to its deadline and called it a success.
     assert result.status == "failed" and result.details["failed"] >= 2 and app.seen == []
+    assert "stopped_early" not in result.details or "deadline" not in result.details["stopped_early"]
 
 
 def test_a_stop_does_not_wait_for_requests_in_flight(database: Database, app_factory) -> None:
     popular(database)
-    app = app_factory(delay=5.0)
+    app = app_factory(held=True)
     stop = threading.Event()
     settings = Settings(warming_enabled=True, warming_widget_count=8)
-    ctx = make_context(database, "warm_cache", NOW, settings=settings, url=app.url, concurrency=2, timeout=30,
+    ctx = make_context(database, "warm_cache", NOW, settings=settings, url=app.url, concurrency=2, timeout=60,
                        stop=stop)
-    threading.Timer(0.3, stop.set).start()
-    started = time.monotonic()
+    threading.Thread(target=lambda: (wait_for(lambda: app.in_flight == 2), stop.set())).start()
     with pytest.raises(Interrupted) as info:
         warm_cache.run(ctx)
-    assert time.monotonic() - started < 1.5
+    # It returned while the app still holds both requests.
+    assert app.in_flight == 2
     assert info.value.details["stopped_early"] == "daemon stopping"
     assert (info.value.rows, info.value.details["skipped"]) == (0, 8)
 
