@@ -11,7 +11,27 @@ DEB := build/deb/ratecared_$(VERSION)_all.deb
 DEB_BUILD_DEPS := debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools bash-completion \
 	lintian fakeroot
 
-.PHONY: run test test-newest test-debian12 system-deps deb deb-deps bench clean
+.PHONY: run run-deps test test-newest test-debian12 system-deps deb deb-deps bench clean
+
+# Debian packages a target needs: $(call debian-deps,WHO,PACKAGES) installs the
+# missing ones when run as root; for anyone else it names them in one line and
+# fails. A package is missing when its has_<package> check fails (dpkg -s when
+# there is no check), so a tool that is there by other means counts as there.
+has_python3-venv = $(PYTHON) -c 'import ensurepip'
+has_sqlite3 = command -v sqlite3
+has_curl = command -v curl
+has_mariadb-server = command -v mariadbd || [ -x /usr/sbin/mariadbd ]
+has_debootstrap = [ -x /usr/sbin/debootstrap ]
+has_systemd-container = [ -x /usr/bin/systemd-nspawn ]
+debian-deps = missing=""; \
+	$(foreach p,$(2),{ $(or $(has_$(p)),dpkg -s $(p)); } >/dev/null 2>&1 || missing="$$missing $(p)";) \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then \
+			echo "$(1) needs:$$missing (run as root, or: sudo apt-get install$$missing)" >&2; exit 1; \
+		fi; \
+		echo "$(1): installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +45,11 @@ $(VENV_DEB12)/.installed: pyproject.toml tests/requirements-debian12.txt
 	$(VENV_DEB12)/bin/pip install --quiet --no-deps -e .
 	touch $@
 
-run: $(VENV)/.installed
+# venv for the system Python; sqlite3 and curl for the README's "Try it" steps.
+run-deps:
+	@$(call debian-deps,make run,python3-venv sqlite3 curl)
+
+run: run-deps $(VENV)/.installed
 	$(VENV)/bin/python -m ratecared.demo --config $(DEV_CONFIG)
 	exec $(VENV)/bin/python -m ratecared.demo_app --config $(DEV_CONFIG) -- $(VENV)/bin/ratecared --config $(DEV_CONFIG)
 
@@ -33,17 +57,7 @@ run: $(VENV)/.installed
 # curl (the seed's own check), venv for the system Python, and debootstrap and
 # systemd-nspawn to boot a Debian 12 for the system test.
 system-deps:
-	@missing=""; \
-	command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || missing="$$missing mariadb-server"; \
-	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
-	[ -x /usr/sbin/debootstrap ] || missing="$$missing debootstrap"; \
-	[ -x /usr/bin/systemd-nspawn ] || missing="$$missing systemd-container"; \
-	$(PYTHON) -c 'import ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
-	if [ -n "$$missing" ]; then \
-		if [ "$$(id -u)" != 0 ]; then echo "make test needs:$$missing (run as root, or apt-get install them)"; exit 1; fi; \
-		echo "installing:$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
+	@$(call debian-deps,make test,mariadb-server curl debootstrap systemd-container python3-venv)
 
 test: system-deps test-newest test-debian12 test-system
 
@@ -74,11 +88,7 @@ deb: deb-deps
 	@echo "built $(DEB)"
 
 deb-deps:
-	@missing=""; for p in $(DEB_BUILD_DEPS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-		if [ "$$(id -u)" != 0 ]; then echo "make deb needs:$$missing"; exit 1; fi; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
+	@$(call debian-deps,make deb,$(DEB_BUILD_DEPS))
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python bench/breaker_socket.py
