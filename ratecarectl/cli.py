@@ -191,7 +191,8 @@ def health(ctx: click.Context, as_json: bool) -> None:
 def reload(ctx: click.Context) -> None:
     """Re-read the config and the settings table, reopen the log files."""
     data = _call(ctx, lambda c: c.reload())
-    click.echo("reloaded")
+    applied = data.get("applied") or []
+    click.echo(f"reloaded: applied {', '.join(applied)}" if applied else "reloaded: the config file is unchanged")
     for warning in data.get("setting_warnings", []):
         click.echo(f"warning: {warning}", err=True)
     if data.get("restart_needed_for"):

@@ -165,6 +165,24 @@ class Config:
         }
 
 
+class CurrentConfig:
+    """The config in effect: one immutable Config, read through this one reference.
+
+    Components are handed this object (it is a `Callable[[], Config]`) and
+    call it when they need a value, so a reload that replaces the config
+    reaches all of them at once, or none of them.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+
+    def __call__(self) -> Config:
+        return self._config
+
+    def replace(self, config: Config) -> None:
+        self._config = config
+
+
 def mask_url(url: str) -> str:
     """Hide the password part of `scheme://user:password@host`."""
     scheme, sep, rest = url.partition("://")

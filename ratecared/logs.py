@@ -16,7 +16,6 @@ import logging.handlers
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
@@ -94,44 +93,54 @@ def _json_formatter() -> logging.Formatter:
 
 
 class Logs:
-    """The installed handlers, so that reload can reopen them and stop can close them."""
+    """The installed handlers, so that reload can reopen them and stop can close them.
 
-    def __init__(self, config: LoggingConfig, stream: TextIO | None = None) -> None:
+    The journal's handler from the start; the files only from `open_files()`,
+    so a daemon that refuses to start leaves no log directory behind.
+    """
+
+    def __init__(self, config: LoggingConfig, stream: TextIO | None = None, files: bool = True) -> None:
         self.config = config
         stream = stream or sys.stdout
-        config.dir.mkdir(parents=True, exist_ok=True)
         # Under systemd stdout is the journal; at a terminal, people read it.
         prefix = "JOURNAL_STREAM" in os.environ or not stream.isatty()
         self._console = logging.StreamHandler(stream)
         self._console.setFormatter(JournalFormatter(prefix))
         self._files: dict[str, logging.handlers.WatchedFileHandler] = {}
-        json_formatter = _json_formatter()
-        for logger_name, filename in {"": "ratecared.log", **PART_FILES}.items():
-            handler = logging.handlers.WatchedFileHandler(config.dir / filename, encoding="utf-8", delay=False)
-            handler.setFormatter(json_formatter)
-            self._files[logger_name] = handler
 
         root = logging.getLogger()
         for old in list(root.handlers):
             root.removeHandler(old)
         root.setLevel(config.level.upper())
         root.addHandler(self._console)
-        root.addHandler(self._files[""])
         for logger_name in PART_FILES:
             part = logging.getLogger(logger_name)
             for old in list(part.handlers):
                 part.removeHandler(old)
-            part.addHandler(self._files[logger_name])
 
         structlog.configure(
-            processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+            # filter_by_level first: a debug line costs nothing unless debug is on.
+            processors=[structlog.stdlib.filter_by_level, *_SHARED,
+                        structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
             logger_factory=structlog.stdlib.LoggerFactory(),
             wrapper_class=structlog.stdlib.BoundLogger,
             cache_logger_on_first_use=False,
         )
+        if files:
+            self.open_files()
 
-    def path(self, logger_name: str = "") -> Path:
-        return Path(self._files[logger_name].baseFilename)
+    def open_files(self) -> None:
+        """Create the log directory and start writing its files."""
+        self.config.dir.mkdir(parents=True, exist_ok=True)
+        json_formatter = _json_formatter()
+        for logger_name, filename in {"": "ratecared.log", **PART_FILES}.items():
+            handler = logging.handlers.WatchedFileHandler(self.config.dir / filename, encoding="utf-8", delay=False)
+            handler.setFormatter(json_formatter)
+            self._files[logger_name] = handler
+            logging.getLogger(logger_name).addHandler(handler)
+
+    def set_level(self, level: str) -> None:
+        logging.getLogger().setLevel(level.upper())
 
     def reopen(self) -> None:
         """Close and reopen every file, for a rotation done behind our back."""

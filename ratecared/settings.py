@@ -7,10 +7,11 @@ default stands in for it.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, fields
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
-from ratecared.db import Database
+from ratecared.db import Database, DatabaseError
 
 
 @dataclass(frozen=True)
@@ -32,9 +33,11 @@ class SettingWarning:
     key: str
     value: str
     problem: str
+    # What is in effect instead of the value as written.
+    using: str = "the default"
 
     def __str__(self) -> str:
-        return f"setting {self.key}={self.value!r} {self.problem}; using the default"
+        return f"setting {self.key}={self.value!r} {self.problem}; using {self.using}"
 
 
 def _integer(low: int, high: int) -> Callable[[str], int]:
@@ -98,11 +101,13 @@ def parse(rows: Mapping[str, str | None], known_platforms: tuple[str, ...] = ())
     if isinstance(platforms, frozenset) and known_platforms:
         unknown = sorted(platforms - set(known_platforms))
         if unknown:
-            warnings.append(
-                SettingWarning("circuit-breaker-platforms", rows["circuit-breaker-platforms"] or "",
-                               f"names unknown platforms {', '.join(unknown)} (ignored)")
-            )
-            values["breaker_platforms"] = frozenset(platforms & set(known_platforms))
+            known = platforms & set(known_platforms)
+            # None known at all would guard nothing: the default (all) is the safer reading.
+            values["breaker_platforms"] = frozenset(known) if known else None
+            warnings.append(SettingWarning(
+                "circuit-breaker-platforms", rows["circuit-breaker-platforms"] or "",
+                f"names unknown platform{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}",
+                using=",".join(sorted(known)) if known else "the default (all)"))
     if "open_seconds" in values:
         values["open_seconds"] = float(values["open_seconds"])  # type: ignore[arg-type]
     return Settings(**values), warnings  # type: ignore[arg-type]
@@ -124,3 +129,61 @@ def as_dict(settings: Settings) -> dict[str, object]:
             value = ",".join(sorted(value))
         out[by_attr[f.name]] = "all" if value is None else value
     return out
+
+
+@dataclass(frozen=True)
+class SettingsState:
+    """The settings in effect, the warnings about the table's values, and why the last read failed."""
+
+    settings: Settings = Settings()
+    warnings: tuple[SettingWarning, ...] = ()
+    error: str | None = None
+
+
+class LiveSettings:
+    """The settings table as the daemon applies it, re-read on demand.
+
+    One refresh at a time (the refresh lock, which may wait on the database);
+    the state behind its own short lock, so readers on the event loop never
+    wait for the database. `on_change` gets each new Settings, in order.
+    """
+
+    def __init__(self, database: Database, platforms: Callable[[], tuple[str, ...]],
+                 on_change: Callable[[Settings], None], log: Any) -> None:
+        self._db = database
+        self._platforms = platforms
+        self._on_change = on_change
+        self._log = log
+        self._refreshing = threading.Lock()
+        self._lock = threading.Lock()
+        self._state = SettingsState()
+
+    def state(self) -> SettingsState:
+        with self._lock:
+            return self._state
+
+    def current(self) -> Settings:
+        return self.state().settings
+
+    def refresh(self) -> None:
+        """Re-read the table; a failure keeps the settings in force and says why once."""
+        with self._refreshing:
+            old = self.state()
+            try:
+                new, warnings = read(self._db, self._platforms())
+            except DatabaseError as exc:
+                if old.error is None:
+                    self._log.warning("cannot read settings; keeping the current ones", error=str(exc))
+                with self._lock:
+                    self._state = SettingsState(old.settings, old.warnings, str(exc))
+                return
+            for warning in warnings:
+                if warning not in old.warnings:
+                    self._log.warning("bad setting", key=warning.key, value=warning.value, problem=warning.problem,
+                                      using=warning.using)
+            with self._lock:
+                self._state = SettingsState(new, tuple(warnings), None)
+            if new != old.settings:
+                before, after = as_dict(old.settings), as_dict(new)
+                self._log.info("settings changed", **{k: v for k, v in after.items() if before[k] != v})
+                self._on_change(new)

@@ -127,7 +127,7 @@ def test_settings_changes_apply_live_and_bad_values_are_warnings(config_factory,
     daemon.stop()
     warning = [line for line in daemon.output.splitlines() if "bad setting" in line]
     assert warning == ["<4>bad setting key=circuit-breaker-half-open-requests value=lots "
-                       "problem=\"is not a whole number\""]
+                       "problem=\"is not a whole number\" using=\"the default\""]
 
 
 def test_disabling_breakers_lets_every_call_through(config_factory, daemon_factory, tmp_path: Path) -> None:
@@ -160,8 +160,10 @@ def test_journal_lines_carry_priorities_and_files_carry_json(daemon: DaemonProce
     transition = next(line for line in lines if "breaker transition" in line)
     assert transition.startswith("<4>breaker transition platform=booking old=closed new=open")
     assert 'reason="5 consecutive failures"' in transition
+    assert lines[0].startswith("<6>starting version=")
+    # The files open once the daemon knows it can start: a refused start leaves no log directory.
     main_log = log_events(tmp_path / "logs" / "ratecared.log")
-    assert {"starting", "ready", "breaker transition", "stopping", "stopped"} <= {e["event"] for e in main_log}
+    assert {"ready", "breaker transition", "stopping", "stopped"} <= {e["event"] for e in main_log}
     assert all({"timestamp", "level", "event"} <= set(e) for e in main_log)
 
 

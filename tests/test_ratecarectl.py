@@ -83,7 +83,7 @@ def test_reset_health_reload(daemon: DaemonProcess) -> None:
     assert code == 0 and "reachable" in out
     code, out, _ = ctl(daemon.socket, "health", "--json")
     assert json.loads(out)["database"]["reachable"] is True
-    assert ctl(daemon.socket, "reload")[:2] == (0, "reloaded\n")
+    assert ctl(daemon.socket, "reload")[:2] == (0, "reloaded: the config file is unchanged\n")
 
 
 def test_daemon_failures_exit_1(daemon: DaemonProcess) -> None:

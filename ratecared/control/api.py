@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Protocol
 from urllib.parse import parse_qs, unquote
@@ -19,7 +19,7 @@ from ratecared.breaker.machine import Decision, Outcome, State
 from ratecared.breaker.registry import Registry, UnknownPlatform
 from ratecared.control.server import Peer, Request, Response, error_response
 from ratecared.jobs import JOBS
-from ratecared.scheduler.runner import Runner, Stopping
+from ratecared.scheduler.runner import Stopping
 
 PREFIX = "/api/v1/"
 MAX_BATCH = 100
@@ -39,17 +39,14 @@ class ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-class Daemon(Protocol):
-    """What the API needs from the daemon beyond the breakers."""
+class Jobs(Protocol):
+    """What the API needs from the scheduler."""
 
-    def is_admin(self, peer: Peer) -> bool: ...
+    def request(self, job: str) -> tuple[str, Future[dict[str, Any]], bool]: ...
 
-    def health(self) -> dict[str, Any]: ...
+    def overview(self, now: datetime) -> list[dict[str, Any]]: ...
 
-    def reload(self, peer: Peer) -> dict[str, Any]: ...
-
-    @property
-    def runner(self) -> Runner: ...
+    def runs(self, job: str, limit: int = 20) -> list[dict[str, Any]]: ...
 
 
 _encode = json.JSONEncoder(separators=(",", ":")).encode
@@ -91,9 +88,14 @@ def outcome_text(o: Outcome, platform: str | None = None) -> str:
 
 
 class Api:
-    def __init__(self, registry: Registry, daemon: Daemon, executor: Executor) -> None:
+    def __init__(self, registry: Registry, jobs: Jobs, *, health: Callable[[], dict[str, Any]],
+                 reload: Callable[[Peer], dict[str, Any]], is_admin: Callable[[Peer], bool],
+                 executor: Executor) -> None:
         self.registry = registry
-        self.daemon = daemon
+        self.jobs = jobs
+        self.health = health
+        self.reload = reload
+        self.is_admin = is_admin
         self.executor = executor
         self.breaker_log = logs.get("ratecared.breaker")
         self.jobs_log = logs.get("ratecared.scheduler")
@@ -106,12 +108,24 @@ class Api:
             ("POST", "reload"): self._reload,
             ("GET", "jobs"): self._jobs,
         }
-        self._platforms = frozenset(registry.platforms)
-        # The hot per-platform routes, resolved by one dict lookup instead of split + lambda per request.
+        self._routes_for: tuple[str, ...] = ()
+        self._platforms: frozenset[str] = frozenset()
         self._hot: dict[tuple[str, str], Callable[[Request], Any]] = {}
-        for name in registry.platforms:
-            self._hot[("POST", f"circuit-breaker/{name}/acquire")] = lambda request, name=name: self._acquire(name)
-            self._hot[("POST", f"circuit-breaker/{name}/report")] = lambda request, name=name: self._report(name, request)
+        self._platform_routes()
+
+    def _platform_routes(self) -> dict[tuple[str, str], Callable[[Request], Any]]:
+        """The hot per-platform routes, resolved by one dict lookup instead of split + lambda per request.
+
+        Rebuilt when a reload changes the registry's platforms.
+        """
+        platforms = self.registry.platforms
+        if platforms != self._routes_for:
+            hot: dict[tuple[str, str], Callable[[Request], Any]] = {}
+            for name in platforms:
+                hot[("POST", f"circuit-breaker/{name}/acquire")] = lambda request, name=name: self._acquire(name)
+                hot[("POST", f"circuit-breaker/{name}/report")] = lambda request, name=name: self._report(name, request)
+            self._hot, self._platforms, self._routes_for = hot, frozenset(platforms), platforms
+        return self._hot
 
     def handle(self, request: Request) -> Response | Awaitable[Response]:
         try:
@@ -119,7 +133,7 @@ class Api:
                 raise ApiError(404, "not_found", f"no such endpoint: {request.path}")
             route = request.path[len(PREFIX):].rstrip("/")
             key = (request.method, route)
-            handler = self._hot.get(key) or self._static.get(key)
+            handler = self._platform_routes().get(key) or self._static.get(key)
             if handler is None:
                 handler = self._dynamic(request.method, route)
             result = handler(request)
@@ -174,7 +188,7 @@ class Api:
         return data
 
     def _require_admin(self, request: Request, what: str) -> None:
-        if not self.daemon.is_admin(request.peer):
+        if not self.is_admin(request.peer):
             raise ApiError(403, "permission_denied", f"{what} needs root or the admin group")
 
     def _known(self, platform: Any) -> str:
@@ -286,10 +300,10 @@ class Api:
     # -- daemon ----------------------------------------------------------------
 
     async def _health(self, request: Request) -> Response:
-        return success(await self._in_thread(self.daemon.health))
+        return success(await self._in_thread(self.health))
 
     async def _jobs(self, request: Request) -> Response:
-        return success(await self._in_thread(lambda: self.daemon.runner.overview(datetime.now(timezone.utc))))
+        return success(await self._in_thread(lambda: self.jobs.overview(datetime.now(timezone.utc))))
 
     async def _job_runs(self, job: str, request: Request) -> Response:
         try:
@@ -298,7 +312,7 @@ class Api:
             limit = 0
         if not 1 <= limit <= MAX_RUNS:
             raise ApiError(400, "invalid_request", f"limit must be a whole number from 1 to {MAX_RUNS}")
-        return success(await self._in_thread(lambda: self.daemon.runner.runs(job, limit)))
+        return success(await self._in_thread(lambda: self.jobs.runs(job, limit)))
 
     async def _run_job(self, job: str, request: Request) -> Response:
         self._require_admin(request, "running a job")
@@ -306,7 +320,7 @@ class Api:
         if not isinstance(wait, bool):
             raise ApiError(400, "invalid_request", '"wait" must be true or false')
         try:
-            run_id, future, already = self.daemon.runner.request(job)
+            run_id, future, already = self.jobs.request(job)
         except Stopping as exc:
             raise ApiError(503, "stopping", str(exc)) from None
         self.jobs_log.info("job run requested", job=job, run_id=run_id, already_queued=already,
@@ -319,7 +333,7 @@ class Api:
 
     async def _reload(self, request: Request) -> Response:
         self._require_admin(request, "reload")
-        result = await self._in_thread(lambda: self.daemon.reload(request.peer))
+        result = await self._in_thread(lambda: self.reload(request.peer))
         if result.get("error"):
             raise ApiError(422, "invalid_config", result["error"])
         return success(result)

@@ -18,9 +18,10 @@ import pwd
 import socket
 import stat
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Protocol
 
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
 MAX_HEADER_BYTES = 16384
@@ -80,6 +81,14 @@ def error_response(status: int, code: str, message: str) -> Response:
 Handler = Callable[[Request], "Response | Awaitable[Response]"]
 
 
+class Limits(Protocol):
+    """The limits a connection is held to; read from the config in effect when it opens."""
+
+    max_connections: int
+    idle_timeout: float
+    max_body_bytes: int
+
+
 def peer_of(sock: socket.socket) -> Peer:
     """Who is on the other end, from the kernel (SO_PEERCRED, SO_PEERGROUPS)."""
     pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
@@ -102,7 +111,11 @@ def _groups_from_database(uid: int, gid: int) -> frozenset[int]:
 
 
 def bind_unix(path: Path, group: str | None, mode: int = 0o660) -> socket.socket:
-    """Bind the control socket, replacing a dead daemon's file but never a live one."""
+    """Bind the control socket, replacing a dead daemon's file but never a live one.
+
+    Raises KeyError for a group that does not exist, before any file is touched.
+    """
+    gid = grp.getgrnam(group).gr_gid if group else None
     if os.path.lexists(path):
         if not stat.S_ISSOCK(os.lstat(path).st_mode):
             raise SocketInUse(f"{path} exists and is not a socket; refusing to replace it")
@@ -126,8 +139,8 @@ def bind_unix(path: Path, group: str | None, mode: int = 0o660) -> socket.socket
         sock.bind(str(path))
     finally:
         os.umask(old)
-    if group:
-        os.chown(path, -1, grp.getgrnam(group).gr_gid)
+    if gid is not None:
+        os.chown(path, -1, gid)
     os.chmod(path, mode)
     sock.listen(1024)
     sock.setblocking(False)
@@ -146,6 +159,9 @@ class _Connection(asyncio.Protocol):
         self.peer = Peer(-1, -1, -1)
         self.timer: asyncio.TimerHandle | None = None
         self.last_activity = 0.0
+        # A reload's new limits hold from the next connection on.
+        self.limits = server.limits()
+        self.started = 0.0
 
     # -- asyncio callbacks ---------------------------------------------------
 
@@ -153,8 +169,7 @@ class _Connection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         server = self.server
-        if len(server.connections) >= server.max_connections:
-            server.refused += 1
+        if len(server.connections) >= self.limits.max_connections:
             self._send(error_response(503, "too_many_connections", "too many connections; try again"), close=True)
             return
         server.connections.add(self)
@@ -192,7 +207,7 @@ class _Connection(asyncio.Protocol):
         self._arm_timer()
         if not self.busy:
             self._process()
-        elif len(self.buffer) > MAX_HEADER_BYTES + self.server.max_body and self.transport:
+        elif len(self.buffer) > MAX_HEADER_BYTES + self.limits.max_body_bytes and self.transport:
             self.transport.pause_reading()
 
     # -- request handling ------------------------------------------------------
@@ -202,13 +217,13 @@ class _Connection(asyncio.Protocol):
         # only stamps the time instead of cancelling and scheduling a TimerHandle.
         self.last_activity = self.server.loop.time()
         if self.timer is None:
-            self.timer = self.server.loop.call_later(self.server.idle_timeout, self._idle)
+            self.timer = self.server.loop.call_later(self.limits.idle_timeout, self._idle)
 
     def _idle(self) -> None:
         self.timer = None
         if self.closing or self.transport is None:
             return
-        remaining = self.last_activity + self.server.idle_timeout - self.server.loop.time()
+        remaining = self.last_activity + self.limits.idle_timeout - self.server.loop.time()
         if remaining > 0:
             self.timer = self.server.loop.call_later(remaining, self._idle)
             return
@@ -228,12 +243,14 @@ class _Connection(asyncio.Protocol):
             if request is None:
                 return
             keep_alive = self._keep_alive(request)
+            self.started = time.monotonic()
             try:
                 result = self.server.handler(request)
             except Exception:  # noqa: BLE001 - one bad request must not end the server
                 self.server.on_error(request)
                 result = error_response(500, "internal_error", "internal error; see the daemon's log")
             if isinstance(result, Response):
+                self.server.on_answer(request, result.status, time.monotonic() - self.started)
                 self._send(result, close=not keep_alive)
             else:
                 self.busy = True
@@ -248,6 +265,7 @@ class _Connection(asyncio.Protocol):
             self.server.on_error(request)
             response = error_response(500, "internal_error", "internal error; see the daemon's log")
         self.busy = False
+        self.server.on_answer(request, response.status, time.monotonic() - self.started)
         if self.closing:
             return
         self._send(response, close=not keep_alive)
@@ -294,9 +312,9 @@ class _Connection(asyncio.Protocol):
         if "transfer-encoding" in headers:
             self._send(error_response(411, "length_required", "send a Content-Length, not chunks"), close=True)
             return None
-        if length > self.server.max_body:
+        if length > self.limits.max_body_bytes:
             self._send(
-                error_response(413, "body_too_large", f"body over {self.server.max_body} bytes"), close=True
+                error_response(413, "body_too_large", f"body over {self.limits.max_body_bytes} bytes"), close=True
             )
             return None
         total = end + 4 + length
@@ -329,20 +347,18 @@ class ControlServer:
     def __init__(
         self,
         handler: Handler,
+        limits: Callable[[], Limits],
         *,
-        max_connections: int = 256,
-        idle_timeout: float = 10.0,
-        max_body: int = 65536,
         on_error: Callable[[Request], None] = lambda request: None,
+        on_answer: Callable[[Request, int, float], None] = lambda request, status, seconds: None,
     ) -> None:
         self.handler = handler
-        self.max_connections = max_connections
-        self.idle_timeout = idle_timeout
-        self.max_body = max_body
+        self.limits = limits
         self.on_error = on_error
+        # Each answered request: (request, HTTP status, seconds taken), for the debug log.
+        self.on_answer = on_answer
         self.connections: set[_Connection] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
-        self.refused = 0
         self.loop: asyncio.AbstractEventLoop
         self._server: asyncio.base_events.Server | None = None
         self.path: Path | None = None

@@ -1,0 +1,54 @@
+"""`GET /api/v1/health`: the daemon, its database and its settings, as an operator checks them."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable
+
+from ratecared import __version__
+from ratecared import settings as settings_mod
+from ratecared.db import Database, DatabaseError
+from ratecared.settings import SettingsState
+from ratecared.store import SnapshotState
+
+
+class Health:
+    """Answers health from narrow views of the parts it reports on; runs on a worker thread."""
+
+    def __init__(self, database: Database, snapshots: Callable[[], SnapshotState],
+                 settings: Callable[[], SettingsState], status_line: Callable[[], str], host: str) -> None:
+        self._db = database
+        self._snapshots = snapshots
+        self._settings = settings
+        self._status_line = status_line
+        self._host = host
+        self._started = time.monotonic()
+
+    def __call__(self) -> dict[str, Any]:
+        started = time.monotonic()
+        try:
+            self._db.ping()
+            db: dict[str, Any] = {"reachable": True, "error": None}
+        except DatabaseError as exc:
+            db = {"reachable": False, "error": str(exc)}
+        snapshot, settings = self._snapshots(), self._settings()
+        db.update(
+            engine=self._db.name,
+            url=self._db.describe(),
+            latency_ms=round((time.monotonic() - started) * 1000, 1),
+            last_snapshot_at=snapshot.last_at.isoformat() if snapshot.last_at else None,
+            snapshot_error=snapshot.error,
+            settings_error=settings.error,
+        )
+        return {
+            "daemon": "up",
+            "version": __version__,
+            "pid": os.getpid(),
+            "host": self._host,
+            "uptime_seconds": round(time.monotonic() - self._started, 1),
+            "database": db,
+            "settings": settings_mod.as_dict(settings.settings),
+            "setting_warnings": [str(w) for w in settings.warnings],
+            "status": self._status_line(),
+        }
