@@ -14,7 +14,7 @@ from typing import NoReturn
 import click
 
 from ratecared import __version__
-from ratecared.config import EX_CONFIG, Config, ConfigError, load
+from ratecared.config import EX_CONFIG, Config, ConfigError, check_host, load
 from ratecared.db import Database, DatabaseError, migrations
 
 EX_UNAVAILABLE = 69
@@ -27,9 +27,12 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-def _load(path: str | None) -> Config:
+def _load(path: str | None, on_this_host: bool = True) -> Config:
     try:
-        return load(path)
+        config = load(path)
+        if on_this_host:
+            check_host(config)
+        return config
     except ConfigError as exc:
         _fail(f"config error: {exc}", EX_CONFIG)
 
@@ -52,7 +55,7 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 @click.pass_obj
 def migrate(config_path: str | None) -> None:
     """Apply pending database migrations."""
-    config = _load(config_path)
+    config = _load(config_path, on_this_host=False)
     database = Database(config.database)
     try:
         applied = migrations.apply(database)

@@ -8,6 +8,7 @@ into exit status 78 (EX_CONFIG) so that systemd does not restart in a loop.
 
 from __future__ import annotations
 
+import grp
 import os
 import socket
 import tomllib
@@ -181,6 +182,22 @@ class CurrentConfig:
 
     def replace(self, config: Config) -> None:
         self._config = config
+
+
+def check_host(config: Config) -> None:
+    """What a config needs of this machine: its groups must exist. Raises ConfigError naming the key.
+
+    Apart from parsing, so that `migrate` and the tests of the file format do
+    not depend on the machine's groups; the daemon, check-config and reload
+    call it, so check-config passes only what the daemon accepts.
+    """
+    for key, group in (("daemon.socket_group", config.daemon.socket_group),
+                       ("daemon.admin_group", config.daemon.admin_group)):
+        if group:
+            try:
+                grp.getgrnam(group)
+            except KeyError:
+                raise ConfigError(config.path, key, f"group {group!r} does not exist on this machine") from None
 
 
 def mask_url(url: str) -> str:
@@ -397,6 +414,8 @@ def _parse(path: Path, raw: dict[str, Any]) -> Config:
             raise ConfigError(path, "circuit_breaker.platforms", f"not a platform name: {name!r}")
     if len(set(platforms)) != len(platforms):
         raise ConfigError(path, "circuit_breaker.platforms", "lists a platform twice")
+    if not platforms:
+        raise ConfigError(path, "circuit_breaker.platforms", "names no platform: the daemon would guard nothing")
     breaker = BreakerConfig(
         platforms=tuple(platforms),
         permit_lease=cb.number("permit_lease", BreakerConfig.permit_lease, 0.01, 3600),

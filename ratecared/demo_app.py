@@ -71,7 +71,13 @@ def main(config_path: str | None, command: tuple[str, ...]) -> None:
         click.echo(f"ratecared.demo_app: config error: {exc}", err=True)
         sys.exit(EX_CONFIG)
     url = urlsplit(config.jobs["warm_cache"].url or "")
-    server = serve(url.hostname or "127.0.0.1", url.port or 80)
+    try:
+        server = serve(url.hostname or "127.0.0.1", url.port or 80)
+    except OSError as exc:
+        click.echo(f"ratecared.demo_app: cannot serve the widget stand-in on {url.hostname}:{url.port}: "
+                   f"{exc.strerror} (is another `make run` going? change jobs.warm_cache.url in {config.path})",
+                   err=True)
+        sys.exit(1)
     click.echo(f"widget stand-in: http://{url.hostname}:{url.port}/api/v1/widgets/<id>/rates", err=True)
     child = subprocess.Popen(command)
     # The terminal sends Ctrl-C to the daemon too; here it only means "wait for it".

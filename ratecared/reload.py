@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from ratecared.config import Config, ConfigError, CurrentConfig, load
+from ratecared.config import Config, ConfigError, CurrentConfig, check_host, load
 from ratecared.control.server import Peer
 
 # Dotted keys of Config.masked() that only a restart applies; a prefix covers its section.
@@ -80,6 +80,7 @@ class Reloader:
         old = self._config()
         try:
             new = load(old.path)
+            check_host(new)
         except ConfigError as exc:
             self._log.error("reload refused: invalid config; keeping the running one", error=str(exc), **who)
             return {"error": str(exc)}

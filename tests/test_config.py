@@ -115,8 +115,11 @@ def test_cli_exits_78_on_a_bad_config_and_names_the_key(tmp_path: Path) -> None:
         assert f"{path}: daemon.snapshot_interval: must be a number" in result.stderr
 
 
+NO_GROUPS = "[daemon]\nsocket_group = ''\nadmin_group = ''\n"
+
+
 def test_check_config_prints_the_effective_config_with_the_password_masked(tmp_path: Path) -> None:
-    path = write(tmp_path, "[database]\nurl = 'mysql://rc:hunter2@localhost/rc'\n")
+    path = write(tmp_path, "[database]\nurl = 'mysql://rc:hunter2@localhost/rc'\n" + NO_GROUPS)
     result = ratecared("--config", str(path), "check-config")
     assert result.returncode == 0
     assert "hunter2" not in result.stdout
@@ -137,3 +140,21 @@ def test_an_unreadable_password_file_falls_through_to_the_credential(tmp_path: P
     systemd_credential(tmp_path, monkeypatch, "via-systemd")
     config = load(write(tmp_path, "[database]\nurl = 'mysql://rc@localhost/rc'\npassword_file = 'pw'\n"))
     assert config.database.password() == "via-systemd"
+
+
+@pytest.mark.parametrize("key", ["socket_group", "admin_group"])
+def test_check_config_refuses_a_group_the_daemon_would_refuse(tmp_path: Path, key: str) -> None:
+    path = write(tmp_path, "[database]\nurl = 'sqlite:////x.db'\n" + NO_GROUPS.replace(f"{key} = ''",
+                                                                                       f"{key} = 'nosuchgroup'"))
+    for args in (["check-config"], []):
+        result = ratecared("--config", str(path), *args)
+        assert result.returncode == 78, result.stderr
+        assert f"{path}: daemon.{key}: group 'nosuchgroup' does not exist on this machine" in result.stderr
+    # The daemon refused before it touched anything: no database file, no socket, no log directory.
+    assert not Path("/x.db").exists()
+
+
+def test_an_empty_platform_list_is_a_config_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "[database]\nurl = 'sqlite:////x.db'\n[circuit_breaker]\nplatforms = []\n")
+    with pytest.raises(ConfigError, match="circuit_breaker.platforms: names no platform"):
+        load(path)

@@ -157,3 +157,24 @@ def test_widget_standin_serves_rates_and_runs_the_daemon_command(tmp_path: Path)
     failing = subprocess.run([sys.executable, "-m", "ratecared.demo_app", "--config", str(config), "--",
                               sys.executable, "-c", "raise SystemExit(3)"], capture_output=True, timeout=60)
     assert failing.returncode == 3
+
+
+def test_a_taken_standin_port_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    import socket as socketlib
+
+    taken = socketlib.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    config = write_config(tmp_path)
+    config.write_text(config.read_text() + f'\n[jobs.warm_cache]\nurl = "http://127.0.0.1:{port}/w/{{widget_id}}"\n')
+    try:
+        result = subprocess.run([sys.executable, "-m", "ratecared.demo_app", "--config", str(config), "--",
+                                 sys.executable, "-c", "raise SystemExit(0)"], capture_output=True, text=True,
+                                timeout=60)
+    finally:
+        taken.close()
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"ratecared.demo_app: cannot serve the widget stand-in on 127.0.0.1:{port}: Address already in use "
+        f"(is another `make run` going? change jobs.warm_cache.url in {config})"]

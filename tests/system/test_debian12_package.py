@@ -41,7 +41,7 @@ def box() -> Iterator[Container]:
     container.boot({"/srv/deb": DEB_DIR, "/srv/tests": REPO / "tests"})
     container.deb = f"/srv/deb/{debs[-1].name}"  # type: ignore[attr-defined]
     yield container
-    container.stop()
+    container.remove()
 
 
 def main_pid(box: Container) -> int:
