@@ -47,6 +47,21 @@ def missing_prerequisites() -> str | None:
     return None
 
 
+def skip_or_fail(reason: str) -> None:
+    """Skip the system test here, or fail it where `make test` requires it (RATECARED_REQUIRE_SYSTEM=1)."""
+    import pytest
+
+    if os.environ.get("RATECARED_REQUIRE_SYSTEM") == "1":
+        pytest.fail(f"the system test cannot run: {reason}")
+    pytest.skip(f"the system test cannot run: {reason}")
+
+
+def require_prerequisites() -> None:
+    reason = missing_prerequisites()
+    if reason:
+        skip_or_fail(reason)
+
+
 def _run(*args: str, **kw) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, check=True, text=True, capture_output=True,
                           env={"PATH": CLEAN_PATH, "LANG": "C.UTF-8"}, **kw)

@@ -16,27 +16,19 @@ from typing import Iterator
 
 import pytest
 
-from container import Container, missing_prerequisites
+from container import Container, require_prerequisites, skip_or_fail
 
 REPO = Path(__file__).resolve().parents[2]
 DEB_DIR = Path(os.environ.get("RATECARED_DEB_DIR", REPO / "build" / "deb"))
 CONFIG = "/etc/ratecared/ratecared.toml"
 
 
-def _skip_or_fail(reason: str) -> None:
-    if os.environ.get("RATECARED_REQUIRE_SYSTEM") == "1":
-        pytest.fail(f"the system test cannot run: {reason}")
-    pytest.skip(f"the system test cannot run: {reason}")
-
-
 @pytest.fixture(scope="module")
 def box() -> Iterator[Container]:
-    reason = missing_prerequisites()
-    if reason:
-        _skip_or_fail(reason)
+    require_prerequisites()
     debs = sorted(DEB_DIR.glob("ratecared_*_all.deb"))
     if not debs:
-        _skip_or_fail(f"no ratecared_*_all.deb in {DEB_DIR}: run `make deb` first")
+        skip_or_fail(f"no ratecared_*_all.deb in {DEB_DIR}: run `make deb` first")
     container = Container()
     container.boot({"/srv/deb": DEB_DIR, "/srv/tests": REPO / "tests"})
     container.deb = f"/srv/deb/{debs[-1].name}"  # type: ignore[attr-defined]

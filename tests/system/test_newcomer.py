@@ -12,7 +12,6 @@ is the host's too).
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
@@ -22,7 +21,7 @@ from typing import Iterator
 
 import pytest
 
-from container import RUN, Container, missing_prerequisites
+from container import RUN, Container, require_prerequisites
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "ratecared-newcomer"
@@ -39,17 +38,9 @@ START_TIMEOUT = 600
 STOP_TIMEOUT = 60
 
 
-def _skip_or_fail(reason: str) -> None:
-    if os.environ.get("RATECARED_REQUIRE_SYSTEM") == "1":
-        pytest.fail(f"the system test cannot run: {reason}")
-    pytest.skip(f"the system test cannot run: {reason}")
-
-
 @pytest.fixture(scope="module")
 def box() -> Iterator[Container]:
-    reason = missing_prerequisites()
-    if reason:
-        _skip_or_fail(reason)
+    require_prerequisites()
     container = Container(NAME, RUN.with_name(NAME))
     try:
         container.boot()
