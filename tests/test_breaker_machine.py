@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from ratecared.breaker.machine import MAX_LEASES, Breaker, Policy, State
+from ratecared.breaker import machine
+from ratecared.breaker.machine import MAX_LEASES, Breaker, BreakerView, Decision, Outcome, Policy, State, Transition
 
 POLICY = Policy(failure_threshold=3, open_seconds=60, half_open_requests=2, lease_seconds=10)
 
@@ -89,7 +91,7 @@ def test_half_open_admits_exactly_the_trial_count_then_closes_on_all_successes()
     outcome, changes = breaker.report(second.permit, True, 61.0)
     assert outcome.counted and breaker.state is State.CLOSED
     assert changes[0].reason == "2 trial calls succeeded"
-    assert breaker.consecutive_failures == 0
+    assert breaker.view(61.0).failure_count == 0
 
 
 def test_a_failed_trial_opens_again_for_a_full_timeout() -> None:
@@ -143,7 +145,7 @@ def test_reused_and_forged_permits_are_refused() -> None:
     assert breaker.report(decision.permit, True, 0.0)[0].counted
     assert breaker.report(decision.permit, True, 0.0)[0].reason == "unknown"
     assert breaker.report("booking.0.999", False, 0.0)[0].reason == "unknown"
-    assert breaker.total_requests == 1
+    assert breaker.view(0.0).total_requests == 1
 
 
 def test_disabled_lets_everything_through_and_counts_nothing() -> None:
@@ -167,23 +169,29 @@ def test_reset_closes_and_keeps_totals() -> None:
     breaker = opened()
     changes = breaker.reset(5.0)
     assert breaker.state is State.CLOSED and changes[0].reason == "reset by operator"
-    assert breaker.total_failures == 3 and breaker.consecutive_failures == 0
+    assert breaker.total_failures == 3 and breaker.view(5.0).failure_count == 0
     assert breaker.reset(6.0) == []
 
 
 def test_success_rate_is_null_before_any_call() -> None:
     breaker = Breaker("booking", POLICY)
-    assert breaker.success_rate is None
+    assert breaker.view(0.0).success_rate is None
     for ok in (True, True, True, False):
         decision, _ = breaker.acquire(0.0)
         breaker.report(decision.permit, ok, 0.0)
-    assert breaker.success_rate == 75.0
+    assert breaker.view(0.0).success_rate == 75.0
+
+
+def saved(state: State = State.OPEN, retry_after: float | None = 42.0, seconds_in_state: float = 18.0) -> BreakerView:
+    """A breaker as an earlier process saved it."""
+    return BreakerView(platform="booking", state=state, generation=7, failure_count=3, trip_count=2,
+                       total_successes=10, total_failures=3, total_rejected=1, retry_after=retry_after,
+                       seconds_in_state=seconds_in_state, last_reason="3 consecutive failures")
 
 
 def test_restore_keeps_an_open_breaker_open_for_the_rest_of_its_time() -> None:
     breaker = Breaker("booking", POLICY)
-    breaker.restore(State.OPEN, 42.0, generation=7, consecutive_failures=3, trip_count=2,
-                    totals=(10, 3, 1), reason="3 consecutive failures", now=1000.0)
+    breaker.restore(saved(), now=1000.0)
     assert breaker.acquire(1000.0)[0].retry_after == 42.0
     assert breaker.generation == 8 and breaker.total_failures == 3
     breaker.advance(1042.0)
@@ -192,7 +200,7 @@ def test_restore_keeps_an_open_breaker_open_for_the_rest_of_its_time() -> None:
 
 def test_restore_never_extends_past_the_timeout() -> None:
     breaker = Breaker("booking", POLICY)
-    breaker.restore(State.OPEN, 10_000.0, 1, 3, 1, (0, 3, 0), "x", now=0.0)
+    breaker.restore(saved(retry_after=10_000.0), now=0.0)
     assert breaker.retry_after(0.0) == POLICY.open_seconds
 
 
@@ -213,3 +221,213 @@ def test_an_hour_long_timeout_in_milliseconds() -> None:
     breaker.report(decision.permit, False, 0.0)
     assert breaker.acquire(3599.0)[0].retry_after == 1.0
     assert breaker.acquire(3600.0)[0].allowed
+
+
+# -- what status, the API and the snapshot see ---------------------------------
+
+
+def test_what_an_open_breaker_shows() -> None:
+    breaker = opened(now=100.0)
+    breaker.acquire(101.0)
+    breaker.acquire(102.0)
+    # Times to the millisecond, as the API gives them.
+    assert breaker.view(112.3456) == BreakerView(
+        platform="booking", state=State.OPEN, generation=1, failure_count=3, trip_count=1, total_successes=0,
+        total_failures=3, total_rejected=2, retry_after=47.654, seconds_in_state=12.346,
+        last_reason="3 consecutive failures", guarded=True, enabled=True, trials_in_flight=0)
+    assert breaker.retry_after(159.5) == 0.5
+
+
+def test_the_status_entry_keeps_the_seed_keys() -> None:
+    assert opened(now=100.0).view(130.0).as_json() == {
+        "platform": "booking", "state": "open", "failure_count": 3, "success_rate": 0.0, "total_requests": 3,
+        "total_successes": 0, "total_failures": 3, "rejected": 0, "retry_after": 30.0, "trip_count": 1,
+        "trials_in_flight": 0, "seconds_in_state": 30.0, "last_reason": "3 consecutive failures",
+        "guarded": True, "enabled": True,
+    }
+
+
+def test_a_half_open_breaker_shows_its_trials_in_flight_and_when_a_slot_frees() -> None:
+    breaker = opened()
+    first, _ = breaker.acquire(60.0)
+    breaker.acquire(61.0)
+    view = breaker.view(62.1234)
+    assert (view.state, view.trials_in_flight, view.retry_after, view.seconds_in_state, view.last_reason) == (
+        State.HALF_OPEN, 2, 7.877, 2.123, "open for 60 s")
+    breaker.report(first.permit, True, 63.0)
+    assert breaker.view(63.0).trials_in_flight == 1
+    assert breaker.retry_after(70.5) == 0.5
+
+
+def test_a_closed_breaker_admits_calls_that_are_not_trials() -> None:
+    breaker = Breaker("booking", POLICY)
+    decision, changes = breaker.acquire(0.0)
+    assert (decision.allowed, decision.state, decision.retry_after, changes) == (True, State.CLOSED, None, [])
+    assert breaker.view(0.0).trials_in_flight == 0
+    assert breaker.report(decision.permit, True, 1.0) == (Outcome(True, State.CLOSED, None), [])
+
+
+def test_each_transition_names_its_platform_and_a_new_generation() -> None:
+    breaker = Breaker("booking", POLICY)
+    changes: list[Transition] = []
+    for _ in range(POLICY.failure_threshold):
+        decision, _ = breaker.acquire(0.0)
+        changes += breaker.report(decision.permit, False, 0.0)[1]
+    trials = []
+    for _ in range(POLICY.half_open_requests):
+        decision, more = breaker.acquire(60.0)
+        trials.append(decision)
+        changes += more
+    assert trials[0].state is State.HALF_OPEN
+    for trial in trials:
+        changes += breaker.report(trial.permit, True, 61.0)[1]
+    assert changes == [
+        Transition("booking", State.CLOSED, State.OPEN, "3 consecutive failures", 1),
+        Transition("booking", State.OPEN, State.HALF_OPEN, "open for 60 s", 2),
+        Transition("booking", State.HALF_OPEN, State.CLOSED, "2 trial calls succeeded", 3),
+    ]
+    assert breaker.view(61.0).generation == 3
+
+
+def test_every_trip_is_counted_and_every_refusal() -> None:
+    breaker = opened()
+    breaker.acquire(1.0)
+    trial, _ = breaker.acquire(60.0)
+    breaker.report(trial.permit, False, 60.0)
+    breaker.acquire(61.0)
+    view = breaker.view(61.0)
+    assert (view.trip_count, view.total_rejected, view.failure_count) == (2, 2, 4)
+
+
+# -- platforms without a breaker ---------------------------------------------------
+
+
+def test_a_platform_without_a_breaker_is_always_allowed_and_counts_nothing() -> None:
+    only_expedia = replace(POLICY, platforms=frozenset({"expedia"}))
+    booking = opened()
+    booking.set_policy(only_expedia, 1.0)
+    assert booking.acquire(1.0) == (Decision(True, State.CLOSED, None, None), [])
+    assert booking.report("booking.1.1", False, 1.0) == (Outcome(False, State.CLOSED, "unguarded"), [])
+    view = booking.view(1.0)
+    assert (view.guarded, view.state, view.total_failures, view.total_rejected) == (False, State.OPEN, 3, 0)
+    expedia = Breaker("expedia", only_expedia)
+    decision, _ = expedia.acquire(0.0)
+    assert expedia.report(decision.permit, False, 0.0)[0].counted and expedia.view(0.0).guarded is True
+
+
+# -- reports not counted ---------------------------------------------------------
+
+
+def test_reports_not_counted_say_why_and_in_which_state() -> None:
+    breaker = opened()
+    assert breaker.report("booking.1.99", True, 1.0) == (Outcome(False, State.OPEN, "unknown"), [])
+    trial, _ = breaker.acquire(60.0)
+    breaker.set_policy(replace(POLICY, enabled=False), 60.0)
+    assert breaker.report(trial.permit, True, 60.0) == (Outcome(False, State.HALF_OPEN, "disabled"), [])
+    assert breaker.view(60.0).enabled is False
+
+
+# -- leases ----------------------------------------------------------------------
+
+
+def test_a_lease_outlives_the_expiry_of_older_ones() -> None:
+    breaker = Breaker("booking", POLICY)
+    old, _ = breaker.acquire(0.0)
+    newer, _ = breaker.acquire(5.0)
+    breaker.advance(12.0)
+    assert breaker.report(old.permit, True, 12.0)[0].reason == "unknown"
+    assert breaker.report(newer.permit, True, 12.0)[0].counted
+
+
+def test_a_trial_reported_after_its_lease_ran_out_is_unknown() -> None:
+    breaker = Breaker("booking", replace(POLICY, lease_seconds=1000))
+    breaker.acquire(0.0)  # never reported: its lease outlasts everything below
+    for _ in range(POLICY.failure_threshold):
+        decision, _ = breaker.acquire(0.0)
+        breaker.report(decision.permit, False, 0.0)
+    breaker.set_policy(POLICY, 1.0)
+    trial, _ = breaker.acquire(60.0)
+    assert [c.new for c in breaker.advance(70.0)] == [State.OPEN]
+    assert breaker.report(trial.permit, True, 71.0)[0].reason == "unknown"
+
+
+def test_a_trial_pushed_out_of_a_full_lease_table_still_fails_at_its_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(machine, "MAX_LEASES", 3)
+    breaker = opened()
+    breaker.acquire(60.0)
+    breaker.set_policy(replace(POLICY, enabled=False), 60.0)
+    for _ in range(3):
+        breaker.acquire(61.0)
+    breaker.set_policy(POLICY, 62.0)
+    assert [(c.old, c.new) for c in breaker.advance(70.0)] == [(State.HALF_OPEN, State.OPEN)]
+
+
+# -- reset and new settings ------------------------------------------------------
+
+
+def test_reset_of_a_closed_breaker_starts_its_failure_streak_again_and_keeps_calls_under_way() -> None:
+    breaker = Breaker("booking", POLICY)
+    under_way, _ = breaker.acquire(0.0)
+    for _ in range(2):
+        decision, _ = breaker.acquire(0.0)
+        breaker.report(decision.permit, False, 0.0)
+    assert breaker.reset(1.0) == []
+    assert (breaker.view(1.0).failure_count, breaker.view(1.0).generation) == (0, 0)
+    assert breaker.report(under_way.permit, False, 2.0)[0].counted
+    decision, _ = breaker.acquire(2.0)
+    breaker.report(decision.permit, False, 2.0)
+    assert breaker.state is State.CLOSED
+
+
+def test_needing_fewer_trials_closes_a_half_open_breaker_that_has_had_them() -> None:
+    breaker = opened()
+    first, _ = breaker.acquire(60.0)
+    breaker.acquire(60.0)
+    breaker.report(first.permit, True, 61.0)
+    changes = breaker.set_policy(replace(POLICY, half_open_requests=1), 62.0)
+    assert changes == [Transition("booking", State.HALF_OPEN, State.CLOSED, "1 trial calls succeeded", 3)]
+    assert breaker.view(63.0).seconds_in_state == 1.0
+
+
+def test_new_settings_for_a_closed_breaker_are_no_transition() -> None:
+    breaker = Breaker("booking", POLICY)
+    for _ in range(2):
+        decision, _ = breaker.acquire(0.0)
+        breaker.report(decision.permit, True, 0.0)
+    assert breaker.set_policy(replace(POLICY, half_open_requests=1), 1.0) == []
+    assert breaker.view(1.0).generation == 0
+
+
+# -- restore ---------------------------------------------------------------------
+
+
+def test_restore_takes_over_what_was_saved_and_time_in_the_state_carries_on() -> None:
+    breaker = Breaker("booking", POLICY)
+    breaker.restore(saved(), now=1000.0)
+    # One generation on, so no permit of the old process passes for a new one.
+    assert breaker.view(1000.0) == replace(saved(), generation=8)
+    assert breaker.view(1001.5).seconds_in_state == 19.5
+
+
+def test_restore_of_a_state_just_begun_or_begun_in_the_future() -> None:
+    breaker = Breaker("booking", POLICY)
+    breaker.restore(saved(seconds_in_state=0.5), now=0.0)
+    assert breaker.view(0.0).seconds_in_state == 0.5
+    # A wall clock set back since the snapshot: the state begins now.
+    breaker.restore(saved(seconds_in_state=-5.0), now=0.0)
+    assert breaker.view(0.0).seconds_in_state == 0.0
+
+
+def test_restore_of_an_open_breaker_with_little_or_no_time_left() -> None:
+    breaker = Breaker("booking", POLICY)
+    breaker.restore(saved(retry_after=0.5), now=0.0)
+    assert breaker.retry_after(0.0) == 0.5
+    breaker.restore(saved(retry_after=None), now=0.0)
+    assert breaker.acquire(0.0)[0].state is State.HALF_OPEN
+
+
+def test_restore_of_a_half_open_breaker_starts_its_trials_afresh() -> None:
+    breaker = Breaker("booking", POLICY)
+    breaker.restore(saved(state=State.HALF_OPEN, retry_after=3.0), now=0.0)
+    assert [breaker.acquire(0.0)[0].allowed for _ in range(3)] == [True, True, False]
+    assert breaker.view(1.0).seconds_in_state == 19.0

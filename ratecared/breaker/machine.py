@@ -4,17 +4,19 @@ No clock, no lock, no I/O: every method takes `now` (monotonic seconds) and
 returns what happened, so every rule is tested with plain numbers.
 
 The design follows gobreaker: a state plus a generation that advances on each
-transition. A permit carries the generation it was issued in; a report for an
-older generation is answered but not counted. Unlike gobreaker, permits are
-leases: a half-open trial that is not reported in time counts as a failure,
-so no breaker can stay stuck in HALF_OPEN.
+transition, and the generation's `Counts` as one value that a transition
+replaces whole. A permit carries the generation it was issued in; a report
+for an older generation is answered but not counted. Unlike gobreaker,
+permits are leases: a half-open trial that is not reported in time counts as
+a failure, so no breaker can stay stuck in HALF_OPEN.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 
 class State(str, enum.Enum):
@@ -32,6 +34,41 @@ class Policy:
     half_open_requests: int = 3
     lease_seconds: float = 30.0
     enabled: bool = True
+    # Which platforms have a breaker (circuit-breaker-platforms); None: every one.
+    platforms: frozenset[str] | None = None
+
+    def guards(self, platform: str) -> bool:
+        return self.platforms is None or platform in self.platforms
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What a breaker has counted in its current generation, as gobreaker's Counts.
+
+    A value, never changed in place: a call or a report makes the next one
+    and a transition starts a new one (`Breaker._move`), so no path can clear
+    one counter and forget another.
+    """
+
+    # Half-open trial calls admitted.
+    trials: int = 0
+    successes: int = 0
+    consecutive_failures: int = 0
+
+    def on_trial(self) -> Counts:
+        return replace(self, trials=self.trials + 1)
+
+    def on_success(self) -> Counts:
+        return replace(self, successes=self.successes + 1, consecutive_failures=0)
+
+    def on_failure(self) -> Counts:
+        return replace(self, consecutive_failures=self.consecutive_failures + 1)
+
+    def next_generation(self, state: State) -> Counts:
+        """The counts a generation in `state` starts from."""
+        # The failure streak outlives OPEN and HALF_OPEN, so that status and
+        # the snapshot show what tripped the breaker; only a close ends it.
+        return Counts(consecutive_failures=0 if state is State.CLOSED else self.consecutive_failures)
 
 
 @dataclass(frozen=True)
@@ -56,42 +93,34 @@ class Outcome:
     counted: bool
     state: State
     # Why a report was not counted: stale (an earlier state), unknown
-    # (never issued, already reported or lease expired), disabled.
+    # (never issued, already reported or lease expired), disabled, unguarded.
     reason: str | None = None
 
 
-@dataclass
-class _Lease:
-    generation: int
-    expires: float
-    trial: bool
+@dataclass(frozen=True)
+class BreakerView:
+    """One breaker as it stood at one moment: what status, the API and the snapshot show.
 
+    Times are relative to that moment (seconds until retry, seconds in the
+    state), so each reader anchors them to its own clock.
+    """
 
-# Leases of callers that never report are dropped oldest first past this.
-MAX_LEASES = 100_000
-
-
-@dataclass
-class Breaker:
     platform: str
-    policy: Policy = field(default_factory=Policy)
-    state: State = State.CLOSED
-    generation: int = 0
-    consecutive_failures: int = 0
-    open_until: float = 0.0
-    state_since: float = 0.0
-    trip_count: int = 0
-    half_open_admitted: int = 0
-    half_open_successes: int = 0
-    total_successes: int = 0
-    total_failures: int = 0
-    total_rejected: int = 0
-    last_reason: str = "started"
-    _leases: OrderedDict[str, _Lease] = field(default_factory=OrderedDict)
-    _trials: dict[str, float] = field(default_factory=dict)
-    _seq: int = 0
-
-    # -- queries -----------------------------------------------------------
+    state: State
+    generation: int
+    failure_count: int
+    trip_count: int
+    total_successes: int
+    total_failures: int
+    total_rejected: int
+    retry_after: float | None
+    seconds_in_state: float
+    last_reason: str
+    # What the policy in force decides, and the trials that die with their
+    # process: a snapshot does not hold them and a restore ignores them.
+    guarded: bool = True
+    enabled: bool = True
+    trials_in_flight: int = 0
 
     @property
     def total_requests(self) -> int:
@@ -104,15 +133,82 @@ class Breaker:
             return None
         return round(100.0 * self.total_successes / self.total_requests, 1)
 
+    def as_json(self) -> dict[str, Any]:
+        """This breaker's entry in the status reply's `platforms` list."""
+        return {
+            "platform": self.platform,
+            "state": self.state.value,
+            "failure_count": self.failure_count,
+            "success_rate": self.success_rate,
+            "total_requests": self.total_requests,
+            "total_successes": self.total_successes,
+            "total_failures": self.total_failures,
+            "rejected": self.total_rejected,
+            "retry_after": self.retry_after,
+            "trip_count": self.trip_count,
+            "trials_in_flight": self.trials_in_flight,
+            "seconds_in_state": self.seconds_in_state,
+            "last_reason": self.last_reason,
+            "guarded": self.guarded,
+            "enabled": self.enabled,
+        }
+
+
+@dataclass
+class _Lease:
+    generation: int
+    expires: float
+
+
+# Leases of callers that never report are dropped oldest first past this.
+MAX_LEASES = 100_000
+
+
+@dataclass
+class Breaker:
+    platform: str
+    policy: Policy = field(default_factory=Policy)
+    state: State = State.CLOSED
+    generation: int = 0
+    counts: Counts = field(default_factory=Counts)
+    open_until: float = 0.0
+    state_since: float = 0.0
+    trip_count: int = 0
+    total_successes: int = 0
+    total_failures: int = 0
+    total_rejected: int = 0
+    last_reason: str = "started"
+    _leases: OrderedDict[str, _Lease] = field(default_factory=OrderedDict)
+    # Half-open trials not yet reported, by permit, with their lease deadline.
+    _trials: dict[str, float] = field(default_factory=dict)
+    _seq: int = 0
+
+    # -- queries -----------------------------------------------------------
+
     def retry_after(self, now: float) -> float | None:
         if self.state is State.OPEN:
             return max(0.0, round(self.open_until - now, 3))
-        if self.state is State.HALF_OPEN and self.half_open_admitted >= self.policy.half_open_requests:
+        if self.state is State.HALF_OPEN and self.counts.trials >= self.policy.half_open_requests:
             return max(0.0, round(min(self._trials.values(), default=now) - now, 3))
         return None
 
-    def trials_in_flight(self) -> int:
-        return len(self._trials)
+    def view(self, now: float) -> BreakerView:
+        return BreakerView(
+            platform=self.platform,
+            state=self.state,
+            generation=self.generation,
+            failure_count=self.counts.consecutive_failures,
+            trip_count=self.trip_count,
+            total_successes=self.total_successes,
+            total_failures=self.total_failures,
+            total_rejected=self.total_rejected,
+            retry_after=self.retry_after(now),
+            seconds_in_state=round(now - self.state_since, 3),
+            last_reason=self.last_reason,
+            guarded=self.policy.guards(self.platform),
+            enabled=self.policy.enabled,
+            trials_in_flight=len(self._trials),
+        )
 
     # -- commands ----------------------------------------------------------
 
@@ -131,7 +227,7 @@ class Breaker:
                     self._trip(now, f"trial call not reported within its {self.policy.lease_seconds:g} s lease")
                 )
         while self._leases:
-            permit, lease = next(iter(self._leases.items()))
+            lease = next(iter(self._leases.values()))
             if lease.expires > now and len(self._leases) <= MAX_LEASES:
                 break
             self._leases.popitem(last=False)
@@ -139,17 +235,21 @@ class Breaker:
 
     def acquire(self, now: float) -> tuple[Decision, list[Transition]]:
         """May the caller make one call now? An allowed call gets a permit to report."""
+        if not self.policy.guards(self.platform):
+            return Decision(True, State.CLOSED, None, None), []
         changes = self.advance(now)
         if not self.policy.enabled or self.state is State.CLOSED:
             return Decision(True, self.state, self._issue(now, trial=False), None), changes
-        if self.state is State.HALF_OPEN and self.half_open_admitted < self.policy.half_open_requests:
-            self.half_open_admitted += 1
+        if self.state is State.HALF_OPEN and self.counts.trials < self.policy.half_open_requests:
+            self.counts = self.counts.on_trial()
             return Decision(True, self.state, self._issue(now, trial=True), None), changes
         self.total_rejected += 1
         return Decision(False, self.state, None, self.retry_after(now)), changes
 
     def report(self, permit: str, success: bool, now: float) -> tuple[Outcome, list[Transition]]:
         """Record how a permitted call went."""
+        if not self.policy.guards(self.platform):
+            return Outcome(False, State.CLOSED, "unguarded"), []
         changes = self.advance(now)
         lease = self._leases.pop(permit, None)
         if lease is None:
@@ -161,24 +261,23 @@ class Breaker:
             return Outcome(False, self.state, "disabled"), changes
         if success:
             self.total_successes += 1
-            self.consecutive_failures = 0
-            if self.state is State.HALF_OPEN:
-                self.half_open_successes += 1
-                if self.half_open_successes >= self.policy.half_open_requests:
-                    changes.append(self._move(State.CLOSED, now, f"{self.half_open_successes} trial calls succeeded"))
+            self.counts = self.counts.on_success()
+            if self.state is State.HALF_OPEN and self.counts.successes >= self.policy.half_open_requests:
+                changes.append(self._move(State.CLOSED, now, f"{self.counts.successes} trial calls succeeded"))
         else:
             self.total_failures += 1
-            self.consecutive_failures += 1
+            self.counts = self.counts.on_failure()
             if self.state is State.HALF_OPEN:
                 changes.append(self._trip(now, "trial call failed"))
-            elif self.consecutive_failures >= self.policy.failure_threshold:
-                changes.append(self._trip(now, f"{self.consecutive_failures} consecutive failures"))
+            elif self.counts.consecutive_failures >= self.policy.failure_threshold:
+                changes.append(self._trip(now, f"{self.counts.consecutive_failures} consecutive failures"))
         return Outcome(True, self.state, None), changes
 
     def reset(self, now: float, reason: str = "reset by operator") -> list[Transition]:
         """Back to CLOSED with clean failure counts; totals are kept."""
-        self.consecutive_failures = 0
         if self.state is State.CLOSED:
+            # No new generation: the calls under way are still counted.
+            self.counts = Counts()
             return []
         return [self._move(State.CLOSED, now, reason)]
 
@@ -186,43 +285,45 @@ class Breaker:
         """Adopt new settings, keeping state, counters and the open deadline's start."""
         old, self.policy = self.policy, policy
         changes: list[Transition] = []
-        if self.state is State.OPEN and old.open_seconds != policy.open_seconds:
+        if self.state is State.OPEN:
             self.open_until += policy.open_seconds - old.open_seconds
-        if self.state is State.HALF_OPEN and self.half_open_successes >= policy.half_open_requests:
-            changes.append(self._move(State.CLOSED, now, f"{self.half_open_successes} trial calls succeeded"))
+        if self.state is State.HALF_OPEN and self.counts.successes >= policy.half_open_requests:
+            changes.append(self._move(State.CLOSED, now, f"{self.counts.successes} trial calls succeeded"))
         changes.extend(self.advance(now))
         return changes
 
     # -- persistence ---------------------------------------------------------
 
-    def restore(self, state: State, open_remaining: float, generation: int, consecutive_failures: int,
-                trip_count: int, totals: tuple[int, int, int], reason: str, now: float) -> None:
-        """Take over a snapshot taken by an earlier run of the daemon.
+    def restore(self, saved: BreakerView, now: float) -> None:
+        """Take over a breaker as an earlier run of the daemon saved it.
 
         An open breaker stays open for what was left of its timeout (never
         more than the timeout); a half-open one starts its trials afresh,
-        because the old permits died with the old process.
+        because the old permits died with the old process. The time in the
+        state carries on.
         """
-        self.generation = generation + 1
-        self.consecutive_failures = consecutive_failures
-        self.trip_count = trip_count
-        self.total_successes, self.total_failures, self.total_rejected = totals
-        self.last_reason = reason
-        self.state_since = now
+        self.state = saved.state
+        # Past every generation the old process issued permits in, so none
+        # of its permits can pass for one of ours.
+        self.generation = saved.generation + 1
+        self.counts = Counts(consecutive_failures=saved.failure_count)
+        self.trip_count = saved.trip_count
+        self.total_successes = saved.total_successes
+        self.total_failures = saved.total_failures
+        self.total_rejected = saved.total_rejected
+        self.last_reason = saved.last_reason
+        self.state_since = now - max(0.0, saved.seconds_in_state)
         self._leases.clear()
         self._trials.clear()
-        self.half_open_admitted = self.half_open_successes = 0
-        self.state = state
-        if state is State.OPEN:
-            remaining = min(max(open_remaining, 0.0), self.policy.open_seconds)
-            self.open_until = now + remaining
+        if saved.state is State.OPEN:
+            self.open_until = now + min(max(saved.retry_after or 0.0, 0.0), self.policy.open_seconds)
 
     # -- internals -----------------------------------------------------------
 
     def _issue(self, now: float, trial: bool) -> str:
         self._seq += 1
         permit = f"{self.platform}.{self.generation}.{self._seq}"
-        self._leases[permit] = _Lease(self.generation, now + self.policy.lease_seconds, trial)
+        self._leases[permit] = _Lease(self.generation, now + self.policy.lease_seconds)
         if trial:
             self._trials[permit] = now + self.policy.lease_seconds
         return permit
@@ -233,13 +334,12 @@ class Breaker:
         return self._move(State.OPEN, now, reason)
 
     def _move(self, new: State, now: float, reason: str) -> Transition:
+        """The one place a generation ends: new state, fresh counts, no trials."""
         old = self.state
         self.state = new
         self.generation += 1
         self.state_since = now
         self.last_reason = reason
-        self.half_open_admitted = self.half_open_successes = 0
+        self.counts = self.counts.next_generation(new)
         self._trials.clear()
-        if new is State.CLOSED:
-            self.consecutive_failures = 0
         return Transition(self.platform, old, new, reason, self.generation)

@@ -1,6 +1,8 @@
 """All platforms' breakers behind one lock, with the clock injected.
 
-The lock makes half-open admission exact however many threads ask at once.
+The lock is the one owner of every breaker and of the platform list: it
+makes half-open admission exact however many threads ask at once, and a
+reader gets `BreakerView`s, values taken under it, never a breaker.
 Transitions are handed to `on_transition` after the lock is released, so a
 slow listener (a log file, the snapshot writer) never holds up a decision.
 """
@@ -9,10 +11,9 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from ratecared.breaker.machine import Breaker, Decision, Outcome, Policy, State, Transition
+from ratecared.breaker.machine import Breaker, BreakerView, Decision, Outcome, Policy, Transition
 from ratecared.settings import Settings
 
 
@@ -23,26 +24,6 @@ class UnknownPlatform(KeyError):
         return f"unknown platform {self.args[0]!r}"
 
 
-@dataclass(frozen=True)
-class PlatformStatus:
-    platform: str
-    guarded: bool
-    enabled: bool
-    state: State
-    failure_count: int
-    success_rate: float | None
-    total_requests: int
-    total_successes: int
-    total_failures: int
-    total_rejected: int
-    trip_count: int
-    retry_after: float | None
-    trials_in_flight: int
-    seconds_in_state: float
-    last_reason: str
-    generation: int
-
-
 def policy_from(settings: Settings, lease_seconds: float) -> Policy:
     return Policy(
         failure_threshold=settings.failure_threshold,
@@ -50,6 +31,7 @@ def policy_from(settings: Settings, lease_seconds: float) -> Policy:
         half_open_requests=settings.half_open_requests,
         lease_seconds=lease_seconds,
         enabled=settings.breaker_enabled,
+        platforms=settings.breaker_platforms,
     )
 
 
@@ -66,24 +48,21 @@ class Registry:
         self._lock = threading.Lock()
         self._lease_seconds = lease_seconds
         self.on_transition = on_transition
-        self._settings = settings
+        self._policy = policy_from(settings, lease_seconds)
         now = clock()
-        policy = policy_from(settings, lease_seconds)
-        self._breakers = {name: Breaker(name, policy, state_since=now) for name in platforms}
+        self._breakers = {name: Breaker(name, self._policy, state_since=now) for name in platforms}
 
     @property
     def platforms(self) -> tuple[str, ...]:
-        return tuple(self._breakers)
+        with self._lock:
+            return tuple(self._breakers)
 
-    def guarded(self, platform: str) -> bool:
-        chosen = self._settings.breaker_platforms
-        return chosen is None or platform in chosen
-
-    def _breaker(self, platform: str) -> Breaker:
+    def _breakers_of(self, platforms: Iterable[str]) -> list[Breaker]:
+        """The breakers of `platforms`, all or none; call under the lock."""
         try:
-            return self._breakers[platform]
-        except KeyError:
-            raise UnknownPlatform(platform) from None
+            return [self._breakers[name] for name in platforms]
+        except KeyError as exc:
+            raise UnknownPlatform(exc.args[0]) from None
 
     def _emit(self, changes: list[Transition]) -> None:
         if changes:
@@ -97,46 +76,38 @@ class Registry:
 
     def acquire_many(self, platforms: list[str]) -> list[Decision]:
         """acquire() for each platform, under one lock and one clock read."""
-        breakers = [self._breaker(p) for p in platforms]
         out: list[Decision] = []
         changes: list[Transition] = []
         with self._lock:
+            breakers = self._breakers_of(platforms)
             now = self._clock()
-            for platform, breaker in zip(platforms, breakers):
-                if not self.guarded(platform):
-                    out.append(Decision(True, State.CLOSED, None, None))
-                    continue
+            for breaker in breakers:
                 decision, more = breaker.acquire(now)
                 out.append(decision)
-                if more:
-                    changes.extend(more)
+                changes.extend(more)
         self._emit(changes)
         return out
 
     def report_many(self, reports: list[tuple[str, str, bool]]) -> list[Outcome]:
         """report() for each (platform, permit, success), under one lock and one clock read."""
-        breakers = [self._breaker(p) for p, _, _ in reports]
         out: list[Outcome] = []
         changes: list[Transition] = []
         with self._lock:
+            breakers = self._breakers_of(platform for platform, _, _ in reports)
             now = self._clock()
-            for (platform, permit, success), breaker in zip(reports, breakers):
-                if not self.guarded(platform):
-                    out.append(Outcome(False, State.CLOSED, "unguarded"))
-                    continue
+            for (_, permit, success), breaker in zip(reports, breakers):
                 outcome, more = breaker.report(permit, success, now)
                 out.append(outcome)
-                if more:
-                    changes.extend(more)
+                changes.extend(more)
         self._emit(changes)
         return out
 
     def reset(self, platform: str | None = None, reason: str = "reset by operator") -> list[str]:
         """Close one breaker or all; return the platforms reset."""
-        names = [platform] if platform is not None else list(self._breakers)
-        breakers = [self._breaker(name) for name in names]
         changes: list[Transition] = []
         with self._lock:
+            names = [platform] if platform is not None else list(self._breakers)
+            breakers = self._breakers_of(names)
             now = self._clock()
             for breaker in breakers:
                 changes.extend(breaker.reset(now, reason))
@@ -157,44 +128,47 @@ class Registry:
         policy = policy_from(settings, self._lease_seconds)
         changes: list[Transition] = []
         with self._lock:
-            self._settings = settings
+            self._policy = policy
             now = self._clock()
             for breaker in self._breakers.values():
                 if breaker.policy != policy:
                     changes.extend(breaker.set_policy(policy, now))
         self._emit(changes)
 
-    def status(self) -> list[PlatformStatus]:
-        out = []
+    def set_platforms(self, platforms: Iterable[str]) -> None:
+        """Guard these platforms from now on: breakers kept keep their state, new ones start closed."""
+        with self._lock:
+            now = self._clock()
+            # A new dict, not edits to the old one: nothing outside the lock
+            # ever holds either.
+            self._breakers = {
+                name: self._breakers[name] if name in self._breakers else Breaker(name, self._policy, state_since=now)
+                for name in platforms
+            }
+
+    def status(self) -> list[BreakerView]:
+        """Every breaker as it stands now, in the platform list's order."""
+        out: list[BreakerView] = []
         changes: list[Transition] = []
         with self._lock:
             now = self._clock()
-            for name, b in self._breakers.items():
-                changes.extend(b.advance(now))
-                out.append(
-                    PlatformStatus(
-                        platform=name,
-                        guarded=self.guarded(name),
-                        enabled=b.policy.enabled,
-                        state=b.state,
-                        failure_count=b.consecutive_failures,
-                        success_rate=b.success_rate,
-                        total_requests=b.total_requests,
-                        total_successes=b.total_successes,
-                        total_failures=b.total_failures,
-                        total_rejected=b.total_rejected,
-                        trip_count=b.trip_count,
-                        retry_after=b.retry_after(now),
-                        trials_in_flight=b.trials_in_flight(),
-                        seconds_in_state=round(now - b.state_since, 3),
-                        last_reason=b.last_reason,
-                        generation=b.generation,
-                    )
-                )
+            for breaker in self._breakers.values():
+                changes.extend(breaker.advance(now))
+                out.append(breaker.view(now))
         self._emit(changes)
         return out
 
-    def with_breakers(self, action: Callable[[dict[str, Breaker], float], None]) -> None:
-        """Run `action(breakers, now)` under the lock: for snapshot and restore."""
+    def restore(self, saved: Iterable[BreakerView]) -> list[BreakerView]:
+        """Take over breakers an earlier process saved; return them as restored.
+
+        A platform no longer in the list is skipped.
+        """
+        out: list[BreakerView] = []
         with self._lock:
-            action(self._breakers, self._clock())
+            now = self._clock()
+            for view in saved:
+                breaker = self._breakers.get(view.platform)
+                if breaker is not None:
+                    breaker.restore(view, now)
+                    out.append(breaker.view(now))
+        return out

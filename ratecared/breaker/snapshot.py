@@ -7,9 +7,9 @@ an open breaker's deadline means the same thing to the next process.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Sequence
 
-from ratecared.breaker.machine import Breaker, State
+from ratecared.breaker.machine import BreakerView, State
 from ratecared.breaker.registry import Registry
 from ratecared.db import Database, parse_timestamp, timestamp
 
@@ -20,34 +20,54 @@ COLUMNS = (
 )
 
 
-def row_of(breaker: Breaker, host: str, now: float, wall: datetime) -> dict[str, Any]:
-    """The snapshot row of one breaker at monotonic `now` / wall time `wall`."""
-    open_until = opened_at = None
-    if breaker.state is State.OPEN:
-        open_until = timestamp(wall + timedelta(seconds=breaker.open_until - now))
-        opened_at = timestamp(wall - timedelta(seconds=now - breaker.state_since))
+def row_of(view: BreakerView, host: str, wall: datetime) -> dict[str, Any]:
+    """The snapshot row of a breaker seen at wall time `wall`."""
+    since = timestamp(wall - timedelta(seconds=view.seconds_in_state))
+    is_open = view.state is State.OPEN
     return {
-        "platform": breaker.platform,
+        "platform": view.platform,
         "host": host,
-        "state": breaker.state.value,
-        "generation": breaker.generation,
-        "consecutive_failures": breaker.consecutive_failures,
-        "trip_count": breaker.trip_count,
-        "opened_at": opened_at,
-        "open_until": open_until,
-        "total_requests": breaker.total_requests,
-        "total_successes": breaker.total_successes,
-        "total_failures": breaker.total_failures,
-        "total_rejected": breaker.total_rejected,
-        "last_reason": breaker.last_reason[:255],
+        "state": view.state.value,
+        "generation": view.generation,
+        "consecutive_failures": view.failure_count,
+        "trip_count": view.trip_count,
+        "opened_at": since if is_open else None,
+        "open_until": timestamp(wall + timedelta(seconds=view.retry_after or 0.0)) if is_open else None,
+        "total_requests": view.total_requests,
+        "total_successes": view.total_successes,
+        "total_failures": view.total_failures,
+        "total_rejected": view.total_rejected,
+        "last_reason": view.last_reason[:255],
         "updated_at": timestamp(wall),
     }
 
 
+_READ = ("platform", "state", "generation", "consecutive_failures", "trip_count", "open_until", "total_successes",
+         "total_failures", "total_rejected", "last_reason")
+
+
+def view_of(row: Sequence[Any], wall: datetime) -> BreakerView:
+    """A breaker as a row of `_READ` saved it, seen at wall time `wall`."""
+    values = dict(zip(_READ, row))
+    until = parse_timestamp(values["open_until"])
+    return BreakerView(
+        platform=values["platform"],
+        state=State(values["state"]),
+        generation=int(values["generation"]),
+        failure_count=int(values["consecutive_failures"]),
+        trip_count=int(values["trip_count"]),
+        total_successes=int(values["total_successes"]),
+        total_failures=int(values["total_failures"]),
+        total_rejected=int(values["total_rejected"]),
+        retry_after=(until - wall).total_seconds() if until else None,
+        seconds_in_state=0.0,
+        last_reason=values["last_reason"] or "restored",
+    )
+
+
 def save(database: Database, registry: Registry, host: str, wall: datetime) -> int:
     """Write every breaker's row; return how many were written."""
-    rows: list[dict[str, Any]] = []
-    registry.with_breakers(lambda breakers, now: rows.extend(row_of(b, host, now, wall) for b in breakers.values()))
+    rows = [row_of(view, host, wall) for view in registry.status()]
     sql = database.dialect.upsert("circuit_breaker_state", COLUMNS, ("platform", "host"))
     database.executemany(sql, [[row[c] for c in COLUMNS] for row in rows])
     return len(rows)
@@ -55,28 +75,10 @@ def save(database: Database, registry: Registry, host: str, wall: datetime) -> i
 
 def restore(database: Database, registry: Registry, host: str, wall: datetime) -> list[str]:
     """Load this host's rows into the registry; return a line per restored non-closed breaker."""
-    rows = database.query(
-        "SELECT platform, state, generation, consecutive_failures, trip_count, open_until,"
-        " total_successes, total_failures, total_rejected, last_reason"
-        " FROM circuit_breaker_state WHERE host = ?",
-        (host,),
-    )
-    restored: list[str] = []
-
-    def apply(breakers: dict[str, Breaker], now: float) -> None:
-        for platform, state, generation, failures, trips, open_until, ok, bad, rejected, reason in rows:
-            breaker = breakers.get(platform)
-            if breaker is None:
-                continue
-            until = parse_timestamp(open_until)
-            remaining = (until - wall).total_seconds() if until else 0.0
-            breaker.restore(
-                State(state), remaining, int(generation), int(failures), int(trips),
-                (int(ok), int(bad), int(rejected)), reason or "restored", now,
-            )
-            if breaker.state is not State.CLOSED:
-                restored.append(f"{platform} {breaker.state.value}" + (
-                    f" for {max(0.0, breaker.open_until - now):.0f} s more" if breaker.state is State.OPEN else ""))
-
-    registry.with_breakers(apply)
-    return restored
+    rows = database.query(f"SELECT {', '.join(_READ)} FROM circuit_breaker_state WHERE host = ?", (host,))
+    restored = registry.restore(view_of(row, wall) for row in rows)
+    return [
+        f"{view.platform} {view.state.value}" + (f" for {view.retry_after:.0f} s more" if view.state is State.OPEN else "")
+        for view in restored
+        if view.state is not State.CLOSED
+    ]
