@@ -327,6 +327,18 @@ def test_reports_not_counted_say_why_and_in_which_state() -> None:
     assert breaker.view(60.0).enabled is False
 
 
+def test_trials_reported_while_breakers_are_off_hand_their_slots_back() -> None:
+    breaker = opened()
+    trials = [breaker.acquire(60.0)[0] for _ in range(POLICY.half_open_requests)]
+    breaker.set_policy(replace(POLICY, enabled=False), 61.0)
+    untried, _ = breaker.acquire(61.0)
+    for decision in [*trials, untried]:
+        assert breaker.report(decision.permit, True, 61.0)[0].reason == "disabled"
+    breaker.set_policy(POLICY, 62.0)
+    # Not stuck half-open with no slot free and no lease left to run out.
+    assert [breaker.acquire(62.0)[0].allowed for _ in range(3)] == [True, True, False]
+
+
 # -- leases ----------------------------------------------------------------------
 
 

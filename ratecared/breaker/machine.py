@@ -58,6 +58,9 @@ class Counts:
     def on_trial(self) -> Counts:
         return replace(self, trials=self.trials + 1)
 
+    def on_trial_returned(self) -> Counts:
+        return replace(self, trials=self.trials - 1)
+
     def on_success(self) -> Counts:
         return replace(self, successes=self.successes + 1, consecutive_failures=0)
 
@@ -254,10 +257,15 @@ class Breaker:
         lease = self._leases.pop(permit, None)
         if lease is None:
             return Outcome(False, self.state, "unknown"), changes
-        self._trials.pop(permit, None)
+        trial = self._trials.pop(permit, None) is not None
         if lease.generation != self.generation:
             return Outcome(False, self.state, "stale"), changes
         if not self.policy.enabled:
+            if trial:
+                # Disabled breakers count nothing, so the trial's slot goes
+                # back; kept, it would leave the breaker half-open with no
+                # slot and no lease to expire once breakers are enabled again.
+                self.counts = self.counts.on_trial_returned()
             return Outcome(False, self.state, "disabled"), changes
         if success:
             self.total_successes += 1
