@@ -27,9 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
-from ratecared import __version__, access, logs
+from ratecared import __version__, access, breaker_state, logs
 from ratecared import settings as settings_mod
-from ratecared.breaker import snapshot
 from ratecared.breaker.machine import State
 from ratecared.breaker.registry import Registry
 from ratecared.config import EX_CONFIG, Config, CurrentConfig
@@ -61,12 +60,13 @@ class Daemon:
         self.log = logs.get("ratecared")
         self.db = Database(config.database)
         self.registry = Registry(
-            config.circuit_breaker.platforms, settings_mod.Settings(), config.circuit_breaker.permit_lease,
+            config.circuit_breaker.platforms,
+            settings_mod.breaker_policy(settings_mod.Settings(), config.circuit_breaker.permit_lease),
             on_transition=on_transitions(logs.get("ratecared.breaker"), lambda: self.store.wake()),
         )
-        self.snapshots = Snapshots(lambda wall: snapshot.save(self.db, self.registry, self.host, wall), self.log)
+        self.snapshots = Snapshots(lambda wall: breaker_state.save(self.db, self.registry, self.host, wall), self.log)
         self.settings = LiveSettings(self.db, lambda: self.config().circuit_breaker.platforms,
-                                     self.registry.apply_settings, self.log)
+                                     self._apply_breaker_policy, self.log)
         self.store = StoreThread(self.snapshots, self.settings.refresh, self.config)
         self.runner = Runner(config, self.db, self.host, settings=self.settings.current,
                              refresh_settings=self.settings.refresh)
@@ -93,7 +93,7 @@ class Daemon:
         self.logs.open_files()
         self.settings.refresh()
         try:
-            for line in snapshot.restore(self.db, self.registry, self.host, datetime.now(timezone.utc)):
+            for line in breaker_state.restore(self.db, self.registry, self.host, datetime.now(timezone.utc)):
                 logs.get("ratecared.breaker").info("breaker restored", detail=line)
         except DatabaseError as exc:
             self.log.error("cannot read breaker snapshots", error=str(exc))
@@ -235,6 +235,10 @@ class Daemon:
             os.chown(new.daemon.socket, -1, gid)
         self.settings.refresh()
         self.store.wake()
+
+    def _apply_breaker_policy(self, settings: settings_mod.Settings) -> None:
+        """The breakers take these settings, with the permit lease of the config in effect."""
+        self.registry.apply_policy(settings_mod.breaker_policy(settings, self.config().circuit_breaker.permit_lease))
 
     def _settings_reply(self) -> dict[str, Any]:
         state = self.settings.state()

@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping
 
+from ratecared.breaker.machine import Policy
 from ratecared.db import Database, DatabaseError
 
 
@@ -129,6 +130,18 @@ def as_dict(settings: Settings) -> dict[str, object]:
             value = ",".join(sorted(value))
         out[by_attr[f.name]] = "all" if value is None else value
     return out
+
+
+def breaker_policy(settings: Settings, lease_seconds: float) -> Policy:
+    """The breakers' policy: the settings table's breaker keys and the config's permit lease."""
+    return Policy(
+        failure_threshold=settings.failure_threshold,
+        open_seconds=settings.open_seconds,
+        half_open_requests=settings.half_open_requests,
+        lease_seconds=lease_seconds,
+        enabled=settings.breaker_enabled,
+        platforms=settings.breaker_platforms,
+    )
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The registry: one lock, many threads, live settings, injected clock."""
+"""The registry: one lock, many threads, a live policy and platform list, injected clock."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from ratecared.breaker.machine import State, Transition
+from ratecared.breaker.machine import Policy, State, Transition
 from ratecared.breaker.registry import Registry, UnknownPlatform
-from ratecared.settings import Settings
 
 PLATFORMS = ("booking", "expedia", "agoda")
 
@@ -22,9 +21,9 @@ class FakeClock:
         return self.now
 
 
-def make(settings: Settings = Settings(), clock: FakeClock | None = None) -> tuple[Registry, list[Transition]]:
+def make(policy: Policy = Policy(), clock: FakeClock | None = None) -> tuple[Registry, list[Transition]]:
     seen: list[Transition] = []
-    registry = Registry(PLATFORMS, settings, lease_seconds=30, clock=clock or FakeClock(), on_transition=seen.extend)
+    registry = Registry(PLATFORMS, policy, clock=clock or FakeClock(), on_transition=seen.extend)
     return registry, seen
 
 
@@ -36,7 +35,7 @@ def trip(registry: Registry, platform: str = "booking", times: int = 5) -> None:
 
 def test_many_threads_never_get_more_trials_than_allowed() -> None:
     clock = FakeClock()
-    registry, seen = make(Settings(half_open_requests=3), clock)
+    registry, seen = make(Policy(half_open_requests=3), clock)
     trip(registry)
     clock.now += 600
     barrier = threading.Barrier(32)
@@ -63,15 +62,15 @@ def test_transitions_are_reported_with_reason() -> None:
     assert seen == [Transition("booking", State.CLOSED, State.OPEN, "5 consecutive failures", 1)]
 
 
-def test_settings_change_live_without_losing_state() -> None:
+def test_policy_changes_live_without_losing_state() -> None:
     clock = FakeClock()
-    registry, _ = make(Settings(), clock)
+    registry, _ = make(Policy(), clock)
     trip(registry, times=3)
-    registry.apply_settings(Settings(failure_threshold=4))
+    registry.apply_policy(Policy(failure_threshold=4))
     assert registry.status()[0].failure_count == 3
     trip(registry, times=1)
     assert registry.status()[0].state is State.OPEN
-    registry.apply_settings(Settings(failure_threshold=4, open_seconds=30))
+    registry.apply_policy(Policy(failure_threshold=4, open_seconds=30))
     clock.now += 30
     assert registry.status()[0].state is State.HALF_OPEN
 
@@ -79,12 +78,12 @@ def test_settings_change_live_without_losing_state() -> None:
 def test_breaker_disabled_allows_every_call() -> None:
     registry, _ = make()
     trip(registry)
-    registry.apply_settings(Settings(breaker_enabled=False))
+    registry.apply_policy(Policy(enabled=False))
     assert all(registry.acquire("booking").allowed for _ in range(20))
 
 
 def test_platform_without_breaker_is_always_allowed() -> None:
-    registry, _ = make(Settings(breaker_platforms=frozenset({"expedia"})))
+    registry, _ = make(Policy(platforms=frozenset({"expedia"})))
     trip(registry, "booking", times=10)
     decision = registry.acquire("booking")
     assert decision.allowed and decision.permit is None
@@ -110,7 +109,7 @@ def test_reset_all_closes_every_open_breaker() -> None:
 
 def test_tick_moves_open_to_half_open_without_callers() -> None:
     clock = FakeClock()
-    registry, seen = make(replace(Settings(), open_seconds=1.0), clock)
+    registry, seen = make(replace(Policy(), open_seconds=1.0), clock)
     trip(registry)
     clock.now += 1.0
     registry.tick()

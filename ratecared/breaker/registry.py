@@ -14,7 +14,6 @@ import time
 from typing import Callable, Iterable
 
 from ratecared.breaker.machine import Breaker, BreakerView, Decision, Outcome, Policy, Transition
-from ratecared.settings import Settings
 
 
 class UnknownPlatform(KeyError):
@@ -24,31 +23,18 @@ class UnknownPlatform(KeyError):
         return f"unknown platform {self.args[0]!r}"
 
 
-def policy_from(settings: Settings, lease_seconds: float) -> Policy:
-    return Policy(
-        failure_threshold=settings.failure_threshold,
-        open_seconds=settings.open_seconds,
-        half_open_requests=settings.half_open_requests,
-        lease_seconds=lease_seconds,
-        enabled=settings.breaker_enabled,
-        platforms=settings.breaker_platforms,
-    )
-
-
 class Registry:
     def __init__(
         self,
         platforms: Iterable[str],
-        settings: Settings,
-        lease_seconds: float,
+        policy: Policy,
         clock: Callable[[], float] = time.monotonic,
         on_transition: Callable[[list[Transition]], None] = lambda changes: None,
     ) -> None:
         self._clock = clock
         self._lock = threading.Lock()
-        self._lease_seconds = lease_seconds
         self.on_transition = on_transition
-        self._policy = policy_from(settings, lease_seconds)
+        self._policy = policy
         now = clock()
         self._breakers = {name: Breaker(name, self._policy, state_since=now) for name in platforms}
 
@@ -123,9 +109,8 @@ class Registry:
                 changes.extend(breaker.advance(now))
         self._emit(changes)
 
-    def apply_settings(self, settings: Settings) -> None:
-        """Take new settings live: state, counters and open deadlines survive."""
-        policy = policy_from(settings, self._lease_seconds)
+    def apply_policy(self, policy: Policy) -> None:
+        """Take a new policy live: state, counters and open deadlines survive."""
         changes: list[Transition] = []
         with self._lock:
             self._policy = policy

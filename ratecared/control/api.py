@@ -209,23 +209,7 @@ class Api:
             counts[s.state] += 1
             total_requests += s.total_requests
             total_failures += s.total_failures
-            platforms.append({
-                "platform": s.platform,
-                "state": s.state.value,
-                "failure_count": s.failure_count,
-                "success_rate": s.success_rate,
-                "total_requests": s.total_requests,
-                "total_successes": s.total_successes,
-                "total_failures": s.total_failures,
-                "rejected": s.total_rejected,
-                "retry_after": s.retry_after,
-                "trip_count": s.trip_count,
-                "trials_in_flight": s.trials_in_flight,
-                "seconds_in_state": s.seconds_in_state,
-                "last_reason": s.last_reason,
-                "guarded": s.guarded,
-                "enabled": s.enabled,
-            })
+            platforms.append(s.as_json())
         return success({
             "total_platforms": len(platforms),
             "closed": counts[State.CLOSED],

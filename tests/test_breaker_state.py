@@ -1,14 +1,13 @@
-"""Snapshots to `circuit_breaker_state` and back, on SQLite and MariaDB."""
+"""Breaker snapshots to `circuit_breaker_state` and back, on SQLite and MariaDB."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from ratecared.breaker import snapshot
-from ratecared.breaker.machine import State
+from ratecared import breaker_state
+from ratecared.breaker.machine import Policy, State
 from ratecared.breaker.registry import Registry
 from ratecared.db import Database
-from ratecared.settings import Settings
 
 PLATFORMS = ("booking", "expedia")
 WALL = datetime(2026, 11, 28, 12, 0, 0, tzinfo=timezone.utc)
@@ -23,7 +22,7 @@ class FakeClock:
 
 
 def opened_registry(clock: FakeClock) -> Registry:
-    registry = Registry(PLATFORMS, Settings(), lease_seconds=30, clock=clock)
+    registry = Registry(PLATFORMS, Policy(), clock=clock)
     for _ in range(5):
         decision = registry.acquire("booking")
         registry.report("booking", decision.permit, False)
@@ -34,7 +33,7 @@ def opened_registry(clock: FakeClock) -> Registry:
 
 def test_rows_hold_state_deadline_and_counters(database: Database) -> None:
     registry = opened_registry(FakeClock(100.0))
-    assert snapshot.save(database, registry, "web1", WALL) == 2
+    assert breaker_state.save(database, registry, "web1", WALL) == 2
     rows = database.query(
         "SELECT platform, state, consecutive_failures, trip_count, open_until, total_requests, total_failures"
         " FROM circuit_breaker_state WHERE host = 'web1' ORDER BY platform")
@@ -48,19 +47,19 @@ def test_rows_hold_state_deadline_and_counters(database: Database) -> None:
 def test_saving_again_updates_in_place(database: Database) -> None:
     clock = FakeClock(100.0)
     registry = opened_registry(clock)
-    snapshot.save(database, registry, "web1", WALL)
+    breaker_state.save(database, registry, "web1", WALL)
     registry.reset("booking")
-    snapshot.save(database, registry, "web1", WALL + timedelta(seconds=5))
+    breaker_state.save(database, registry, "web1", WALL + timedelta(seconds=5))
     assert database.query("SELECT COUNT(*), MIN(state), MAX(state) FROM circuit_breaker_state") == [
         (2, "closed", "closed")]
 
 
 def test_restore_keeps_an_open_breaker_open_for_its_remaining_time(database: Database) -> None:
-    snapshot.save(database, opened_registry(FakeClock(100.0)), "web1", WALL)
+    breaker_state.save(database, opened_registry(FakeClock(100.0)), "web1", WALL)
     # A new process: another monotonic origin, 4 minutes later on the wall clock.
     clock = FakeClock(5.0)
-    fresh = Registry(PLATFORMS, Settings(), lease_seconds=30, clock=clock)
-    lines = snapshot.restore(database, fresh, "web1", WALL + timedelta(minutes=4))
+    fresh = Registry(PLATFORMS, Policy(), clock=clock)
+    lines = breaker_state.restore(database, fresh, "web1", WALL + timedelta(minutes=4))
     assert lines == ["booking open for 360 s more"]
     decision = fresh.acquire("booking")
     assert (decision.allowed, decision.retry_after) == (False, 360.0)
@@ -71,14 +70,14 @@ def test_restore_keeps_an_open_breaker_open_for_its_remaining_time(database: Dat
 
 
 def test_restore_after_the_deadline_goes_half_open(database: Database) -> None:
-    snapshot.save(database, opened_registry(FakeClock(100.0)), "web1", WALL)
-    fresh = Registry(PLATFORMS, Settings(), lease_seconds=30, clock=FakeClock(0.0))
-    snapshot.restore(database, fresh, "web1", WALL + timedelta(hours=1))
+    breaker_state.save(database, opened_registry(FakeClock(100.0)), "web1", WALL)
+    fresh = Registry(PLATFORMS, Policy(), clock=FakeClock(0.0))
+    breaker_state.restore(database, fresh, "web1", WALL + timedelta(hours=1))
     assert fresh.acquire("booking").state is State.HALF_OPEN
 
 
 def test_other_hosts_rows_are_left_alone(database: Database) -> None:
-    snapshot.save(database, opened_registry(FakeClock(100.0)), "web1", WALL)
-    fresh = Registry(PLATFORMS, Settings(), lease_seconds=30, clock=FakeClock(0.0))
-    assert snapshot.restore(database, fresh, "web2", WALL) == []
+    breaker_state.save(database, opened_registry(FakeClock(100.0)), "web1", WALL)
+    fresh = Registry(PLATFORMS, Policy(), clock=FakeClock(0.0))
+    assert breaker_state.restore(database, fresh, "web2", WALL) == []
     assert fresh.acquire("booking").allowed

@@ -1,7 +1,9 @@
 """Breaker state to and from `circuit_breaker_state`, one row per platform and host.
 
-Decisions use the monotonic clock; the table holds wall-clock UTC times, so
-an open breaker's deadline means the same thing to the next process.
+The SQL side of the breakers, outside ratecared.breaker so that the pure
+machine and the registry never load the database layer. Decisions use the
+monotonic clock; the table holds wall-clock UTC times, so an open breaker's
+deadline means the same thing to the next process.
 """
 
 from __future__ import annotations
@@ -77,8 +79,6 @@ def restore(database: Database, registry: Registry, host: str, wall: datetime) -
     """Load this host's rows into the registry; return a line per restored non-closed breaker."""
     rows = database.query(f"SELECT {', '.join(_READ)} FROM circuit_breaker_state WHERE host = ?", (host,))
     restored = registry.restore(view_of(row, wall) for row in rows)
-    return [
-        f"{view.platform} {view.state.value}" + (f" for {view.retry_after:.0f} s more" if view.state is State.OPEN else "")
-        for view in restored
-        if view.state is not State.CLOSED
-    ]
+    return [f"{view.platform} {view.state.value}"
+            + (f" for {view.retry_after:.0f} s more" if view.state is State.OPEN else "")
+            for view in restored if view.state is not State.CLOSED]
