@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 import threading
+from contextlib import contextmanager
 from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
 
 import pytest
 
+from conftest import write_config
 from mariadb import MariaDB
 from ratecared.config import DatabaseConfig
-from ratecared.db import Database, DatabaseError, IntegrityError, migrations, parse_timestamp, timestamp
+from ratecared.db import (Database, DatabaseError, DatabaseMissing, IntegrityError, Probe, migrations, parse_timestamp,
+                          timestamp)
+from ratecared.db.migrations import MigrationChanged
 
 TABLES = {
     "settings": {"key", "value", "updated_at"},
@@ -39,7 +49,7 @@ def test_migrations_create_every_table_of_the_design(database: Database) -> None
         assert expected <= columns(database, table), table
     assert migrations.pending(database) == []
     assert [v for (v,) in database.query("SELECT version FROM schema_migrations ORDER BY version")] == [
-        "001", "002", "003"]
+        m.version for m in migrations.available()]
 
 
 def test_the_seed_settings_rows_are_there(database: Database) -> None:
@@ -72,13 +82,10 @@ def test_job_runs_slot_is_unique_per_job(database: Database) -> None:
     database.execute(insert, ("aggregate_statistics", None, "r4", now))
 
 
-def test_upsert_and_timestamps_round_trip(database: Database) -> None:
+def test_timestamps_round_trip(database: Database) -> None:
     moment = datetime(2026, 3, 29, 0, 30, 15, 250000, tzinfo=timezone.utc)
-    row = {"key": "x", "value": "1", "updated_at": timestamp(moment)}
-    database.upsert("settings", row, ["key"])
-    database.upsert("settings", {**row, "value": "2"}, ["key"])
-    ((value, updated),) = database.query("SELECT `value`, updated_at FROM settings WHERE `key` = 'x'")
-    assert value == "2"
+    database.execute("INSERT INTO settings (`key`, `value`, updated_at) VALUES ('x', '1', ?)", (timestamp(moment),))
+    ((updated,),) = database.query("SELECT updated_at FROM settings WHERE `key` = 'x'")
     assert parse_timestamp(updated).replace(microsecond=0) == moment.replace(microsecond=0)
 
 
@@ -141,3 +148,154 @@ def test_sqlite_file_uses_wal_and_incremental_vacuum(tmp_path) -> None:
     migrations.apply(db)
     assert db.query("PRAGMA journal_mode") == [("wal",)]
     assert db.query("PRAGMA auto_vacuum") == [(2,)]
+
+
+def test_an_edited_shipped_migration_is_an_error_that_names_the_file(database: Database) -> None:
+    # As if 002's file had been edited since it was applied: its stored checksum no longer matches.
+    database.execute("UPDATE schema_migrations SET checksum = ? WHERE version = '002'", ("0" * 64,))
+    for attempt in (migrations.pending, migrations.apply):
+        with pytest.raises(MigrationChanged, match=r"migration 002_add_cache_settings\.sql was changed after it"
+                                                   r" was applied"):
+            attempt(database)
+
+
+# -- SQLite: the file ---------------------------------------------------------------
+
+
+def sqlite_db(path: Path) -> Database:
+    return Database(DatabaseConfig(url=f"sqlite:///{path}", connect_timeout=1))
+
+
+def test_opening_a_missing_sqlite_database_does_not_create_it(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "rc.db"
+    db = sqlite_db(path)
+    with pytest.raises(DatabaseMissing, match=rf"the SQLite database {path} does not exist; `ratecared migrate`"):
+        db.query("SELECT 1")
+    assert [m.version for m in migrations.pending(db)] == [m.version for m in migrations.available()]
+    assert db.probe() == Probe(False, False, f"the SQLite database {path} does not exist; `ratecared migrate`"
+                               " (or database.auto_migrate = true) creates it", None)
+    assert not path.parent.exists()
+    # Migrating is what makes it.
+    migrations.apply(db)
+    assert db.query("SELECT COUNT(*) FROM schema_migrations")[0][0] == len(migrations.available())
+    db.close()
+
+
+def test_a_daemon_refusing_to_start_on_pending_migrations_leaves_no_database_file(tmp_path: Path) -> None:
+    config = write_config(tmp_path, database={"auto_migrate": False})
+    result = subprocess.run([sys.executable, "-m", "ratecared", "--config", str(config)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 78, result.stdout + result.stderr
+    assert "pending migrations" in result.stdout
+    assert not (tmp_path / "rc.db").exists()
+
+
+def migrated(path: Path, marker: str) -> None:
+    """A migrated SQLite file at `path` whose settings carry `marker`."""
+    db = sqlite_db(path)
+    migrations.apply(db)
+    db.execute("INSERT INTO settings (`key`, `value`) VALUES ('marker', ?)", (marker,))
+    db.close()
+
+
+def marker(db: Database) -> str:
+    return db.query("SELECT `value` FROM settings WHERE `key` = 'marker'")[0][0]
+
+
+def test_a_replaced_sqlite_file_is_followed(tmp_path: Path) -> None:
+    path = tmp_path / "rc.db"
+    migrated(path, "old")
+    migrated(tmp_path / "restored.db", "restored")
+    db = sqlite_db(path)
+    assert marker(db) == "old"
+    # A restore from backup, as an operator does it: the file at the path is another one now.
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    os.replace(tmp_path / "restored.db", path)
+    assert marker(db) == "restored"
+    probe = db.probe()
+    assert (probe.reachable, probe.writable, probe.error) == (True, True, None)
+    assert probe.notice == f"sqlite:///{path} was replaced by another file while ratecared ran; reconnected to it"
+    db.close()
+
+
+def test_a_deleted_sqlite_file_is_reported_not_written_to(tmp_path: Path) -> None:
+    path = tmp_path / "rc.db"
+    migrated(path, "old")
+    db = sqlite_db(path)
+    assert marker(db) == "old"
+    path.unlink()
+    with pytest.raises(DatabaseMissing, match="is gone: deleted while ratecared ran"):
+        db.execute("INSERT INTO settings (`key`, `value`) VALUES ('lost', '1')")
+    probe = db.probe()
+    assert (probe.reachable, probe.writable) == (False, False)
+    assert "does not exist" in probe.error and probe.notice == f"sqlite:///{path} was deleted while ratecared ran"
+    assert not path.exists()
+    db.close()
+
+
+@contextmanager
+def read_only_file(path: Path) -> Iterator[None]:
+    """The file refuses writes, even to root (who ignores its mode): immutable, or mode 0444."""
+    if os.geteuid() == 0:
+        if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(path)]).returncode != 0:
+            pytest.skip("needs chattr +i to make a file read-only for root")
+        undo = ["chattr", "-i", str(path)]
+    else:
+        path.chmod(0o444)
+        undo = ["chmod", "0644", str(path)]
+    try:
+        yield
+    finally:
+        subprocess.run(undo, check=True)
+
+
+def test_probe_says_whether_the_database_takes_writes(tmp_path: Path) -> None:
+    path = tmp_path / "rc.db"
+    migrated(path, "old")
+    db = sqlite_db(path)
+    assert db.probe() == Probe(True, True, None, None)
+    db.close()
+    with read_only_file(path):
+        db = sqlite_db(path)
+        probe = db.probe()
+        db.close()
+    assert (probe.reachable, probe.writable) == (True, False)
+    assert probe.error == "writes are refused: attempt to write a readonly database"
+
+
+# -- MariaDB: read-only servers and named locks ------------------------------------------
+
+
+@pytest.mark.mariadb
+def test_probe_on_a_read_only_mariadb(mariadb: MariaDB, mysql_url: str) -> None:
+    db = Database(DatabaseConfig(url=mysql_url, connect_timeout=2))
+    migrations.apply(db)
+    assert db.probe() == Probe(True, True, None, None)
+    with mariadb.root_connect() as conn, conn.cursor() as cur:
+        cur.execute("SET GLOBAL read_only = 1")
+        try:
+            probe = db.probe()
+        finally:
+            cur.execute("SET GLOBAL read_only = 0")
+    assert probe == Probe(True, False, "the server is read-only (read_only=ON)", None)
+    db.close()
+
+
+@pytest.mark.mariadb
+def test_a_named_lock_is_held_across_connections(mysql_url: str) -> None:
+    holder, other = (Database(DatabaseConfig(url=mysql_url, connect_timeout=2)) for _ in range(2))
+    waited: list[object] = []
+    with holder.named_lock("ratecared:test") as got:
+        assert got
+        with other.named_lock("ratecared:test", wait=0, waiting=waited.append) as taken:
+            assert not taken
+        stop = threading.Event()
+        stop.set()
+        with other.named_lock("ratecared:test", stop=stop) as taken:
+            assert not taken
+    assert waited == [holder.query("SELECT CONNECTION_ID()")[0][0]]
+    with other.named_lock("ratecared:test", wait=0) as taken:
+        assert taken
+    holder.close()
+    other.close()

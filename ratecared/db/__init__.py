@@ -1,5 +1,6 @@
 """Database access: one adapter for SQLite and MySQL/MariaDB, and the migrations."""
 
-from ratecared.db.database import Database, DatabaseError, IntegrityError, parse_timestamp, timestamp
+from ratecared.db.database import (Database, DatabaseError, DatabaseMissing, IntegrityError, Probe, parse_timestamp,
+                                   timestamp)
 
-__all__ = ["Database", "DatabaseError", "IntegrityError", "parse_timestamp", "timestamp"]
+__all__ = ["Database", "DatabaseError", "DatabaseMissing", "IntegrityError", "Probe", "parse_timestamp", "timestamp"]

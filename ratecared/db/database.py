@@ -2,16 +2,22 @@
 
 Every thread gets its own connection (neither driver may be shared between
 threads). A connection that fails is dropped, and the next call reconnects,
-so a database restart costs the failed calls and nothing else.
+so a database restart costs the failed calls and nothing else. An SQLite
+connection is also dropped when the file at the path is no longer the one it
+opened (deleted, or replaced by a restore), so the daemon follows the file
+that is there instead of writing to a deleted one.
 """
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import pymysql
 
@@ -28,6 +34,26 @@ class DatabaseError(Exception):
 
 class IntegrityError(DatabaseError):
     """A unique or primary key was violated: the row is already there."""
+
+
+class DatabaseMissing(DatabaseError):
+    """The SQLite database file does not exist (never made, or deleted under the daemon)."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What `health` reports of the database."""
+
+    reachable: bool
+    writable: bool
+    error: str | None
+    # What happened to the SQLite file while the daemon ran (deleted, replaced), if anything.
+    notice: str | None
+
+
+# A write that changes nothing, rolled back: it is refused by a read-only
+# server or file like any other write, and touches only ratecared's own row.
+_WRITE_PROBE = "UPDATE ratecared_database SET id = id"
 
 
 def timestamp(moment: datetime) -> str:
@@ -66,6 +92,7 @@ class Database:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._all: set[Any] = set()
+        self._notice: str | None = None
 
     @property
     def name(self) -> str:
@@ -76,15 +103,37 @@ class Database:
 
     def _connection(self) -> Any:
         conn = getattr(self._local, "conn", None)
-        if conn is None:
+        if conn is not None:
             try:
-                conn = self.dialect.connect()
-            except _DRIVER_ERRORS as exc:
-                raise DatabaseError(f"cannot connect to {self.describe()}: {_reason(exc)}") from exc
-            self._local.conn = conn
-            with self._lock:
-                self._all.add(conn)
+                moved = self.dialect.identity() != self._local.identity
+            except FileNotFoundError:
+                self._drop(conn)
+                self._notice = f"{self.describe()} was deleted while ratecared ran"
+                raise DatabaseMissing(f"the database file of {self.describe()} is gone: deleted while ratecared"
+                                      " ran") from None
+            if moved:
+                self._drop(conn)
+                self._notice = f"{self.describe()} was replaced by another file while ratecared ran; reconnected to it"
+                conn = None
+        return conn if conn is not None else self._open(create=False)
+
+    def _open(self, create: bool) -> Any:
+        try:
+            conn = self.dialect.connect(create)
+            identity = self.dialect.identity()
+        except FileNotFoundError as exc:
+            raise DatabaseMissing(str(exc)) from None
+        except _DRIVER_ERRORS as exc:
+            raise DatabaseError(f"cannot connect to {self.describe()}: {_reason(exc)}") from exc
+        self._local.conn, self._local.identity = conn, identity
+        with self._lock:
+            self._all.add(conn)
         return conn
+
+    def create(self) -> None:
+        """Make the database if it is missing: the SQLite file and its directory. Only migrating does."""
+        if getattr(self._local, "conn", None) is None:
+            self._open(create=True)
 
     def _drop(self, conn: Any) -> None:
         self._local.conn = None
@@ -134,8 +183,38 @@ class Database:
             for row in rows:
                 tx.execute(sql, row)
 
-    def upsert(self, table: str, row: dict[str, Any], keys: Sequence[str]) -> None:
-        self.execute(self.dialect.upsert(table, list(row), keys), list(row.values()))
+    def has_table(self, table: str) -> bool:
+        return self.dialect.has_table(self.query, table)
+
+    @contextmanager
+    def named_lock(self, name: str, wait: float = math.inf, stop: threading.Event | None = None,
+                   waiting: Callable[[Any], None] = lambda holder: None) -> Iterator[bool]:
+        """Hold a lock named `name` across daemons (MySQL GET_LOCK; SQLite needs none).
+
+        Tries once a second for up to `wait` seconds, giving up early once
+        `stop` is set; yields whether it got the lock. `waiting(holder)` hears
+        once that another session holds it. The lock belongs to this thread's
+        connection: it is taken and released on the thread that holds it.
+        """
+        deadline = time.monotonic() + wait
+        told = False
+        while True:
+            got = self.dialect.get_lock(self.query, name, 1)
+            if got:
+                break
+            if not told:
+                waiting(self.dialect.lock_holder(self.query, name))
+                told = True
+            if (stop is not None and stop.is_set()) or time.monotonic() >= deadline:
+                break
+        try:
+            yield got
+        finally:
+            if got:
+                try:
+                    self.dialect.release_lock(self.query, name)
+                except DatabaseError:
+                    pass  # a dropped connection has released it already
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
@@ -155,6 +234,35 @@ class Database:
     def ping(self) -> None:
         """Raise DatabaseError unless a trivial query succeeds right now."""
         self.query("SELECT 1")
+
+    def probe(self) -> Probe:
+        """Whether the database answers and takes writes now, and what happened to its file.
+
+        `SELECT 1` alone says OK for a read-only database on which every write
+        fails, so a write that changes nothing is tried too, and rolled back.
+        """
+        try:
+            self.ping()
+        except DatabaseError as exc:
+            return Probe(False, False, str(exc), self._notice)
+        try:
+            refusal = self.dialect.read_only(self.query)
+            if refusal is None:
+                self._rolled_back(_WRITE_PROBE)
+        except DatabaseError as exc:
+            refusal = f"writes are refused: {exc}"
+        return Probe(True, refusal is None, refusal, self._notice)
+
+    def _rolled_back(self, sql: str) -> None:
+        conn = self._connection()
+        self._run(conn, "BEGIN", (), fetch=False)
+        try:
+            self._run(conn, sql, (), fetch=False)
+        finally:
+            try:
+                self._run(conn, "ROLLBACK", (), fetch=False)
+            except DatabaseError:
+                pass  # the write failed and took the transaction with it
 
     def close(self) -> None:
         """Close every thread's connection (at shutdown)."""

@@ -3,16 +3,17 @@
 Queries elsewhere are written once, with `?` placeholders and backquoted
 reserved words (`key`, `trigger`), which both engines accept; the few
 statements that cannot be shared (upserts, named locks, table options,
-space reclaim) are built here.
+space reclaim, read-only checks) are built here.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import pymysql
 
@@ -27,10 +28,21 @@ class SQLite:
     # Free pages belong to the file, not to one table: that is what incremental_vacuum returns.
     space_of = "the database file"
 
-    def connect(self) -> sqlite3.Connection:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+    def connect(self, create: bool = False) -> sqlite3.Connection:
+        """Open the file; only with `create` (migrating) make it, and its directory, if missing.
+
+        A daemon that refuses to start must leave no empty database behind.
+        """
+        if self.path == ":memory:":
+            conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        else:
+            if create:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            elif not os.path.exists(self.path):
+                raise FileNotFoundError(f"the SQLite database {self.path} does not exist;"
+                                        " `ratecared migrate` (or database.auto_migrate = true) creates it")
+            conn = sqlite3.connect(f"file:{quote(self.path)}?mode={'rwc' if create else 'rw'}", uri=True,
+                                   timeout=self.timeout, isolation_level=None)
         if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
             # Must precede the first table: lets purges hand pages back with
             # incremental_vacuum instead of an exclusive full VACUUM.
@@ -40,8 +52,37 @@ class SQLite:
         conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
         return conn
 
+    def identity(self) -> tuple[int, int] | None:
+        """(st_dev, st_ino) of the file at the path now; FileNotFoundError when there is none.
+
+        A connection keeps the file it opened: compared with this, it shows a
+        database file deleted or replaced under the daemon.
+        """
+        if self.path == ":memory:":
+            return None
+        st = os.stat(self.path)
+        return st.st_dev, st.st_ino
+
     def sql(self, text: str) -> str:
         return text
+
+    def has_table(self, query: Query, table: str) -> bool:
+        return bool(query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)))
+
+    # Named locks: one file is one daemon's, and its jobs run one at a time on
+    # one thread, so the claim row is enough.
+    def get_lock(self, query: Query, name: str, seconds: int) -> bool:
+        return True
+
+    def lock_holder(self, query: Query, name: str) -> Any:
+        return None
+
+    def release_lock(self, query: Query, name: str) -> None:
+        pass
+
+    def read_only(self, query: Query) -> str | None:
+        """Why the server refuses writes whatever the session does; SQLite tells at the write."""
+        return None
 
     def upsert(self, table: str, columns: Sequence[str], keys: Sequence[str]) -> str:
         cols = ", ".join(f"`{c}`" for c in columns)
@@ -86,7 +127,8 @@ class MySQL:
     name = "mysql"
     space_of = "the table"
 
-    def connect(self) -> pymysql.connections.Connection:
+    def connect(self, create: bool = False) -> pymysql.connections.Connection:
+        """Connect; the database itself is the administrator's to create, so `create` changes nothing."""
         password = self.url_password
         if password is None and self.password_source is not None:
             password = self.password_source()
@@ -108,8 +150,34 @@ class MySQL:
             cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
         return conn
 
+    def identity(self) -> tuple[int, int] | None:
+        return None
+
     def sql(self, text: str) -> str:
         return text.replace("%", "%%").replace("?", "%s")
+
+    def has_table(self, query: Query, table: str) -> bool:
+        return bool(query("SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()"
+                          " AND TABLE_NAME = ?", (table,)))
+
+    # Named locks belong to the session (this thread's connection): taken and
+    # released on one thread, and gone if the connection drops.
+    def get_lock(self, query: Query, name: str, seconds: int) -> bool:
+        return query("SELECT GET_LOCK(?, ?)", (name, seconds))[0][0] == 1
+
+    def lock_holder(self, query: Query, name: str) -> Any:
+        """The connection id holding the lock, or None."""
+        return query("SELECT IS_USED_LOCK(?)", (name,))[0][0]
+
+    def release_lock(self, query: Query, name: str) -> None:
+        query("SELECT RELEASE_LOCK(?)", (name,))
+
+    def read_only(self, query: Query) -> str | None:
+        """Why the server refuses writes: read_only, super_read_only (MySQL) or innodb_read_only on."""
+        rows = query("SHOW GLOBAL VARIABLES WHERE Variable_name IN ('read_only', 'super_read_only',"
+                     " 'innodb_read_only')")
+        on = sorted(name for name, value in rows if str(value).upper() in ("ON", "1"))
+        return f"the server is read-only ({', '.join(f'{name}=ON' for name in on)})" if on else None
 
     def upsert(self, table: str, columns: Sequence[str], keys: Sequence[str]) -> str:
         cols = ", ".join(f"`{c}`" for c in columns)
