@@ -8,12 +8,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterable, Sequence
 from zoneinfo import ZoneInfo
 
-import structlog
-
 from ratecared.config import JOB_DEFAULTS, JobConfig
 from ratecared.db import Database, timestamp
-from ratecared.jobs.context import JobContext
-from ratecared.jobs.purge import ChunkPolicy
+from ratecared.job_contract import ChunkPolicy, JobContext
 from ratecared.settings import Settings
 
 UTC = timezone.utc
@@ -46,9 +43,8 @@ def make_context(db: Database, job: str, now: datetime, tz: str = "Europe/Istanb
     defaults = {k: v for k, v in JOB_DEFAULTS[job].items()}
     defaults.update(config)
     return JobContext(
-        name=job, run_id="test", database=db, settings=settings, config=JobConfig(**defaults),
-        tz=ZoneInfo(tz), now=now.astimezone(UTC), stop=stop or threading.Event(),
-        log=structlog.get_logger(f"ratecared.jobs.{job}"), chunks=chunks,
+        name=job, database=db, settings=settings, config=JobConfig(**defaults),
+        tz=ZoneInfo(tz), now=now.astimezone(UTC), stop=stop or threading.Event(), chunks=chunks,
     )
 
 

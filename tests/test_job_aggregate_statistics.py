@@ -10,7 +10,7 @@ import pytest
 from jobhelpers import REQUEST_COLUMNS, days_of_requests, insert_rows, local, make_context, request_row
 from ratecared.db import Database
 from ratecared.jobs import aggregate_statistics
-from ratecared.jobs.purge import ChunkPolicy, Interrupted
+from ratecared.job_contract import ChunkPolicy, Interrupted
 from ratecared.settings import Settings
 
 TZ = "Europe/Istanbul"

@@ -10,7 +10,7 @@ import pytest
 from jobhelpers import insert_rows, local, make_context
 from ratecared.db import Database, timestamp
 from ratecared.jobs import cleanup_expired_cache
-from ratecared.jobs.purge import ChunkPolicy, Interrupted
+from ratecared.job_contract import ChunkPolicy, Interrupted
 from ratecared.settings import Settings
 
 NOW = local("Europe/Istanbul", 2026, 11, 28, 3, 0)

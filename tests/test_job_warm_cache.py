@@ -7,12 +7,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator
 
 import pytest
+from structlog.testing import capture_logs
 
 from conftest import wait_for
 from jobhelpers import insert_rows, local, make_context
 from ratecared.db import Database
 from ratecared.jobs import warm_cache
-from ratecared.jobs.purge import Interrupted
+from ratecared.job_contract import Interrupted
 from ratecared.settings import Settings
 
 NOW = local("Europe/Istanbul", 2026, 11, 28, 6, 0)
@@ -132,10 +133,10 @@ def test_a_request_that_outlives_its_timeout_fails(database: Database, app_facto
     settings = Settings(warming_enabled=True, warming_widget_count=2)
     ctx = make_context(database, "warm_cache", NOW, settings=settings, url=app.url, concurrency=2, timeout=0.2,
                        max_consecutive_failures=100)
-    ctx.log = log = RecordedLog()
-    result = warm_cache.run(ctx)
+    with capture_logs() as lines:
+        result = warm_cache.run(ctx)
     assert (result.details["warmed"], result.details["failed"]) == (0, 2)
-    errors = [fields["error"] for event, fields in log.lines if event == "widget warming failed"]
+    errors = [line["error"] for line in lines if line["event"] == "widget warming failed"]
     assert errors == ["ReadTimeout: no answer within 0.2 s"] * 2
 
 
@@ -158,26 +159,14 @@ def test_unreachable_app_is_a_failure_not_a_crash(database: Database) -> None:
     assert result.status == "failed" and result.details["failed"] == 3
 
 
-class RecordedLog:
-    """The job's log lines, as (event, fields)."""
-
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, dict[str, object]]] = []
-
-    def info(self, event: str, **fields: object) -> None:
-        self.lines.append((event, fields))
-
-    warning = info
-
-
 def test_a_failure_says_why(database: Database) -> None:
     popular(database)
     settings = Settings(warming_enabled=True, warming_widget_count=1)
     ctx = make_context(database, "warm_cache", NOW, settings=settings, url="http://127.0.0.1:9/w/{widget_id}",
                        max_consecutive_failures=1)
-    ctx.log = log = RecordedLog()
-    warm_cache.run(ctx)
-    errors = [fields["error"] for event, fields in log.lines if event == "widget warming failed"]
+    with capture_logs() as lines:
+        warm_cache.run(ctx)
+    errors = [line["error"] for line in lines if line["event"] == "widget warming failed"]
     assert errors == ["ConnectionError: [Errno 111] Connection refused"]
 
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
+from ratecared.job_contract import Job
 from ratecared.jobs import aggregate_statistics, cleanup_expired_cache, warm_cache
-from ratecared.jobs.context import JobContext, JobResult
 
-JOBS: dict[str, Callable[[JobContext], JobResult]] = {
+JOBS: dict[str, Job] = {
     "aggregate_statistics": aggregate_statistics.run,
     "cleanup_expired_cache": cleanup_expired_cache.run,
     "warm_cache": warm_cache.run,

@@ -11,11 +11,11 @@ chunks along the primary key, and never a day that has no summary.
 from __future__ import annotations
 
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, Callable
 
 from ratecared.db import Database, parse_timestamp, timestamp
-from ratecared.jobs.context import JobContext, JobResult
-from ratecared.jobs.purge import Interrupted, PurgeStats, delete_before, delete_id_windows
+from ratecared.job_contract import Interrupted, JobContext, JobResult, RunStatus
+from ratecared.jobs.purge import PurgeInterrupted, PurgeStats, delete_before, delete_id_windows
 from ratecared.jobs.space import optimize_if_it_pays
 
 REROLL_DAYS = 2
@@ -96,8 +96,12 @@ def retention_cutoff(ctx: JobContext) -> str:
     return ctx.day_bounds(keep_from)[0]
 
 
-def purge_details(ctx: JobContext, cutoff: str) -> PurgeStats:
-    """Delete detail rows before `cutoff`: id windows from the oldest row, then stragglers."""
+def purge_details(ctx: JobContext, cutoff: str,
+                  on_chunk: Callable[[PurgeStats], None] = lambda stats: None) -> PurgeStats:
+    """Delete detail rows before `cutoff`: id windows from the oldest row, then stragglers.
+
+    `on_chunk` sees the stats of both walks together after every chunk.
+    """
     db = ctx.database
     low = db.query("SELECT MIN(id) FROM api_requests")[0][0]
     if low is None:
@@ -107,13 +111,15 @@ def purge_details(ctx: JobContext, cutoff: str) -> PurgeStats:
     # walk; the created_at guard keeps any row whose id and time disagree.
     boundary = db.query("SELECT id FROM api_requests WHERE created_at >= ? ORDER BY created_at LIMIT 1", (cutoff,))
     end = int(boundary[0][0]) if boundary else int(db.query("SELECT MAX(id) FROM api_requests")[0][0]) + 1
-    walked = delete_id_windows(db, "api_requests", "created_at", cutoff, low, end, ctx.stop, ctx.chunks)
+    walked = delete_id_windows(db, "api_requests", "created_at", cutoff, low, end, ctx.stop, ctx.chunks,
+                               on_chunk=on_chunk)
     # Rows written late with an old created_at sit beyond the boundary id:
     # a pass along the created_at index finds them.
     try:
-        return walked.add(delete_before(db, "api_requests", "created_at", cutoff, ctx.stop, ctx.chunks))
-    except Interrupted as exc:
-        raise Interrupted(walked.add(exc.stats)) from None
+        return walked.add(delete_before(db, "api_requests", "created_at", cutoff, ctx.stop, ctx.chunks,
+                                        on_chunk=lambda stats: on_chunk(walked.add(stats))))
+    except PurgeInterrupted as exc:
+        raise PurgeInterrupted(walked.add(exc.stats)) from None
 
 
 def run(ctx: JobContext) -> JobResult:
@@ -128,15 +134,18 @@ def run(ctx: JobContext) -> JobResult:
             done["requests_summarised"] += requests
             done["widget_rows"] += widgets
             ctx.log.info("day summarised", day=day.isoformat(), requests=requests, widgets=widgets)
+            ctx.progress(_rows_written(done), done)
         ctx.check()
         cutoff = retention_cutoff(ctx)
         done["cutoff"] = ctx.shown(cutoff)
-        purge = purge_details(ctx, cutoff)
+        purge = purge_details(ctx, cutoff, on_chunk=lambda stats: ctx.progress(
+            _rows_written(done) + stats.rows, {**done, **stats.as_details()}))
     except Interrupted as exc:
         raise exc.including(_rows_written(done), done) from None
     ctx.log.info("detail rows purged", cutoff=done["cutoff"], **purge.as_details())
     space: dict[str, Any] = optimize_if_it_pays(ctx, "api_requests")
-    return JobResult("success", rows=_rows_written(done) + purge.rows, details={**done, **purge.as_details(), **space})
+    return JobResult(RunStatus.SUCCESS, rows=_rows_written(done) + purge.rows,
+                     details={**done, **purge.as_details(), **space})
 
 
 def _rows_written(done: dict[str, Any]) -> int:

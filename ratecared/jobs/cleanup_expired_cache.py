@@ -9,8 +9,8 @@ bounded sample of the table picks the walk.
 from __future__ import annotations
 
 from ratecared.db import Database, timestamp
-from ratecared.jobs.context import JobContext, JobResult
-from ratecared.jobs.purge import Interrupted, delete_before, delete_id_windows
+from ratecared.job_contract import Interrupted, JobContext, JobResult, RunStatus
+from ratecared.jobs.purge import PurgeStats, delete_before, delete_id_windows
 from ratecared.jobs.space import optimize_if_it_pays
 
 
@@ -32,20 +32,25 @@ def expired_share(db: Database, now: str, low: int, high: int) -> float:
 
 def run(ctx: JobContext) -> JobResult:
     if not ctx.settings.cleanup_enabled:
-        return JobResult("skipped", details={"reason": "cache-cleanup-enabled is 0"})
+        return JobResult(RunStatus.SKIPPED, details={"reason": "cache-cleanup-enabled is 0"})
     db = ctx.database
     now = timestamp(ctx.now)
     low, high = db.query("SELECT MIN(id), MAX(id) FROM cache")[0]
     share = expired_share(db, now, int(low), int(high)) if low is not None else 0.0
     walk = "primary_key" if share >= PRIMARY_KEY_WALK_SHARE else "expires_at_index"
     plan = {"expired_before": ctx.shown(ctx.now), "walk": walk, "sampled_expired_share": round(share, 3)}
+
+    def progress(stats: PurgeStats) -> None:
+        ctx.progress(stats.rows, {**plan, **stats.as_details()})
+
     try:
         if walk == "primary_key":
-            purge = delete_id_windows(db, "cache", "expires_at", now, int(low), int(high) + 1, ctx.stop, ctx.chunks)
+            purge = delete_id_windows(db, "cache", "expires_at", now, int(low), int(high) + 1, ctx.stop, ctx.chunks,
+                                      on_chunk=progress)
         else:
-            purge = delete_before(db, "cache", "expires_at", now, ctx.stop, ctx.chunks)
+            purge = delete_before(db, "cache", "expires_at", now, ctx.stop, ctx.chunks, on_chunk=progress)
     except Interrupted as exc:
         raise exc.including(0, plan) from None
     ctx.log.info("expired cache rows deleted", **plan, **purge.as_details())
     space = optimize_if_it_pays(ctx, "cache")
-    return JobResult("success", rows=purge.rows, details={**plan, **purge.as_details(), **space})
+    return JobResult(RunStatus.SUCCESS, rows=purge.rows, details={**plan, **purge.as_details(), **space})

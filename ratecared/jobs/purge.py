@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ratecared.db import Database
+from ratecared.job_contract import ChunkPolicy, Interrupted
 
 
 @dataclass
@@ -43,33 +44,16 @@ class PurgeStats:
         }
 
 
-class Interrupted(Exception):
-    """The daemon is stopping; the job ends at the next chunk boundary.
+class PurgeInterrupted(Interrupted):
+    """A stop between two chunks: the purge's stats so far, for the job to add its own work to."""
 
-    It carries what the run did before it stopped, so the run's record shows
-    the rows it deleted or wrote rather than nothing.
-    """
-
-    def __init__(self, stats: PurgeStats | None = None) -> None:
-        super().__init__("the daemon was stopping")
-        self.stats = stats or PurgeStats()
-        self.rows = self.stats.rows
-        self.details: dict[str, Any] = self.stats.as_details() if self.stats.chunks else {}
-
-    def including(self, rows: int, details: dict[str, Any]) -> "Interrupted":
-        """This interruption with the work the job did before it added."""
-        self.rows += rows
-        self.details = {**details, **self.details}
-        return self
+    def __init__(self, stats: PurgeStats) -> None:
+        super().__init__(stats.rows, stats.as_details() if stats.chunks else {})
+        self.stats = stats
 
 
-@dataclass(frozen=True)
-class ChunkPolicy:
-    target_seconds: float = 0.1
-    pause_ratio: float = 0.1
-    initial: int = 5000
-    smallest: int = 500
-    largest: int = 100_000
+def _ignore(stats: PurgeStats) -> None:
+    """No one follows this purge's progress."""
 
 
 def delete_in_chunks(
@@ -77,10 +61,12 @@ def delete_in_chunks(
     stop: threading.Event,
     policy: ChunkPolicy = ChunkPolicy(),
     clock: Callable[[], float] = time.monotonic,
+    on_chunk: Callable[[PurgeStats], None] = _ignore,
 ) -> PurgeStats:
     """Call `delete_chunk(size) -> (rows deleted, finished)` until finished.
 
-    Raises Interrupted, with the stats so far, when `stop` is set.
+    `on_chunk` sees the stats after every chunk (the run's progress).
+    Raises PurgeInterrupted, with the stats so far, when `stop` is set.
     """
     stats = PurgeStats()
     size = policy.initial
@@ -88,12 +74,13 @@ def delete_in_chunks(
     while True:
         if stop.is_set():
             stats.seconds = clock() - started
-            raise Interrupted(stats)
+            raise PurgeInterrupted(stats)
         begun = clock()
         deleted, finished = delete_chunk(size)
         elapsed = clock() - begun
         stats.rows += deleted
         stats.chunk_seconds.append(elapsed)
+        on_chunk(stats)
         if finished:
             break
         scale = policy.target_seconds / max(elapsed, 1e-4)
@@ -109,7 +96,8 @@ def delete_in_chunks(
 
 
 def delete_before(
-    db: Database, table: str, column: str, before: str, stop: threading.Event, policy: ChunkPolicy = ChunkPolicy()
+    db: Database, table: str, column: str, before: str, stop: threading.Event, policy: ChunkPolicy = ChunkPolicy(),
+    on_chunk: Callable[[PurgeStats], None] = _ignore,
 ) -> PurgeStats:
     """Delete rows of `table` whose `column` < `before`, walking that column's index.
 
@@ -138,12 +126,12 @@ def delete_before(
         deleted = db.execute(f"DELETE FROM {table} WHERE id IN ({marks}) AND {column} < ?", (*ids, before))
         return deleted, len(rows) < size
 
-    return delete_in_chunks(chunk, stop, policy)
+    return delete_in_chunks(chunk, stop, policy, on_chunk=on_chunk)
 
 
 def delete_id_windows(
     db: Database, table: str, column: str, before: str, low: int, end: int, stop: threading.Event,
-    policy: ChunkPolicy = ChunkPolicy(),
+    policy: ChunkPolicy = ChunkPolicy(), on_chunk: Callable[[PurgeStats], None] = _ignore,
 ) -> PurgeStats:
     """Delete rows of `table` with `column` < `before` and `low` <= id < `end`, in windows of ids.
 
@@ -165,4 +153,4 @@ def delete_id_windows(
             position = end if following is None else int(following)
         return deleted, position >= end
 
-    return delete_in_chunks(chunk, stop, policy)
+    return delete_in_chunks(chunk, stop, policy, on_chunk=on_chunk)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ratecared.db import DatabaseError
-from ratecared.jobs.context import JobContext
+from ratecared.job_contract import JobContext
 
 MIN_FREE_SHARE = 0.2
 MB = 1024 * 1024
