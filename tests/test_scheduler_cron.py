@@ -6,20 +6,22 @@ release; the answers must be the same.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from ratecared.scheduler.cron import dst_note, fires_between, next_fire, previous_fire
+from ratecared.scheduler.cron import Schedule
 
 
 def fires(expression: str, zone: str, after: str, count: int) -> list[str]:
-    tz = ZoneInfo(zone)
-    current = datetime.fromisoformat(after).replace(tzinfo=tz)
+    schedule = Schedule(expression, ZoneInfo(zone))
+    current = datetime.fromisoformat(after).replace(tzinfo=schedule.tz)
     out = []
     for _ in range(count):
-        current = next_fire(expression, current, tz)
+        current = schedule.next(current)
         out.append(current.isoformat())
     return out
 
@@ -69,32 +71,45 @@ def test_from_the_second_occurrence_of_a_repeated_hour_the_job_does_not_run_agai
     tz = ZoneInfo("Europe/Berlin")
     second = datetime(2026, 10, 25, 2, 30, tzinfo=tz, fold=1)
     first = datetime(2026, 10, 25, 2, 30, tzinfo=tz, fold=0)
-    assert next_fire("0 2 * * *", second, tz).isoformat() == "2026-10-26T02:00:00+01:00"
-    assert next_fire("0 2 * * *", first, tz).isoformat() == "2026-10-26T02:00:00+01:00"
-    assert next_fire("45 2 * * *", first, tz).isoformat() == "2026-10-25T02:45:00+02:00"
-    assert next_fire("45 2 * * *", second, tz).isoformat() == "2026-10-26T02:45:00+01:00"
+    assert Schedule("0 2 * * *", tz).next(second).isoformat() == "2026-10-26T02:00:00+01:00"
+    assert Schedule("0 2 * * *", tz).next(first).isoformat() == "2026-10-26T02:00:00+01:00"
+    assert Schedule("45 2 * * *", tz).next(first).isoformat() == "2026-10-25T02:45:00+02:00"
+    assert Schedule("45 2 * * *", tz).next(second).isoformat() == "2026-10-26T02:45:00+01:00"
 
 
 def test_hourly_job_runs_once_per_real_hour_through_the_gap() -> None:
-    tz = ZoneInfo("Europe/Berlin")
-    start = datetime(2026, 3, 29, 0, 30, tzinfo=tz)
-    until = datetime(2026, 3, 29, 4, 30, tzinfo=tz)
-    got = [f.strftime("%H:%M%z") for f in fires_between("0 * * * *", start, until, tz)]
+    hourly = Schedule("0 * * * *", ZoneInfo("Europe/Berlin"))
+    current = datetime(2026, 3, 29, 0, 30, tzinfo=hourly.tz)
+    got = []
+    for _ in range(3):
+        current = hourly.next(current)
+        got.append(current.strftime("%H:%M%z"))
     assert got == ["01:00+0100", "03:00+0200", "04:00+0200"]
 
 
-def test_previous_fire_for_catch_up() -> None:
+def test_previous_is_the_slot_in_effect() -> None:
     tz = ZoneInfo("Europe/Istanbul")
     at = datetime(2026, 11, 28, 9, 0, tzinfo=tz)
-    assert previous_fire("0 2 * * *", at, tz).isoformat() == "2026-11-28T02:00:00+03:00"
-    assert previous_fire("0 10 * * *", at, tz).isoformat() == "2026-11-27T10:00:00+03:00"
+    assert Schedule("0 2 * * *", tz).previous(at).isoformat() == "2026-11-28T02:00:00+03:00"
+    assert Schedule("0 10 * * *", tz).previous(at).isoformat() == "2026-11-27T10:00:00+03:00"
 
 
 def test_dst_notes_for_ratecarectl_jobs() -> None:
     tz = ZoneInfo("Europe/Berlin")
-    gap = next_fire("0 2 * * *", datetime(2026, 3, 28, 12, tzinfo=tz), tz)
-    assert dst_note("0 2 * * *", gap, tz) == "02:00 does not exist on 2026-03-29 (DST starts): runs at 03:00 CEST"
-    fold = next_fire("0 2 * * *", datetime(2026, 10, 24, 12, tzinfo=tz), tz)
-    assert dst_note("0 2 * * *", fold, tz) == "02:00 occurs twice on 2026-10-25 (DST ends): runs once, at the first"
-    plain = next_fire("0 6 * * *", datetime(2026, 10, 24, 12, tzinfo=tz), tz)
-    assert dst_note("0 6 * * *", plain, tz) is None
+    daily = Schedule("0 2 * * *", tz)
+    gap = daily.next(datetime(2026, 3, 28, 12, tzinfo=tz))
+    assert daily.dst_note(gap) == "02:00 does not exist on 2026-03-29 (DST starts): runs at 03:00 CEST"
+    fold = daily.next(datetime(2026, 10, 24, 12, tzinfo=tz))
+    assert daily.dst_note(fold) == "02:00 occurs twice on 2026-10-25 (DST ends): runs once, at the first"
+    morning = Schedule("0 6 * * *", tz)
+    assert morning.dst_note(morning.next(datetime(2026, 10, 24, 12, tzinfo=tz))) is None
+
+
+def loaded_by(module: str, prefixes: tuple[str, ...]) -> list[str]:
+    """The modules with these prefixes that importing `module` loads, in a fresh interpreter."""
+    code = f"import sys, {module}; print(' '.join(sorted(m for m in sys.modules if m.startswith({prefixes!r}))))"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+
+
+def test_the_schedule_arithmetic_loads_no_database_layer() -> None:
+    assert loaded_by("ratecared.scheduler.cron", ("ratecared.db", "pymysql", "sqlite3")) == []

@@ -2,14 +2,20 @@
 
 A slot is claimed by inserting its row (unique on job + slot) before the job
 starts, so it runs once however many daemons share the database; on MySQL a
-named lock (GET_LOCK) keeps jobs from overlapping across daemons too. A run
-that a killed daemon left `running` is marked `interrupted` at the next start.
-Missed slots run once at start if they are within the job's starting deadline
-and are recorded as skipped otherwise. Manual runs go through the same claim
-and lock, one at a time with the scheduled ones.
+named lock keeps jobs from overlapping across daemons too. A run that a
+killed daemon left `running` is marked `interrupted` at the next start, with
+the rows, details and time of the last progress it wrote. What runs next is
+the plan (scheduler/plan.py): one entry per job, seeded at start from the
+database, so missed slots need no phase of their own. Manual runs go through
+the same claim and lock, one at a time with the scheduled ones.
 
-`catch_up` is pure; `Runner.step` and `Runner.start_up` take the time as an
-argument, so the tests drive the scheduler without sleeping.
+State shared with other threads (the plan, the running job, the queue of
+manual runs) is behind one lock that every reader and writer takes; the
+config is read through the daemon's one reference whenever it is needed, so
+a reload reaches the next plan and the next run.
+
+`Runner.step` and `Runner.start_up` take the time as an argument, so the
+tests drive the scheduler without sleeping.
 """
 
 from __future__ import annotations
@@ -20,49 +26,87 @@ import time
 import uuid
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import StrEnum
+from functools import partial
+from typing import Any, Callable, Mapping
+from zoneinfo import ZoneInfo
+
+from structlog.contextvars import bound_contextvars
 
 from ratecared import logs
 from ratecared.config import Config
 from ratecared.db import Database, DatabaseError, IntegrityError, parse_timestamp, timestamp
-from ratecared.jobs import JOBS
-from ratecared.jobs.context import JobContext, JobResult
-from ratecared.jobs.purge import ChunkPolicy, Interrupted
-from ratecared.scheduler.cron import dst_note, fires_between, next_fire, previous_fire
+from ratecared.job_contract import ChunkPolicy, Interrupted, Job, JobContext, JobResult, RunStatus, logger
+from ratecared.scheduler import plan
+from ratecared.scheduler.cron import Schedule
 from ratecared.settings import Settings
 
 UTC = timezone.utc
 LOCK_NAME = "ratecared:jobs"
-# At most this many missed slots of one job are recorded as skipped at start.
-MAX_SKIPPED_RECORDS = 50
+# The loop wakes at least this often, so a clock step or a DST change is noticed within a minute.
 MAX_WAIT = 60.0
+RETRY = 5.0
+DROPPED = "the daemon stopped before the run started"
+
+
+class Trigger(StrEnum):
+    """Why a run happened, as `job_runs.trigger` spells it."""
+
+    SCHEDULE = "schedule"
+    CATCHUP = "catchup"  # a slot that came while the daemon was down
+    MANUAL = "manual"
 
 
 @dataclass(frozen=True)
-class CatchUp:
-    run: datetime | None
-    skipped: list[datetime]
+class RunRecord:
+    """One run, as its `job_runs` row holds it."""
+
+    job: str
+    run_id: str
+    trigger: Trigger
+    status: RunStatus
+    slot: datetime | None = None
+    host: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    rows: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def as_json(self, tz: ZoneInfo) -> dict[str, Any]:
+        """The run as the API and `ratecarectl history` show it: local times with their offsets."""
+
+        def shown(moment: datetime | None) -> str | None:
+            return moment.astimezone(tz).isoformat() if moment is not None else None
+
+        ended = self.finished_at if self.status is not RunStatus.RUNNING else None
+        return {
+            "job": self.job,
+            "run_id": self.run_id,
+            "slot": shown(self.slot),
+            "trigger": self.trigger.value,
+            "host": self.host,
+            "status": self.status.value,
+            "started_at": shown(self.started_at),
+            "finished_at": shown(ended),
+            "duration_seconds": (round((ended - self.started_at).total_seconds(), 3)
+                                 if ended is not None and self.started_at is not None else None),
+            "rows": self.rows,
+            "details": self.details,
+            "error": self.error,
+        }
 
 
-def catch_up(expression: str, last_slot: datetime | None, now: datetime, tz: Any, deadline: float) -> CatchUp:
-    """What to do at start about slots missed since `last_slot`.
+_COLUMNS = "job, run_id, `trigger`, status, slot, host, started_at, finished_at, rows_affected, details, error"
 
-    The latest missed slot runs if it is within `deadline` seconds; the others
-    (and it, when too old) are recorded as skipped. With no slot on record the
-    daemon is new, and nothing was missed.
-    """
-    if last_slot is None:
-        return CatchUp(None, [])
-    lookback = max(timedelta(days=8), timedelta(seconds=deadline) + timedelta(days=1))
-    latest = previous_fire(expression, now, tz, lookback)
-    if latest is None or latest.astimezone(UTC) <= last_slot.astimezone(UTC):
-        return CatchUp(None, [])
-    missed = list(fires_between(expression, max(last_slot, now - lookback), latest, tz))
-    if (now - latest).total_seconds() <= deadline:
-        return CatchUp(latest, missed[:-1][-MAX_SKIPPED_RECORDS:])
-    return CatchUp(None, missed[-MAX_SKIPPED_RECORDS:])
+
+def _from_row(row: tuple[Any, ...]) -> RunRecord:
+    job, run_id, trigger, status, slot, host, started, finished, rows, details, error = row
+    return RunRecord(job, run_id, Trigger(trigger), RunStatus(status), parse_timestamp(slot), host,
+                     parse_timestamp(started), parse_timestamp(finished), int(rows or 0),
+                     json.loads(details) if details else {}, error)
 
 
 @dataclass
@@ -76,9 +120,6 @@ class Stopping(Exception):
     """The daemon is stopping: no new manual run is taken."""
 
 
-DROPPED = "the daemon stopped before the run started"
-
-
 def _settle(future: Future[dict[str, Any]], result: dict[str, Any] | None = None,
             exception: BaseException | None = None) -> None:
     """Resolve a manual run's future unless a waiter's cancellation already did."""
@@ -90,12 +131,17 @@ def _settle(future: Future[dict[str, Any]], result: dict[str, Any] | None = None
         future.set_result(result or {})
 
 
+def _new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
 class Runner(threading.Thread):
     def __init__(
         self,
-        config: Config,
+        config: Callable[[], Config],
         database: Database,
         host: str,
+        jobs: Mapping[str, Job],
         settings: Callable[[], Settings],
         refresh_settings: Callable[[], None],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -104,99 +150,171 @@ class Runner(threading.Thread):
         self.config = config
         self.db = database
         self.host = host
+        self.jobs = jobs
         self.settings = settings
         self.refresh_settings = refresh_settings
         self.clock = clock
-        self.tz = config.daemon.tz
         self.stop_event = threading.Event()
         self.wake = threading.Event()
-        self._manual: deque[_Manual] = deque()
-        self._manual_lock = threading.Lock()
-        self._closed = False
-        self.next_slots: dict[str, datetime] = {}
-        self.pending_catch_up: list[tuple[datetime, str]] = []
-        self.current: tuple[str, str] | None = None
         self.log = logs.get("ratecared.scheduler")
+        # Everything below is shared with the API's threads: only under _lock.
+        self._lock = threading.Lock()
+        self._plan: dict[str, plan.Planned] | None = None  # None until start_up has read the database
+        self._planned_for: Config | None = None
+        self._current: str | None = None
+        self._manual: deque[_Manual] = deque()
+        self._closed = False
+        # Not shared: the scheduler thread's own.
+        self._started_at: datetime | None = None
 
     # -- planning ------------------------------------------------------------------
 
     def start_up(self, now: datetime) -> None:
-        """Mark this host's orphaned runs interrupted and plan catch-up runs."""
-        stamp = timestamp(now)
-        orphans = self.db.query("SELECT id, job, run_id FROM job_runs WHERE host = ? AND status = 'running'",
-                                (self.host,))
+        """Mark this host's orphaned runs interrupted, note the first start, and seed the plan."""
+        orphans = self.db.query("SELECT id, job, run_id FROM job_runs WHERE host = ? AND status = ?",
+                                (self.host, RunStatus.RUNNING.value))
         for row_id, job, run_id in orphans:
+            # It ended when it last wrote progress, as far as anyone can tell; not now.
             self.db.execute(
-                "UPDATE job_runs SET status = 'interrupted', finished_at = ?,"
+                "UPDATE job_runs SET status = ?, finished_at = COALESCE(progress_at, started_at),"
                 " error = 'the daemon stopped during the run; found at the next start' WHERE id = ?",
-                (stamp, row_id))
+                (RunStatus.INTERRUPTED.value, row_id))
             self.log.warning("interrupted run found", job=job, run_id=run_id)
-        for order, (job, job_config) in enumerate(self.config.jobs.items()):
+        try:
+            self.db.execute("INSERT INTO ratecared_database (id, first_started_at, first_host) VALUES (1, ?, ?)",
+                            (timestamp(now), self.host))
+        except IntegrityError:
+            pass  # not the first start
+        first = parse_timestamp(self.db.query("SELECT first_started_at FROM ratecared_database WHERE id = 1")[0][0])
+        assert first is not None
+        config = self.config()
+        seeded = {}
+        for job, job_config in config.jobs.items():
             last = parse_timestamp(self.db.query("SELECT MAX(slot) FROM job_runs WHERE job = ?", (job,))[0][0])
-            plan = catch_up(job_config.schedule, last, now, self.tz, job_config.starting_deadline)
-            why = ("a later missed slot runs instead" if plan.run is not None
-                   else f"past its starting deadline of {job_config.starting_deadline:g} s")
-            for slot in plan.skipped:
-                self._record_skipped(job, slot, "catchup", now, f"missed while the daemon was down; {why}")
-            if plan.run is not None:
-                self.pending_catch_up.append((plan.run, job))
-            self.next_slots[job] = next_fire(job_config.schedule, now, self.tz)
-        self.pending_catch_up.sort(key=lambda item: (item[0].astimezone(UTC), list(self.config.jobs).index(item[1])))
+            seeded[job] = plan.start(Schedule(job_config.schedule, config.daemon.tz), last, first)
+        self._started_at = now
+        with self._lock:
+            self._plan, self._planned_for = seeded, config
 
-    def due(self, now: datetime) -> tuple[str, datetime, str] | None:
-        """The next (job, slot, trigger) to run at `now`, oldest slot first, or None."""
-        if self.pending_catch_up:
-            slot, job = self.pending_catch_up[0]
-            return job, slot, "catchup"
-        if not self.next_slots:
+    def _replan(self, now: datetime) -> dict[str, plan.Planned] | None:
+        """The plan for the config in effect; a job whose schedule changed waits for its next slot from `now`.
+
+        Callers hold _lock.
+        """
+        config = self.config()
+        if self._plan is None or config is self._planned_for:
+            return self._plan
+        replanned = {}
+        for job, job_config in config.jobs.items():
+            schedule = Schedule(job_config.schedule, config.daemon.tz)
+            old = self._plan.get(job)
+            if old is not None and old.schedule == schedule:
+                replanned[job] = old
+            else:
+                replanned[job] = plan.Planned(schedule, schedule.next(now))
+                self.log.info("schedule changed", job=job, schedule=job_config.schedule,
+                              next_run=replanned[job].upcoming.isoformat())
+        self._plan, self._planned_for = replanned, config
+        return replanned
+
+    def _advance(self, job: str, planned: plan.Planned, upcoming: datetime) -> None:
+        with self._lock:
+            # A reload meanwhile has planned the job anew: that plan stands.
+            if self._plan is not None and self._plan.get(job) is planned:
+                self._plan[job] = plan.Planned(planned.schedule, upcoming)
+
+    def next_run(self) -> tuple[str, datetime] | None:
+        """The job that runs next and its slot in the configured zone, or None before the plan is read."""
+        with self._lock:
+            found = self._soonest(self.clock())
+        if found is None:
             return None
-        order = list(self.config.jobs)
-        job, slot = min(self.next_slots.items(), key=lambda kv: (kv[1].astimezone(UTC), order.index(kv[0])))
-        if slot.astimezone(UTC) <= now.astimezone(UTC):
-            return job, slot, "schedule"
-        return None
+        job, planned = found
+        return job, planned.upcoming.astimezone(self.config().daemon.tz)
+
+    def current_job(self) -> str | None:
+        """The job running now, or None."""
+        with self._lock:
+            return self._current
+
+    def _soonest(self, now: datetime) -> tuple[str, plan.Planned] | None:
+        """Callers hold _lock."""
+        current = self._replan(now)
+        return plan.soonest(current, list(self.config().jobs)) if current is not None else None
 
     def seconds_until_next(self, now: datetime) -> float:
-        if not self.next_slots:
+        with self._lock:
+            if self._manual:
+                return 0.0
+            found = self._soonest(now)
+        if found is None:
             return MAX_WAIT
-        soonest = min(slot.astimezone(UTC) for slot in self.next_slots.values())
-        return max(0.0, min(MAX_WAIT, (soonest - now.astimezone(UTC)).total_seconds()))
+        wait = (found[1].upcoming.astimezone(UTC) - now.astimezone(UTC)).total_seconds()
+        return max(0.0, min(MAX_WAIT, wait))
 
-    def step(self, now: datetime) -> dict[str, Any] | None:
-        """Run one manual or due job at `now`; return its run, or None when nothing was due."""
-        with self._manual_lock:
+    def wake_up(self) -> None:
+        """The config was replaced (or a run queued): plan again now, not at the next minute."""
+        self.wake.set()
+
+    # -- one step --------------------------------------------------------------------
+
+    def step(self, now: datetime) -> RunRecord | None:
+        """Run one manual or due job at `now`.
+
+        Returns the run, or the skipped record of a slot past its deadline;
+        None when nothing was due or another daemon claimed the slot.
+        """
+        with self._lock:
             manual = self._manual.popleft() if self._manual else None
         if manual is not None:
-            try:
-                result = self.execute(manual.job, None, "manual", now, manual.run_id)
-            except BaseException as exc:  # noqa: BLE001 - the caller waiting on the future gets it
-                _settle(manual.future, exception=exc)
-                raise
-            _settle(manual.future, result)
-            return result
-        due = self.due(now)
+            return self._run_manual(manual, now)
+        config = self.config()
+        with self._lock:
+            found = self._soonest(now)
+        if found is None:
+            return None
+        job, planned = found
+        deadline = config.jobs[job].starting_deadline
+        due = plan.due(planned, now, deadline)
         if due is None:
             return None
-        job, slot, trigger = due
-        if trigger == "catchup":
-            self.pending_catch_up.pop(0)
-        else:
-            self.next_slots[job] = next_fire(self.config.jobs[job].schedule, slot, self.tz)
-        late = (now.astimezone(UTC) - slot.astimezone(UTC)).total_seconds()
-        deadline = self.config.jobs[job].starting_deadline
+        latest = due.run or due.skipped[-1]
+        record = None
+        for slot in due.skipped:
+            late = (now.astimezone(UTC) - slot.astimezone(UTC)).total_seconds()
+            why = (f"the later slot {latest.astimezone(config.daemon.tz):%Y-%m-%d %H:%M %Z} runs instead"
+                   if due.run is not None else f"{late:.0f} s late, past its starting deadline of {deadline:g} s")
+            record = self._record_skipped(job, slot, now, why)
+        if due.run is None:
+            self._advance(job, planned, due.upcoming)
+            return record
+        # A claim the database refuses leaves the plan as it was: the slot
+        # stays due, and runs (or is skipped past its deadline) once it is back.
+        claimed = self._claim(job, due.run, self._trigger(due.run), now)
+        self._advance(job, planned, due.upcoming)
+        if claimed is None:
+            return None
+        return self._run_claimed(claimed)
+
+    def _trigger(self, slot: datetime) -> Trigger:
+        started = self._started_at
+        missed = started is not None and slot.astimezone(UTC) < started.astimezone(UTC)
+        return Trigger.CATCHUP if missed else Trigger.SCHEDULE
+
+    def _run_manual(self, manual: _Manual, now: datetime) -> RunRecord:
         try:
-            if late > deadline:
-                self._record_skipped(job, slot, trigger, now, f"{late:.0f} s late, past its starting deadline")
-                return None
-            return self.execute(job, slot, trigger, now)
-        except DatabaseError:
-            # Not claimed: keep the slot due, so it runs (or is skipped past its
-            # deadline) once the database is back.
-            if trigger == "catchup":
-                self.pending_catch_up.insert(0, (slot, job))
-            else:
-                self.next_slots[job] = slot
+            claimed = self._claim(manual.job, None, Trigger.MANUAL, now, manual.run_id)
+        except DatabaseError as exc:
+            _settle(manual.future, exception=DatabaseError(f"the database refused to record the run: {exc}"))
             raise
+        assert claimed is not None
+        try:
+            record = self._run_claimed(claimed)
+        except BaseException as exc:  # noqa: BLE001 - the caller waiting on the future gets it
+            _settle(manual.future, exception=exc)
+            raise
+        _settle(manual.future, record.as_json(self.config().daemon.tz))
+        return record
 
     # -- the loop ------------------------------------------------------------------
 
@@ -207,22 +325,22 @@ class Runner(threading.Thread):
                 break
             except DatabaseError as exc:
                 self.log.warning("scheduler cannot start yet; retrying", error=str(exc))
-                self.stop_event.wait(5)
+                self.stop_event.wait(RETRY)
         while not self.stop_event.is_set():
+            # Cleared before the step, so a wake-up during it is not lost.
+            self.wake.clear()
             try:
                 if self.step(self.clock()) is not None:
                     continue
             except DatabaseError as exc:
                 self.log.warning("scheduler step failed; retrying", error=str(exc))
-                self.stop_event.wait(5)
+                self.stop_event.wait(RETRY)
                 continue
             except Exception:  # noqa: BLE001 - the scheduler must outlive one bad run
                 self.log.exception("scheduler step failed")
-                self.stop_event.wait(5)
+                self.stop_event.wait(RETRY)
                 continue
-            # Bounded, so a clock step or a DST change is noticed within a minute.
             self.wake.wait(self.seconds_until_next(self.clock()))
-            self.wake.clear()
         self._drop_queued(self.clock())
 
     def stop(self) -> None:
@@ -230,25 +348,26 @@ class Runner(threading.Thread):
         self.wake.set()
 
     def request(self, job: str) -> tuple[str, Future[dict[str, Any]], bool]:
-        """Queue a manual run: (run_id, future of the finished run, whether it was queued already).
+        """Queue a manual run: (run_id, future of the finished run as JSON, whether it was queued already).
 
         A second request for a job whose manual run has not started yet gets
-        that run: pressing `run` twice runs the job once.
+        that run: pressing `run` twice runs the job once. The future raises
+        DatabaseError when the database refuses to record the run.
         """
-        with self._manual_lock:
+        with self._lock:
             if self._closed or self.stop_event.is_set():
                 raise Stopping("ratecared is stopping; run the job after it is back")
             for queued in self._manual:
                 if queued.job == job:
                     return queued.run_id, queued.future, True
-            manual = _Manual(job, uuid.uuid4().hex[:12], Future())
+            manual = _Manual(job, _new_run_id(), Future())
             self._manual.append(manual)
         self.wake.set()
         return manual.run_id, manual.future, False
 
     def queued(self) -> dict[str, str]:
         """Manual runs waiting to start, job -> run_id."""
-        with self._manual_lock:
+        with self._lock:
             return {m.job: m.run_id for m in self._manual}
 
     def close_queue(self) -> list[_Manual]:
@@ -257,183 +376,185 @@ class Runner(threading.Thread):
         The daemon calls this itself when the runner does not stop in time, so
         a waiting `run --wait` gets an answer even when the database does not.
         """
-        with self._manual_lock:
+        with self._lock:
             self._closed = True
             dropped = list(self._manual)
             self._manual.clear()
+        tz = self.config().daemon.tz
         for manual in dropped:
-            _settle(manual.future, {"job": manual.job, "run_id": manual.run_id, "status": "skipped", "slot": None,
-                                    "trigger": "manual", "rows": 0, "details": {}, "error": DROPPED})
+            _settle(manual.future, RunRecord(manual.job, manual.run_id, Trigger.MANUAL, RunStatus.SKIPPED,
+                                             host=self.host, error=DROPPED).as_json(tz))
         return dropped
 
     def _drop_queued(self, now: datetime) -> None:
         """Answer the manual runs that never started, then record them, so their run ids show in the history."""
         for manual in self.close_queue():
-            logs.get(f"ratecared.jobs.{manual.job}").warning("manual run dropped", job=manual.job,
-                                                             run_id=manual.run_id, reason=DROPPED)
-            try:
-                self._insert_skipped(manual.job, None, "manual", now, DROPPED, manual.run_id)
-            except Exception as exc:  # noqa: BLE001 - the daemon is stopping; say so and go on
-                self.log.warning("cannot record a dropped manual run", job=manual.job, run_id=manual.run_id,
-                                 error=str(exc))
+            with bound_contextvars(job=manual.job, run_id=manual.run_id):
+                logger(manual.job).warning("manual run dropped", reason=DROPPED)
+                try:
+                    self._insert_skipped(manual.job, None, Trigger.MANUAL, now, DROPPED, manual.run_id)
+                except DatabaseError as exc:
+                    self.log.warning("cannot record a dropped manual run", error=str(exc))
 
     # -- running a job ---------------------------------------------------------------
 
-    def execute(self, job: str, slot: datetime | None, trigger: str, now: datetime,
-                run_id: str | None = None) -> dict[str, Any]:
-        """Claim, lock, run and record one run of `job`."""
-        run_id = run_id or uuid.uuid4().hex[:12]
-        log = logs.get(f"ratecared.jobs.{job}").bind(job=job, run_id=run_id)
-        slot_text = timestamp(slot) if slot is not None else None
+    def _claim(self, job: str, slot: datetime | None, trigger: Trigger, now: datetime,
+               run_id: str | None = None) -> RunRecord | None:
+        """Insert the run's row; None when another daemon has claimed the slot already."""
+        record = RunRecord(job, run_id or _new_run_id(), trigger, RunStatus.RUNNING, slot, self.host, now)
         try:
             self.db.execute(
                 "INSERT INTO job_runs (job, slot, `trigger`, host, run_id, status, started_at)"
-                " VALUES (?, ?, ?, ?, ?, 'running', ?)",
-                (job, slot_text, trigger, self.host, run_id, timestamp(now)))
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (job, timestamp(slot) if slot is not None else None, trigger.value, self.host, record.run_id,
+                 RunStatus.RUNNING.value, timestamp(now)))
         except IntegrityError:
-            log.info("slot already claimed by another daemon", slot=slot_text)
-            return {"job": job, "run_id": run_id, "status": "claimed_elsewhere", "slot": slot_text}
-        started = time.monotonic()
-        self.current = (job, run_id)
-        try:
-            if self._acquire_lock(log):
-                try:
-                    self.refresh_settings()
-                    log.info("job started", slot=slot_text, trigger=trigger)
-                    result = self._run_job(job, run_id, log)
-                finally:
-                    self._release_lock()
-            else:
-                result = JobResult("interrupted", error="the daemon was stopping while waiting for the jobs lock")
-        except DatabaseError as exc:
-            result = JobResult("failed", error=f"database error: {exc}")
-        finally:
-            self.current = None
-        duration = round(time.monotonic() - started, 3)
-        result.details["duration_seconds"] = duration
-        self._finish(run_id, result, log)
-        event = {"success": log.info, "skipped": log.info}.get(result.status, log.warning)
-        event("job finished", status=result.status, rows=result.rows, duration_seconds=duration,
-              **({"error": result.error} if result.error else {}))
-        return {"job": job, "run_id": run_id, "status": result.status, "slot": slot_text, "trigger": trigger,
-                "rows": result.rows, "details": result.details, "error": result.error}
+            if slot is None:
+                raise  # a manual run has no slot to share: the database refused it
+            with bound_contextvars(job=job, run_id=record.run_id):
+                logger(job).info("slot already claimed by another daemon", slot=timestamp(slot))
+            return None
+        return record
 
-    def _run_job(self, job: str, run_id: str, log: Any) -> JobResult:
-        job_config = self.config.jobs[job]
+    def _run_claimed(self, claimed: RunRecord) -> RunRecord:
+        """Lock, run and record a claimed run; every line it logs carries its job and run_id."""
+        job, run_id = claimed.job, claimed.run_id
+        with bound_contextvars(job=job, run_id=run_id):
+            log = logger(job)
+            started = time.monotonic()
+            with self._lock:
+                self._current = job
+            try:
+                with self.db.named_lock(LOCK_NAME, stop=self.stop_event, waiting=lambda holder: log.info(
+                        "waiting for the jobs lock held by another daemon", connection_id=holder)) as got:
+                    if got:
+                        self.refresh_settings()
+                        log.info("job started", slot=timestamp(claimed.slot) if claimed.slot else None,
+                                 trigger=claimed.trigger.value)
+                        result = self._run_job(job, run_id)
+                    else:
+                        result = JobResult(RunStatus.INTERRUPTED,
+                                           error="the daemon was stopping while waiting for the jobs lock")
+            except DatabaseError as exc:
+                result = JobResult(RunStatus.FAILED, error=f"database error: {exc}")
+            finally:
+                with self._lock:
+                    self._current = None
+            duration = round(time.monotonic() - started, 3)
+            record = RunRecord(job, run_id, claimed.trigger, result.status, claimed.slot, self.host,
+                               claimed.started_at, self.clock(), result.rows,
+                               {**result.details, "duration_seconds": duration}, result.error)
+            self._finish(record)
+            event = log.info if result.status in (RunStatus.SUCCESS, RunStatus.SKIPPED) else log.warning
+            event("job finished", status=result.status.value, rows=result.rows, duration_seconds=duration,
+                  **({"error": result.error} if result.error else {}))
+        return record
+
+    def _run_job(self, job: str, run_id: str) -> JobResult:
+        config = self.config()
+        job_config = config.jobs[job]
         ctx = JobContext(
-            name=job, run_id=run_id, database=self.db, settings=self.settings(), config=job_config,
-            tz=self.tz, now=self.clock(), stop=self.stop_event, log=log,
+            name=job, database=self.db, settings=self.settings(), config=job_config, tz=config.daemon.tz,
+            now=self.clock(), stop=self.stop_event,
             chunks=ChunkPolicy(target_seconds=job_config.chunk_seconds, pause_ratio=job_config.pause_ratio),
+            record_progress=partial(self._progress, run_id),
         )
         try:
-            return JOBS[job](ctx)
+            return self.jobs[job](ctx)
         except Interrupted as exc:
-            return JobResult("interrupted", rows=exc.rows, details=exc.details,
+            return JobResult(RunStatus.INTERRUPTED, rows=exc.rows, details=exc.details,
                              error="the daemon was stopping; the run ended early, keeping what it had done")
         except DatabaseError as exc:
-            log.error("job failed: database error", error=str(exc))
-            return JobResult("failed", error=f"database error: {exc}")
+            ctx.log.error("job failed: database error", error=str(exc))
+            return JobResult(RunStatus.FAILED, error=f"database error: {exc}")
         except Exception as exc:  # noqa: BLE001 - recorded, and the next run tries again
-            log.exception("job failed")
-            return JobResult("failed", error=f"{type(exc).__name__}: {exc}")
+            ctx.log.exception("job failed")
+            return JobResult(RunStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
 
-    def _finish(self, run_id: str, result: JobResult, log: Any) -> None:
+    def _progress(self, run_id: str, rows: int, details: dict[str, Any]) -> None:
+        """Write what the run has done so far to its row, so a killed run keeps it."""
+        try:
+            self.db.execute(
+                "UPDATE job_runs SET rows_affected = ?, details = ?, progress_at = ? WHERE run_id = ? AND status = ?",
+                (rows, json.dumps(details, default=str), timestamp(self.clock()), run_id, RunStatus.RUNNING.value))
+        except DatabaseError as exc:
+            # The job's own next statement meets the same database; progress is not worth failing it for.
+            self.log.warning("cannot record the run's progress", error=str(exc))
+
+    def _finish(self, record: RunRecord) -> None:
         # The database may be restarting right now: keep trying for a while so
         # the failure itself gets recorded.
+        assert record.finished_at is not None
         for attempt in range(10):
             try:
                 self.db.execute(
                     "UPDATE job_runs SET status = ?, finished_at = ?, rows_affected = ?, details = ?, error = ?"
                     " WHERE run_id = ?",
-                    (result.status, timestamp(self.clock()), result.rows, json.dumps(result.details, default=str),
-                     result.error, run_id))
+                    (record.status.value, timestamp(record.finished_at), record.rows,
+                     json.dumps(record.details, default=str), record.error, record.run_id))
                 return
             except DatabaseError as exc:
                 if attempt == 9 or self.stop_event.is_set():
-                    log.error("cannot record the end of the run", error=str(exc))
+                    logger(record.job).error("cannot record the end of the run", error=str(exc))
                     return
-                time.sleep(1)
+                self.stop_event.wait(1)
 
-    def _insert_skipped(self, job: str, slot: datetime | None, trigger: str, now: datetime, reason: str,
-                        run_id: str) -> None:
+    def _insert_skipped(self, job: str, slot: datetime | None, trigger: Trigger, now: datetime, reason: str,
+                        run_id: str) -> RunRecord:
         """Record a run that never ran: a missed slot, or a manual run a stop dropped."""
         self.db.execute(
             "INSERT INTO job_runs (job, slot, `trigger`, host, run_id, status, started_at, finished_at, error)"
-            " VALUES (?, ?, ?, ?, ?, 'skipped', ?, ?, ?)",
-            (job, timestamp(slot) if slot is not None else None, trigger, self.host, run_id, timestamp(now),
-             timestamp(now), reason))
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (job, timestamp(slot) if slot is not None else None, trigger.value, self.host, run_id,
+             RunStatus.SKIPPED.value, timestamp(now), timestamp(now), reason))
+        return RunRecord(job, run_id, trigger, RunStatus.SKIPPED, slot, self.host, now, now, error=reason)
 
-    def _record_skipped(self, job: str, slot: datetime, trigger: str, now: datetime, reason: str) -> None:
-        run_id = uuid.uuid4().hex[:12]
+    def _record_skipped(self, job: str, slot: datetime, now: datetime, why: str) -> RunRecord | None:
+        """Record a slot not run; None when another daemon has recorded it already."""
+        trigger = self._trigger(slot)
+        reason = f"missed while the daemon was down; {why}" if trigger is Trigger.CATCHUP else why
+        run_id = _new_run_id()
         try:
-            self._insert_skipped(job, slot, trigger, now, reason, run_id)
+            record = self._insert_skipped(job, slot, trigger, now, reason, run_id)
         except IntegrityError:
-            return
-        logs.get(f"ratecared.jobs.{job}").info("slot skipped", job=job, run_id=run_id,
-                                               slot=slot.astimezone(self.tz).isoformat(), reason=reason)
-
-    def _acquire_lock(self, log: Any) -> bool:
-        """Take the cross-daemon jobs lock (MySQL GET_LOCK); False if stopping first.
-
-        SQLite needs none: one file, one daemon, and this thread runs jobs one at a time.
-        """
-        if self.db.name != "mysql":
-            return True
-        waited = False
-        while not self.stop_event.is_set():
-            if self.db.query("SELECT GET_LOCK(?, 1)", (LOCK_NAME,))[0][0] == 1:
-                return True
-            if not waited:
-                holder = self.db.query("SELECT IS_USED_LOCK(?)", (LOCK_NAME,))[0][0]
-                log.info("waiting for the jobs lock held by another daemon", connection_id=holder)
-                waited = True
-        return False
-
-    def _release_lock(self) -> None:
-        if self.db.name == "mysql":
-            try:
-                self.db.query("SELECT RELEASE_LOCK(?)", (LOCK_NAME,))
-            except DatabaseError:
-                pass  # a dropped connection has released it already
+            return None
+        with bound_contextvars(job=job, run_id=run_id):
+            logger(job).info("slot skipped", slot=slot.astimezone(self.config().daemon.tz).isoformat(),
+                             reason=reason)
+        return record
 
     # -- reporting -------------------------------------------------------------------
 
     def overview(self, now: datetime) -> list[dict[str, Any]]:
+        """Each job: schedule, next run (with its DST note), running or queued, last run; for `ratecarectl jobs`."""
+        config = self.config()
+        tz = config.daemon.tz
+        with self._lock:
+            current = self._replan(now)
+            planned = dict(current) if current is not None else {}
+            running = self._current
+            queued = {m.job: m.run_id for m in self._manual}
         out = []
-        queued = self.queued()
-        for job, job_config in self.config.jobs.items():
-            nxt = self.next_slots.get(job) or next_fire(job_config.schedule, now, self.tz)
+        for job, job_config in config.jobs.items():
+            entry = planned.get(job)
+            schedule = entry.schedule if entry is not None else Schedule(job_config.schedule, tz)
+            nxt = entry.upcoming if entry is not None else schedule.next(now)
             last = self.runs(job, 1)
             out.append({
                 "name": job,
                 "schedule": job_config.schedule,
-                "timezone": self.tz.key,
-                "next_run": nxt.astimezone(self.tz).isoformat(),
-                "next_run_note": dst_note(job_config.schedule, nxt, self.tz),
-                "running": self.current is not None and self.current[0] == job,
+                "timezone": tz.key,
+                "next_run": nxt.astimezone(tz).isoformat(),
+                "next_run_note": schedule.dst_note(nxt),
+                "running": running == job,
                 "queued_run_id": queued.get(job),
                 "last_run": last[0] if last else None,
             })
         return out
 
     def runs(self, job: str, limit: int = 20) -> list[dict[str, Any]]:
-        rows = self.db.query(
-            "SELECT run_id, slot, `trigger`, host, status, started_at, finished_at, rows_affected, details, error"
-            " FROM job_runs WHERE job = ? ORDER BY started_at DESC, id DESC LIMIT ?", (job, limit))
-        out = []
-        for run_id, slot, trigger, host, status, started, finished, rows_affected, details, error in rows:
-            begun, ended = parse_timestamp(started), parse_timestamp(finished)
-            out.append({
-                "run_id": run_id,
-                "slot": parse_timestamp(slot).astimezone(self.tz).isoformat() if slot else None,
-                "trigger": trigger,
-                "host": host,
-                "status": status,
-                "started_at": begun.astimezone(self.tz).isoformat() if begun else None,
-                "finished_at": ended.astimezone(self.tz).isoformat() if ended else None,
-                "duration_seconds": round((ended - begun).total_seconds(), 3) if begun and ended else None,
-                "rows": int(rows_affected or 0),
-                "details": json.loads(details) if details else {},
-                "error": error,
-            })
-        return out
+        """The job's recent runs, newest first, as the API shows them; a running run with its progress so far."""
+        rows = self.db.query(f"SELECT {_COLUMNS} FROM job_runs WHERE job = ? ORDER BY started_at DESC, id DESC"
+                             " LIMIT ?", (job, limit))
+        tz = self.config().daemon.tz
+        return [_from_row(row).as_json(tz) for row in rows]
