@@ -36,6 +36,7 @@ from ratecared.control.api import Api
 from ratecared.control.server import ControlServer, Request, SocketInUse, bind_unix
 from ratecared.db import Database, DatabaseError, migrations
 from ratecared.health import Health
+from ratecared.jobs import JOBS
 from ratecared.notify import Notifier, status_text
 from ratecared.reload import Reloader
 from ratecared.scheduler.runner import Runner
@@ -68,7 +69,7 @@ class Daemon:
         self.settings = LiveSettings(self.db, lambda: self.config().circuit_breaker.platforms,
                                      self._apply_breaker_policy, self.log)
         self.store = StoreThread(self.snapshots, self.settings.refresh, self.config)
-        self.runner = Runner(config, self.db, self.host, settings=self.settings.current,
+        self.runner = Runner(self.config, self.db, self.host, JOBS, settings=self.settings.current,
                              refresh_settings=self.settings.refresh)
         self.health = Health(self.db, self.snapshots.state, self.settings.state, self.status_line, self.host)
         self.reload = Reloader(self.config, self._apply, self._settings_reply, self.notify, self.status_line,
@@ -148,6 +149,7 @@ class Daemon:
                   is_admin=lambda peer: access.is_admin(peer, self.config().daemon.admin_group), executor=executor)
         server = ControlServer(
             api.handle, lambda: self.config().daemon,
+            is_privileged=lambda peer: access.is_admin(peer, self.config().daemon.admin_group),
             on_error=lambda request: self.log.exception("request failed", method=request.method, path=request.path),
             on_answer=_log_request,
         )
@@ -203,7 +205,7 @@ class Daemon:
         await asyncio.to_thread(self.runner.join, JOB_STOP_WAIT)
         if self.runner.is_alive():
             self.log.warning("a job did not stop in time; its run shows as interrupted at the next start",
-                             job=self.runner.current[0] if self.runner.current else None)
+                             job=self.runner.current_job())
             self.runner.close_queue()
         await server.close(grace=1.0)
         # The store thread may be waiting on a locked database: the final
@@ -216,12 +218,9 @@ class Daemon:
 
     def status_line(self) -> str:
         states = [s.state for s in self.registry.status()]
-        current = self.runner.current
-        nxt = None
-        if not current and self.runner.next_slots:
-            nxt = min(self.runner.next_slots.items(), key=lambda kv: kv[1].astimezone(timezone.utc))
+        current = self.runner.current_job()
         return status_text(len(states), states.count(State.OPEN), states.count(State.HALF_OPEN),
-                           self.snapshots.state().error, current[0] if current else None, nxt,
+                           self.snapshots.state().error, current, None if current else self.runner.next_run(),
                            self.config().daemon.tz)
 
     # -- reload --------------------------------------------------------------------
@@ -235,6 +234,7 @@ class Daemon:
             os.chown(new.daemon.socket, -1, gid)
         self.settings.refresh()
         self.store.wake()
+        self.runner.wake_up()
 
     def _apply_breaker_policy(self, settings: settings_mod.Settings) -> None:
         """The breakers take these settings, with the permit lease of the config in effect."""

@@ -18,6 +18,7 @@ from ratecared import logs
 from ratecared.breaker.machine import Decision, Outcome, State
 from ratecared.breaker.registry import Registry, UnknownPlatform
 from ratecared.control.server import Peer, Request, Response, error_response
+from ratecared.db import DatabaseError
 from ratecared.jobs import JOBS
 from ratecared.scheduler.runner import Stopping
 
@@ -50,6 +51,42 @@ class Jobs(Protocol):
 
 
 _encode = json.JSONEncoder(separators=(",", ":")).encode
+
+# Request bodies: a few levels hold every body the API takes; deeper is an attack on the parser.
+MAX_JSON_DEPTH = 32
+MAX_JSON_INT_DIGITS = 20
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number out of range: {text[:40]}")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_JSON_INT_DIGITS:
+        raise ValueError(f"number over {MAX_JSON_INT_DIGITS} digits: {text[:40]}...")
+    return int(text)
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+_decode_json = json.JSONDecoder(parse_float=_finite, parse_int=_bounded_int, parse_constant=_no_constant).decode
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in `value`, counted until past MAX_JSON_DEPTH."""
+    deepest, stack = 0, [(value, 1)]
+    while stack and deepest <= MAX_JSON_DEPTH:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 _JSON_BOOL = {True: "true", False: "false"}
 
 
@@ -128,17 +165,19 @@ class Api:
         return self._hot
 
     def handle(self, request: Request) -> Response | Awaitable[Response]:
+        route = ""
         try:
+            if request.method == "OPTIONS" and request.path == "*":
+                return Response(200, b"", [("Allow", "GET, HEAD, POST, OPTIONS")])
             if not request.path.startswith(PREFIX):
                 raise ApiError(404, "not_found", f"no such endpoint: {request.path}")
             route = request.path[len(PREFIX):].rstrip("/")
-            key = (request.method, route)
-            handler = self._platform_routes().get(key) or self._static.get(key)
-            if handler is None:
-                handler = self._dynamic(request.method, route)
-            result = handler(request)
+            if request.method == "OPTIONS":
+                return Response(200, b"", [("Allow", self._allow(route))])
+            result = self._route(request.method, route)(request)
         except ApiError as exc:
-            return error_response(exc.status, exc.code, exc.message)
+            allow = [("Allow", self._allow(route))] if exc.status == 405 else None
+            return error_response(exc.status, exc.code, exc.message, allow)
         if isinstance(result, Response):
             return result
         return self._awaited(result)
@@ -148,6 +187,24 @@ class Api:
             return await pending
         except ApiError as exc:
             return error_response(exc.status, exc.code, exc.message)
+
+    def _route(self, method: str, route: str) -> Callable[[Request], Any]:
+        # HEAD is GET without the body, which the server leaves out.
+        key = ("GET" if method == "HEAD" else method, route)
+        return self._platform_routes().get(key) or self._static.get(key) or self._dynamic(key[0], route)
+
+    def _allow(self, route: str) -> str:
+        """The Allow header of a route (RFC 9110 10.2.1): the methods the routes answer on it."""
+        methods = []
+        for method in ("GET", "POST"):
+            try:
+                self._route(method, route)
+            except ApiError as exc:
+                if exc.status != 405:
+                    raise
+            else:
+                methods += ["GET", "HEAD"] if method == "GET" else [method]
+        return ", ".join(methods + ["OPTIONS"])
 
     def _dynamic(self, method: str, route: str) -> Callable[[Request], Any]:
         # Names arrive percent-encoded; decoding after the split keeps an encoded "/" inside its name.
@@ -177,12 +234,18 @@ class Api:
 
     @staticmethod
     def _body(request: Request) -> dict[str, Any]:
-        if not request.body.strip():
+        body = request.body
+        if not body.strip():
             return {}
         try:
-            data = json.loads(request.body)
+            data = _decode_json(body.decode("utf-8"))
+        except RecursionError:
+            raise ApiError(400, "invalid_json", f"body is nested deeper than {MAX_JSON_DEPTH} levels") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+        # Only a body with that many brackets can be that deep; most are far from it.
+        if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and _depth(data) > MAX_JSON_DEPTH:
+            raise ApiError(400, "invalid_json", f"body is nested deeper than {MAX_JSON_DEPTH} levels")
         if not isinstance(data, dict):
             raise ApiError(400, "invalid_request", "body must be a JSON object")
         return data
@@ -313,7 +376,10 @@ class Api:
             return success({"job": job, "run_id": run_id, "status": "queued", "already_queued": already}, status=202)
         # Shielded: the run's future is shared by every request for it, and one
         # waiter going away must not cancel it for the others.
-        return success(await asyncio.shield(asyncio.wrap_future(future)))
+        try:
+            return success(await asyncio.shield(asyncio.wrap_future(future)))
+        except DatabaseError as exc:
+            raise ApiError(503, "database_error", str(exc)) from None
 
     async def _reload(self, request: Request) -> Response:
         self._require_admin(request, "reload")
