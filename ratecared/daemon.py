@@ -232,7 +232,11 @@ class Daemon:
         if new.daemon.socket_group != old.daemon.socket_group:
             gid = grp.getgrnam(new.daemon.socket_group).gr_gid if new.daemon.socket_group else os.getegid()
             os.chown(new.daemon.socket, -1, gid)
+        # Platforms first: the settings are read against the new list.
+        self.registry.set_platforms(new.circuit_breaker.platforms)
         self.settings.refresh()
+        # Unchanged settings call no one: the permit lease may still have changed.
+        self._apply_breaker_policy(self.settings.current())
         self.store.wake()
         self.runner.wake_up()
 

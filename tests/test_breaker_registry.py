@@ -114,3 +114,30 @@ def test_tick_moves_open_to_half_open_without_callers() -> None:
     clock.now += 1.0
     registry.tick()
     assert seen[-1].new is State.HALF_OPEN
+
+
+def test_a_new_platform_list_keeps_breakers_adds_closed_ones_and_drops_the_rest() -> None:
+    clock = FakeClock()
+    registry, _ = make(Policy(), clock)
+    trip(registry, "booking")
+    clock.now += 10
+    registry.set_platforms(["hotels", "booking", "expedia"])
+    clock.now += 5
+    assert registry.platforms == ("hotels", "booking", "expedia")
+    status = {view.platform: view for view in registry.status()}
+    assert (status["booking"].state, status["booking"].seconds_in_state, status["booking"].total_failures) == (
+        State.OPEN, 15.0, 5)
+    assert (status["hotels"].state, status["hotels"].seconds_in_state, status["hotels"].total_requests) == (
+        State.CLOSED, 5.0, 0)
+    assert registry.acquire("hotels").allowed
+    with pytest.raises(UnknownPlatform):
+        registry.acquire("agoda")
+    assert registry.reset() == ["hotels", "booking", "expedia"]
+
+
+def test_a_new_platform_list_takes_the_policy_in_force() -> None:
+    registry, _ = make(Policy())
+    registry.apply_policy(Policy(failure_threshold=1))
+    registry.set_platforms(["hotels"])
+    trip(registry, "hotels", times=1)
+    assert registry.status()[0].state is State.OPEN
