@@ -84,6 +84,12 @@ def count(db: Database) -> int:
     return int(db.query("SELECT COUNT(*) FROM api_requests")[0][0])
 
 
+def running_progress(daemon: DaemonProcess) -> dict | None:
+    """The running aggregation as `ratecarectl history` shows it, once it has deleted rows."""
+    run = json.loads(ctl(daemon.socket, "history", "aggregate_statistics", "--json")[1])[0]
+    return run if run["status"] == "running" and run["details"].get("rows_deleted", 0) > 0 else None
+
+
 def journal_lines(daemon: DaemonProcess, event: str, **fields: str) -> list[str]:
     """The daemon's journal lines for `event` that carry all of `fields` (in any order)."""
     return [line for line in daemon.output.splitlines()
@@ -126,6 +132,18 @@ def test_unknown_job_exits_1_and_failed_run_exits_1(config_factory, daemon_facto
     code, out, err = ctl(daemon.socket, "run", "warm_cache", "--wait")
     assert code == 1 and "warm_cache: failed" in out and "keeps failing" in err
     assert json.loads(ctl(daemon.socket, "history", "warm_cache", "--json")[1])[0]["status"] == "failed"
+    db.close()
+
+
+def test_run_wait_says_when_the_database_refuses_the_runs_record(daemon: DaemonProcess) -> None:
+    db = Database(DatabaseConfig(url=f"sqlite:///{Path(daemon.config).parent / 'rc.db'}"))
+    db.execute("CREATE TRIGGER refuse BEFORE INSERT ON job_runs BEGIN SELECT RAISE(ABORT, 'disk quota'); END")
+    code, out, err = ctl(daemon.socket, "run", "cleanup_expired_cache", "--wait")
+    assert (code, out) == (1, "")
+    assert err == "ratecarectl: the database refused to record the run: disk quota\n"
+    db.execute("DROP TRIGGER refuse")
+    # The runner goes on: the next request runs.
+    assert ctl(daemon.socket, "run", "cleanup_expired_cache", "--wait")[0] == 0
     db.close()
 
 
@@ -209,7 +227,10 @@ def test_kill_9_during_the_purge_loses_nothing_and_the_next_run_finishes(config_
                                                                         fault_url: str | None) -> None:
     config = slow_purge_config(config_factory, fault_url)
     db, daemon = purge_under_way(config, daemon_factory)
+    # The running run's history shows its progress so far: what it has written to its record.
+    shown = wait_for(lambda: running_progress(daemon), what="the run's progress in its record")
     daemon.stop(signal.SIGKILL)
+    killed = datetime.now(UTC)
     assert count(db) > 3 * DAY_ROWS
     # Every day whose rows are gone has its full summary.
     totals = summary_totals(db)
@@ -217,7 +238,13 @@ def test_kill_9_during_the_purge_loses_nothing_and_the_next_run_finishes(config_
     # The next daemon purges at full speed.
     restarted = daemon_factory(slow_purge_config(config_factory, fault_url, pause_ratio=0))
     runs = json.loads(ctl(restarted.socket, "history", "aggregate_statistics", "--json")[1])
-    assert runs[0]["status"] == "interrupted" and "found at the next start" in runs[0]["error"]
+    dead = runs[0]
+    assert dead["status"] == "interrupted" and "found at the next start" in dead["error"]
+    # It keeps the rows and details of its last progress, and it ended there, not when the next daemon came.
+    done = dead["details"]
+    assert done["rows_deleted"] >= shown["details"]["rows_deleted"] > 0
+    assert dead["rows"] == len(done["days_summarised"]) + done["widget_rows"] + done["rows_deleted"]
+    assert datetime.fromisoformat(dead["finished_at"]) <= killed
     code, out, _ = ctl(restarted.socket, "run", "aggregate_statistics", "--wait")
     assert code == 0
     assert summary_totals(db) == totals
