@@ -46,6 +46,12 @@ class DaemonConfig:
     snapshot_interval: float = 30.0
     settings_refresh: float = 60.0
     max_connections: int = 256
+    # One peer uid may not take every slot; root and the admin group are not held to it.
+    max_connections_per_uid: int = 64
+    # Slots only root and the admin group may take, so an operator always gets in.
+    reserved_admin_connections: int = 8
+    # A request head must arrive whole within this many seconds of its first byte.
+    header_timeout: float = 5.0
     idle_timeout: float = 10.0
     max_body_bytes: int = 65536
     # Names this daemon in job_runs and circuit_breaker_state; the system's host name by default.
@@ -146,6 +152,9 @@ class Config:
                 "snapshot_interval": self.daemon.snapshot_interval,
                 "settings_refresh": self.daemon.settings_refresh,
                 "max_connections": self.daemon.max_connections,
+                "max_connections_per_uid": self.daemon.max_connections_per_uid,
+                "reserved_admin_connections": self.daemon.reserved_admin_connections,
+                "header_timeout": self.daemon.header_timeout,
                 "idle_timeout": self.daemon.idle_timeout,
                 "max_body_bytes": self.daemon.max_body_bytes,
                 "host": self.daemon.host,
@@ -333,6 +342,10 @@ def _parse(path: Path, raw: dict[str, Any]) -> Config:
         snapshot_interval=d.number("snapshot_interval", DaemonConfig.snapshot_interval, 0.05, 86400),
         settings_refresh=d.number("settings_refresh", DaemonConfig.settings_refresh, 0.05, 86400),
         max_connections=d.integer("max_connections", DaemonConfig.max_connections, 1, 100000),
+        max_connections_per_uid=d.integer("max_connections_per_uid", DaemonConfig.max_connections_per_uid, 1, 100000),
+        reserved_admin_connections=d.integer("reserved_admin_connections", DaemonConfig.reserved_admin_connections,
+                                             0, 100000),
+        header_timeout=d.number("header_timeout", DaemonConfig.header_timeout, 0.05, 3600),
         idle_timeout=d.number("idle_timeout", DaemonConfig.idle_timeout, 0.05, 3600),
         max_body_bytes=d.integer("max_body_bytes", DaemonConfig.max_body_bytes, 1024, 64 << 20),
         host=d.string("host", "") or socket.gethostname(),

@@ -1,10 +1,25 @@
 """HTTP/1.1 over a Unix stream socket, as Docker's API is, on asyncio.
 
-Only what the control API needs: Content-Length bodies, keep-alive,
-`Expect: 100-continue` (curl sends it for bodies over 1 KiB). Every limit a
-misbehaving client could hit is explicit: header size, body size, idle time,
-a client that stops reading, and the number of connections. None of them
-stalls anyone else, because nothing here blocks the event loop.
+httptools (the C parser uvicorn uses) frames the requests; this module keeps
+the connection honest around it. Everything a misbehaving client could hold
+is bounded and none of it blocks the event loop:
+
+- input: one read of READ_BYTES at a time, fed to the parser FEED_BYTES at a
+  time, and nothing more is read or parsed while an answer is awaited, queued
+  or unsent, so a pipelining client holds at most one read and the answers of
+  one slice;
+- output: a client that does not read gets no more answers than the write
+  buffer's high-water mark (WRITE_BUFFER_HIGH) and is dropped if it has not
+  drained within `idle_timeout`;
+- time: a request head must arrive whole within `header_timeout` of its first
+  byte, however it trickles; a body within `header_timeout` plus one second
+  per BODY_MIN_RATE bytes; an idle kept-alive connection is closed after
+  `idle_timeout`. The clocks stop while the daemon, not the client, is the
+  one holding things up (an answer in progress, a full write buffer);
+- slots: `max_connections` in all, `max_connections_per_uid` for one peer
+  uid, and `reserved_admin_connections` of them only for privileged peers
+  (root and the admin group), who are not held to the per-uid cap. A
+  refused client reads a 503 it can show.
 """
 
 from __future__ import annotations
@@ -19,13 +34,35 @@ import socket
 import stat
 import struct
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol
 
+import httptools
+
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
 MAX_HEADER_BYTES = 16384
-WRITE_BUFFER_HIGH = 256 * 1024
+# Small enough that 200 clients that never read hold a few MB between them;
+# any one answer larger than this is still written whole.
+WRITE_BUFFER_HIGH = 64 * 1024
+# One recv() into a buffer the server shares: the default body limit fits in one.
+READ_BYTES = 64 * 1024
+# The parser cannot stop in the middle of what it is fed, so it is fed in
+# slices: a pipelining client can queue at most one slice's worth of requests.
+FEED_BYTES = 2048
+# A body must keep coming at this rate, after `header_timeout` of grace (Apache's
+# mod_reqtimeout MinRate): a local client sends megabytes a second, a slow one
+# holding a slot with a 64 KiB body is dropped within header_timeout + 8 s.
+BODY_MIN_RATE = 8192
+# How often deadlines are looked at, while any connection is open.
+SWEEP_SECONDS = 0.1
+# A refused client has this long to send its request and read the 503, so that
+# it sees an answer instead of a broken pipe; at most this many are drained at
+# once, the rest get the 503 and an immediate close.
+DRAIN_SECONDS = 1.0
+DRAIN_BYTES = 64 * 1024
+MAX_DRAINING = 256
 
 REASONS = {
     100: "Continue", 200: "OK", 202: "Accepted", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
@@ -42,6 +79,7 @@ def _head(status: int, reason: str) -> bytes:
 
 
 _HEADS = {status: _head(status, reason) for status, reason in REASONS.items()}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class SocketInUse(Exception):
@@ -64,6 +102,8 @@ class Request:
     headers: dict[str, str]
     body: bytes
     peer: Peer
+    keep_alive: bool = True
+    version: str = "1.1"
 
 
 @dataclass
@@ -73,9 +113,9 @@ class Response:
     headers: list[tuple[str, str]] = field(default_factory=list)
 
 
-def error_response(status: int, code: str, message: str) -> Response:
+def error_response(status: int, code: str, message: str, headers: list[tuple[str, str]] | None = None) -> Response:
     body = json.dumps({"status": "error", "error": {"code": code, "message": message}}).encode()
-    return Response(status, body)
+    return Response(status, body, headers or [])
 
 
 Handler = Callable[[Request], "Response | Awaitable[Response]"]
@@ -85,8 +125,19 @@ class Limits(Protocol):
     """The limits a connection is held to; read from the config in effect when it opens."""
 
     max_connections: int
+    max_connections_per_uid: int
+    reserved_admin_connections: int
+    header_timeout: float
     idle_timeout: float
     max_body_bytes: int
+
+
+class _Refuse(Exception):
+    """Raised in a parser callback to stop parsing and answer with this error, then close."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status)
+        self.response = response
 
 
 def peer_of(sock: socket.socket) -> Peer:
@@ -147,200 +198,371 @@ def bind_unix(path: Path, group: str | None, mode: int = 0o660) -> socket.socket
     return sock
 
 
-class _Connection(asyncio.Protocol):
+def _target(url: bytes) -> tuple[str, str] | None:
+    """(path, query) of an origin-form or absolute-form request target, `*` as itself; None if neither."""
+    if url[:1] != b"/" and url != b"*":
+        scheme, sep, rest = url.partition(b"://")
+        if not sep or scheme.lower() not in (b"http", b"https"):
+            return None
+        # The authority ends at the path or the query: http://localhost?x=1 asks for "/?x=1".
+        cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
+        url = rest[cut:] if rest[cut:cut + 1] == b"/" else b"/" + rest[cut:]
+    text = url.decode("latin-1").partition("#")[0]
+    path, _, query = text.partition("?")
+    return path, query
+
+
+class _Connection(asyncio.BufferedProtocol):
+    """One client: its parser, its requests in order, its deadlines and its slot."""
+
     def __init__(self, server: "ControlServer") -> None:
         self.server = server
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.busy = False
-        self.closing = False
-        self.write_paused = False
-        self.sent_continue = False
-        self.peer = Peer(-1, -1, -1)
-        self.timer: asyncio.TimerHandle | None = None
-        self.last_activity = 0.0
         # A reload's new limits hold from the next connection on.
         self.limits = server.limits()
-        self.started = 0.0
+        self.transport: asyncio.Transport | None = None
+        self.peer = Peer(-1, -1, -1)
+        self.parser = httptools.HttpRequestParser(self)
+        # Bytes read but not yet parsed: only while parsing is held (see _can_feed).
+        self.inbox = b""
+        # Parsed requests not yet answered, and the errors that end the connection, in arrival order.
+        self.queue: deque[Request | Response] = deque()
+        self.pending = False          # a handler's answer is being awaited
+        self.write_paused = False     # the client is not reading its answers
+        self.parsing_done = False     # after an error or an Upgrade: nothing more is parsed
+        self.closing = False
+        self.eof = False
+        self.admitted = False
+        self.drain_left = 0           # a refused connection: bytes it may still send us
+        # Deadlines, in loop time: the read clock (idle, head, body) and the drain clock for a full write buffer.
+        now = server.loop.time()
+        self.read_deadline = now + self.limits.idle_timeout
+        self.write_deadline = 0.0
+        self.held_since = 0.0
+        # The request being parsed.
+        self.in_message = False
+        self.in_head = False
+        self.head_bytes = 0
+        self.url = b""
+        self.headers: dict[str, str] = {}
+        self.body: list[bytes] = []
+        self.body_bytes = 0
+        self.body_start = 0.0
+        self.continue_owed = False
+        self.request: Request | None = None
 
-    # -- asyncio callbacks ---------------------------------------------------
+    # -- slots ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         server = self.server
-        if len(server.connections) >= self.limits.max_connections:
-            self._send(error_response(503, "too_many_connections", "too many connections; try again"), close=True)
-            return
-        server.connections.add(self)
-        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
-        sock = transport.get_extra_info("socket")
         try:
-            self.peer = peer_of(sock)
+            self.peer = peer_of(transport.get_extra_info("socket"))
         except OSError:
             pass
-        self._arm_timer()
+        refusal = server.admit(self)
+        if refusal is not None:
+            self._refuse(refusal)
+            return
+        self.admitted = True
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        server.watch()
+
+    def _refuse(self, message: str) -> None:
+        """Answer 503 and end the connection without a reset: write, shut our side, drain theirs briefly."""
+        assert self.transport is not None
+        server = self.server
+        self.closing = True
+        response = error_response(503, "busy", message, [("Retry-After", "1")])
+        self.transport.write(self._encode(response, None, close=True))
+        if len(server.draining) >= MAX_DRAINING or not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self.drain_left = DRAIN_BYTES
+        self.read_deadline = server.loop.time() + DRAIN_SECONDS
+        server.draining.add(self)
+        server.watch()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
-        self.server.connections.discard(self)
-        if self.timer:
-            self.timer.cancel()
+        self.queue.clear()
+        self.inbox = b""
+        self.server.release(self)
 
-    def pause_writing(self) -> None:
-        # A client that sends but does not read: stop reading its requests
-        # until it drains, and drop it if it never does (the idle timer).
-        self.write_paused = True
-        if self.transport:
-            self.transport.pause_reading()
+    # -- reading -------------------------------------------------------------------
 
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        if self.transport and not self.closing:
-            self.transport.resume_reading()
-            self._arm_timer()
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.server.scratch
 
-    def data_received(self, data: bytes) -> None:
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.drain_left:
+            self.drain_left = max(0, self.drain_left - nbytes)
+            if not self.drain_left and self.transport:
+                self.transport.close()
+            return
         if self.closing:
             return
-        self.buffer += data
-        self._arm_timer()
-        if not self.busy:
-            self._process()
-        elif len(self.buffer) > MAX_HEADER_BYTES + self.limits.max_body_bytes and self.transport:
+        self._feed(self.server.scratch[:nbytes])
+
+    def eof_received(self) -> bool:
+        if self.drain_left or self.closing:
+            return False
+        # A client that half-closes after its requests still gets their answers.
+        self.eof = True
+        return self.pending or bool(self.queue)
+
+    def _can_feed(self) -> bool:
+        """Whether the parser may take more: not while an answer is awaited, queued or unsent."""
+        return not (self.pending or self.write_paused or self.queue or self.closing or self.parsing_done)
+
+    def _feed(self, data: memoryview) -> None:
+        parser = self.parser
+        pos, end = 0, len(data)
+        while pos < end:
+            if not self._can_feed():
+                if not (self.closing or self.parsing_done):
+                    self.inbox = bytes(data[pos:])
+                    self._hold()
+                return
+            piece = data[pos:pos + FEED_BYTES]
+            pos += len(piece)
+            try:
+                parser.feed_data(piece)
+            except httptools.HttpParserUpgrade:
+                # Nothing is upgraded here: the request is answered and the connection ends.
+                self.parsing_done = True
+                if self.queue and isinstance(self.queue[-1], Request):
+                    self.queue[-1].keep_alive = False
+            except httptools.HttpParserCallbackError as exc:
+                if not isinstance(exc.__context__, _Refuse):
+                    raise
+                self._stop_parsing(exc.__context__.response)
+            except httptools.HttpParserError as exc:
+                self._stop_parsing(error_response(400, "bad_request", f"malformed HTTP request: {exc}"))
+            if self.in_head:
+                self.head_bytes += len(piece)
+                if self.head_bytes > MAX_HEADER_BYTES:
+                    self._stop_parsing(error_response(431, "header_too_large", "request head over 16 KiB"))
+            self._answer_queued()
+
+    def _stop_parsing(self, response: Response) -> None:
+        # Answered after the requests before it, then the connection ends; nothing more is read.
+        self.parsing_done = True
+        self.in_message = self.in_head = False
+        self.queue.append(response)
+        if self.transport is not None:
             self.transport.pause_reading()
 
-    # -- request handling ------------------------------------------------------
+    def _hold(self) -> None:
+        """Stop reading until what was read can be parsed: the client, not the daemon, buffers the rest."""
+        if self.transport is not None:
+            self.transport.pause_reading()
+        if not self.held_since:
+            self.held_since = self.server.loop.time()
 
-    def _arm_timer(self) -> None:
-        # One timer per connection, re-armed lazily when it fires: a request
-        # only stamps the time instead of cancelling and scheduling a TimerHandle.
-        self.last_activity = self.server.loop.time()
-        if self.timer is None:
-            self.timer = self.server.loop.call_later(self.limits.idle_timeout, self._idle)
+    def _release_hold(self) -> None:
+        if self.held_since:
+            # A request begun before the hold: its clock stood still while the daemon held it up.
+            if self.in_message:
+                self.read_deadline += self.server.loop.time() - self.held_since
+            self.held_since = 0.0
 
-    def _idle(self) -> None:
-        self.timer = None
-        if self.closing or self.transport is None:
-            return
-        remaining = self.last_activity + self.limits.idle_timeout - self.server.loop.time()
-        if remaining > 0:
-            self.timer = self.server.loop.call_later(remaining, self._idle)
-            return
-        if self.busy:
-            self._arm_timer()
-            return
-        if self.write_paused:
-            self.transport.abort()
-        elif self.buffer:
-            self._send(error_response(408, "request_timeout", "request not completed in time"), close=True)
-        else:
-            self.transport.close()
+    # -- parser callbacks ----------------------------------------------------------
 
-    def _process(self) -> None:
-        while self.buffer and not self.busy and not self.closing:
-            request = self._parse()
-            if request is None:
+    def on_message_begin(self) -> None:
+        self.in_message = self.in_head = True
+        self.head_bytes = 0
+        self.url = b""
+        self.headers = {}
+        self.body = []
+        self.body_bytes = 0
+        # A deadline from the head's first byte, not re-armed by later ones.
+        self.read_deadline = self.server.loop.time() + self.limits.header_timeout
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.in_head:
+            return  # a chunked body's trailer fields: nothing here reads them
+        if b" " in name or b"\t" in name:
+            # RFC 9112 5.1; older parsers let "Content-Length : 5" through.
+            raise _Refuse(error_response(400, "bad_request", "whitespace in a header field name"))
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        parser, limits, headers = self.parser, self.limits, self.headers
+        self.in_head = False
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise _Refuse(error_response(505, "bad_version", "only HTTP/1.0 and HTTP/1.1 are spoken here"))
+        target = _target(self.url)
+        if target is None:
+            raise _Refuse(error_response(400, "bad_request", "the request target is neither a path nor an http URL"))
+        length = headers.get("content-length")
+        if length is not None and int(length) > limits.max_body_bytes:
+            raise _Refuse(error_response(413, "body_too_large", f"body over {limits.max_body_bytes} bytes"))
+        self.request = Request(parser.get_method().decode("latin-1"), target[0], target[1], headers, b"", self.peer,
+                               parser.should_keep_alive(), version)
+        now = self.server.loop.time()
+        self.body_start = now + limits.header_timeout
+        self.read_deadline = self.body_start
+        if (version == "1.1" and headers.get("expect", "").lower() == "100-continue"
+                and (length not in (None, "0") or "transfer-encoding" in headers)):
+            # Sent only when the answers before it are out, or it would land among them.
+            self.continue_owed = True
+            if not (self.pending or self.queue or self.write_paused):
+                self._send_continue()
+
+    def on_body(self, body: bytes) -> None:
+        self.body_bytes += len(body)
+        if self.body_bytes > self.limits.max_body_bytes:
+            raise _Refuse(error_response(413, "body_too_large", f"body over {self.limits.max_body_bytes} bytes"))
+        self.body.append(body)
+        self.read_deadline = self.body_start + self.body_bytes / BODY_MIN_RATE
+
+    def on_message_complete(self) -> None:
+        request = self.request
+        assert request is not None  # on_headers_complete made it
+        self.in_message = self.continue_owed = False
+        self.request = None
+        body = self.body
+        request.body = body[0] if len(body) == 1 else b"".join(body)
+        self.queue.append(request)
+
+    def _send_continue(self) -> None:
+        self.continue_owed = False
+        if self.transport is not None and not self.closing:
+            self.transport.write(_CONTINUE)
+
+    # -- answering -----------------------------------------------------------------
+
+    def _answer_queued(self) -> None:
+        """Answer what is queued, in order, while nothing holds the connection up."""
+        queue = self.queue
+        while queue and not (self.pending or self.write_paused or self.closing):
+            item = queue.popleft()
+            if isinstance(item, Response):
+                self._send(item, None)
                 return
-            keep_alive = self._keep_alive(request)
-            self.started = time.monotonic()
-            try:
-                result = self.server.handler(request)
-            except Exception:  # noqa: BLE001 - one bad request must not end the server
-                self.server.on_error(request)
-                result = error_response(500, "internal_error", "internal error; see the daemon's log")
-            if isinstance(result, Response):
-                self.server.on_answer(request, result.status, time.monotonic() - self.started)
-                self._send(result, close=not keep_alive)
-            else:
-                self.busy = True
-                task = self.server.loop.create_task(self._finish(result, request, keep_alive))
-                self.server.tasks.add(task)
-                task.add_done_callback(self.server.tasks.discard)
+            self._answer(item)
+        if self.continue_owed and not (queue or self.pending or self.write_paused):
+            self._send_continue()
 
-    async def _finish(self, pending: Awaitable[Response], request: Request, keep_alive: bool) -> None:
+    def _answer(self, request: Request) -> None:
+        server = self.server
+        started = time.monotonic()
+        try:
+            result = server.handler(request)
+        except Exception:  # noqa: BLE001 - one bad request must not end the server
+            server.on_error(request)
+            result = error_response(500, "internal_error", "internal error; see the daemon's log")
+        if isinstance(result, Response):
+            server.on_answer(request, result.status, time.monotonic() - started)
+            self._send(result, request)
+            return
+        self.pending = True
+        self._hold()
+        task = server.loop.create_task(self._finish(result, request, started))
+        server.tasks.add(task)
+        task.add_done_callback(server.tasks.discard)
+
+    async def _finish(self, pending: Awaitable[Response], request: Request, started: float) -> None:
         try:
             response = await pending
         except Exception:  # noqa: BLE001
             self.server.on_error(request)
             response = error_response(500, "internal_error", "internal error; see the daemon's log")
-        self.busy = False
-        self.server.on_answer(request, response.status, time.monotonic() - self.started)
+        self.pending = False
+        self.server.on_answer(request, response.status, time.monotonic() - started)
         if self.closing:
             return
-        self._send(response, close=not keep_alive)
-        if self.transport and not self.closing:
+        self._send(response, request)
+        self._resume()
+
+    def _resume(self) -> None:
+        """Go on after a hold: answer what is queued, parse what was read, read again."""
+        self._answer_queued()
+        if self.closing or not self._can_feed():
+            return
+        self._release_hold()
+        if self.inbox:
+            data, self.inbox = self.inbox, b""
+            self._feed(memoryview(data))
+            if self.closing or not self._can_feed():
+                return
+        if self.eof:
+            self._close()
+        elif self.transport is not None:
             self.transport.resume_reading()
-            self._arm_timer()
-            self._process()
 
-    def _keep_alive(self, request: Request) -> bool:
-        connection = request.headers.get("connection", "").lower()
-        if request.headers.get(":version") == "HTTP/1.0":
-            return connection == "keep-alive"
-        return connection != "close"
+    @staticmethod
+    def _encode(response: Response, request: Request | None, close: bool) -> bytes:
+        head = _HEADS.get(response.status) or _head(response.status, "Unknown")
+        extra = "".join(f"\r\n{k}: {v}" for k, v in response.headers)
+        if close:
+            extra += "\r\nConnection: close"
+        elif request is not None and request.version == "1.0":
+            extra += "\r\nConnection: keep-alive"
+        body = response.body
+        tail = extra.encode("latin-1") + b"\r\n\r\n"
+        # HEAD: the headers GET would have, Content-Length included, and no body.
+        if request is not None and request.method == "HEAD":
+            return head + b"%d" % len(body) + tail
+        return head + b"%d" % len(body) + tail + body
 
-    def _parse(self) -> Request | None:
-        """One complete request off the buffer, or None while it is incomplete."""
-        end = self.buffer.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self.buffer) > MAX_HEADER_BYTES:
-                self._send(error_response(431, "header_too_large", "request head over 16 KiB"), close=True)
-            return None
-        if end > MAX_HEADER_BYTES:
-            self._send(error_response(431, "header_too_large", "request head over 16 KiB"), close=True)
-            return None
-        try:
-            head = bytes(self.buffer[:end]).decode("latin-1")
-            request_line, *header_lines = head.split("\r\n")
-            method, target, version = request_line.split(" ")
-            if not version.startswith("HTTP/1."):
-                self._send(error_response(505, "bad_version", "only HTTP/1.x is spoken here"), close=True)
-                return None
-            headers = {":version": version}
-            for line in header_lines:
-                name, _, value = line.partition(":")
-                if not _ or not name or name != name.strip():
-                    raise ValueError(line)
-                headers[name.lower()] = value.strip()
-            length = int(headers.get("content-length", "0"))
-            if length < 0:
-                raise ValueError(length)
-        except ValueError:
-            self._send(error_response(400, "bad_request", "malformed HTTP request"), close=True)
-            return None
-        if "transfer-encoding" in headers:
-            self._send(error_response(411, "length_required", "send a Content-Length, not chunks"), close=True)
-            return None
-        if length > self.limits.max_body_bytes:
-            self._send(
-                error_response(413, "body_too_large", f"body over {self.limits.max_body_bytes} bytes"), close=True
-            )
-            return None
-        total = end + 4 + length
-        if len(self.buffer) < total:
-            if headers.get("expect", "").lower() == "100-continue" and not self.sent_continue:
-                self.sent_continue = True
-                assert self.transport
-                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            return None
-        body = bytes(self.buffer[end + 4 : total])
-        del self.buffer[:total]
-        self.sent_continue = False
-        path, _, query = target.partition("?")
-        return Request(method, path, query, headers, body, self.peer)
-
-    def _send(self, response: Response, close: bool) -> None:
+    def _send(self, response: Response, request: Request | None) -> None:
+        """Write one answer; `request` None (a parse error) or not kept alive ends the connection."""
         if self.transport is None or self.closing:
             return
-        head = _HEADS.get(response.status) or _head(response.status, "Unknown")
-        extra = "".join(f"\r\n{k}: {v}" for k, v in response.headers) + ("\r\nConnection: close" if close else "")
-        self.transport.write(head + b"%d" % len(response.body) + extra.encode("latin-1") + b"\r\n\r\n"
-                             + response.body)
+        close = request is None or not request.keep_alive
+        self.transport.write(self._encode(response, request, close))
         if close:
-            self.closing = True
-            self.server.connections.discard(self)
+            self._close()
+        elif not self.in_message:
+            self.read_deadline = self.server.loop.time() + self.limits.idle_timeout
+
+    def _close(self) -> None:
+        self.closing = True
+        self.queue.clear()
+        if self.transport is not None:
             self.transport.close()
+
+    # -- writing -------------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        # A client that sends but does not read: nothing more is parsed or
+        # answered until it drains, and it is dropped if it does not in time.
+        self.write_paused = True
+        self.write_deadline = self.server.loop.time() + self.limits.idle_timeout
+        self._hold()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if not self.closing:
+            self._resume()
+
+    # -- deadlines -----------------------------------------------------------------
+
+    def expire(self, now: float) -> None:
+        """Called by the server's sweep: act on whichever deadline has passed."""
+        if self.transport is None or self.closing and not self.drain_left:
+            return
+        if self.drain_left:
+            if now >= self.read_deadline:
+                self.transport.close()
+        elif self.write_paused:
+            if now >= self.write_deadline:
+                self.transport.abort()
+        elif self.pending or now < self.read_deadline:
+            return
+        elif self.in_message:
+            what = "request head" if self.in_head else "request body"
+            self.parsing_done = True
+            self._send(error_response(408, "request_timeout", f"{what} not received in time"), None)
+        else:
+            self._close()
 
 
 class ControlServer:
@@ -349,24 +571,80 @@ class ControlServer:
         handler: Handler,
         limits: Callable[[], Limits],
         *,
+        is_privileged: Callable[[Peer], bool] = lambda peer: False,
         on_error: Callable[[Request], None] = lambda request: None,
         on_answer: Callable[[Request, int, float], None] = lambda request, status, seconds: None,
     ) -> None:
         self.handler = handler
         self.limits = limits
+        # Root and the admin group: they may take the reserved slots and are not held to the per-uid cap.
+        self.is_privileged = is_privileged
         self.on_error = on_error
         # Each answered request: (request, HTTP status, seconds taken), for the debug log.
         self.on_answer = on_answer
         self.connections: set[_Connection] = set()
+        self.per_uid: dict[int, int] = {}
+        self.draining: set[_Connection] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
+        # Every connection reads into this, one at a time, and parses or copies out what it got at once.
+        self.scratch = memoryview(bytearray(READ_BYTES))
         self.loop: asyncio.AbstractEventLoop
         self._server: asyncio.base_events.Server | None = None
+        self._sweep: asyncio.TimerHandle | None = None
         self.path: Path | None = None
 
     async def start(self, sock: socket.socket) -> None:
         self.loop = asyncio.get_running_loop()
         self.path = Path(sock.getsockname())
         self._server = await self.loop.create_unix_server(lambda: _Connection(self), sock=sock, backlog=1024)
+
+    # -- slots ---------------------------------------------------------------------
+
+    def admit(self, conn: _Connection) -> str | None:
+        """Take a slot for a new connection, or say why there is none (the 503's message)."""
+        limits, peer = conn.limits, conn.peer
+        total = len(self.connections)
+        mine = self.per_uid.get(peer.uid, 0)
+        if total >= limits.max_connections:
+            return f"ratecared is busy: all {limits.max_connections} connections are in use; try again"
+        # Asked only near a limit: it may read the group database.
+        if total >= limits.max_connections - limits.reserved_admin_connections or mine >= limits.max_connections_per_uid:
+            if not self.is_privileged(peer):
+                if mine >= limits.max_connections_per_uid:
+                    return (f"ratecared is busy: uid {peer.uid} already has {mine} connections open "
+                            "(daemon.max_connections_per_uid); try again")
+                return ("ratecared is busy: the connections left are reserved for root and the admin group; "
+                        "try again")
+        self.connections.add(conn)
+        self.per_uid[peer.uid] = mine + 1
+        return None
+
+    def release(self, conn: _Connection) -> None:
+        self.draining.discard(conn)
+        if conn in self.connections:
+            self.connections.discard(conn)
+            left = self.per_uid[conn.peer.uid] - 1
+            if left:
+                self.per_uid[conn.peer.uid] = left
+            else:
+                del self.per_uid[conn.peer.uid]
+
+    # -- deadlines -----------------------------------------------------------------
+
+    def watch(self) -> None:
+        """Make sure the sweep runs: it does while any connection is open, and stops with the last."""
+        if self._sweep is None:
+            self._sweep = self.loop.call_later(SWEEP_SECONDS, self._run_sweep)
+
+    def _run_sweep(self) -> None:
+        self._sweep = None
+        now = self.loop.time()
+        for conn in [*self.connections, *self.draining]:
+            conn.expire(now)
+        if self.connections or self.draining:
+            self.watch()
+
+    # -- lifecycle -----------------------------------------------------------------
 
     def stop_accepting(self) -> None:
         """Stop listening and remove the socket file; connections already open go on."""
@@ -387,7 +665,10 @@ class ControlServer:
         self.stop_accepting()
         if self.tasks and grace > 0:
             await asyncio.wait(set(self.tasks), timeout=grace)
-        for conn in list(self.connections):
+        for conn in [*self.connections, *self.draining]:
             if conn.transport:
                 conn.transport.close()
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         self._server = None

@@ -26,10 +26,10 @@ CACHE = Path(os.environ.get("RATECARED_SYSTEST_CACHE", "/var/cache/ratecared-tes
 RUN = Path(os.environ.get("RATECARED_SYSTEST_RUN", "/var/tmp/ratecared-systest"))
 MIRROR = "http://deb.debian.org/debian"
 # Bump when the recipe changes, so a stale cached root is rebuilt.
-RECIPE = "2"
+RECIPE = "3"
 BASE = ["systemd", "systemd-sysv", "dbus", "ca-certificates", "python3", "apt", "logrotate", "procps", "man-db"]
 PRELOAD = ["mariadb-server", "python3-croniter", "python3-pymysql", "python3-requests", "python3-structlog",
-           "python3-click", "python3-sdnotify", "python3-pytest", "curl"]
+           "python3-click", "python3-sdnotify", "python3-httptools", "python3-pytest", "curl"]
 HOST_TOOLS = {"debootstrap": "debootstrap", "systemd-nspawn": "systemd-container", "nsenter": "util-linux"}
 CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 LOCAL_CAS = Path("/usr/local/share/ca-certificates")
