@@ -3,7 +3,7 @@
 The SQL side of the breakers, outside ratecared.breaker so that the pure
 machine and the registry never load the database layer. Decisions use the
 monotonic clock; the table holds wall-clock UTC times, so an open breaker's
-deadline means the same thing to the next process.
+deadline and the start of each state mean the same thing to the next process.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ratecared.db import Database, parse_timestamp, timestamp
 
 COLUMNS = (
     "platform", "host", "state", "generation", "consecutive_failures", "trip_count", "opened_at",
-    "open_until", "total_requests", "total_successes", "total_failures", "total_rejected",
+    "open_until", "state_since", "total_requests", "total_successes", "total_failures", "total_rejected",
     "last_reason", "updated_at",
 )
 
@@ -35,6 +35,7 @@ def row_of(view: BreakerView, host: str, wall: datetime) -> dict[str, Any]:
         "trip_count": view.trip_count,
         "opened_at": since if is_open else None,
         "open_until": timestamp(wall + timedelta(seconds=view.retry_after or 0.0)) if is_open else None,
+        "state_since": since,
         "total_requests": view.total_requests,
         "total_successes": view.total_successes,
         "total_failures": view.total_failures,
@@ -44,14 +45,16 @@ def row_of(view: BreakerView, host: str, wall: datetime) -> dict[str, Any]:
     }
 
 
-_READ = ("platform", "state", "generation", "consecutive_failures", "trip_count", "open_until", "total_successes",
-         "total_failures", "total_rejected", "last_reason")
+_READ = ("platform", "state", "generation", "consecutive_failures", "trip_count", "open_until", "state_since",
+         "opened_at", "total_successes", "total_failures", "total_rejected", "last_reason")
 
 
 def view_of(row: Sequence[Any], wall: datetime) -> BreakerView:
     """A breaker as a row of `_READ` saved it, seen at wall time `wall`."""
     values = dict(zip(_READ, row))
     until = parse_timestamp(values["open_until"])
+    # Rows written before state_since existed know only when an open breaker opened.
+    since = parse_timestamp(values["state_since"]) or parse_timestamp(values["opened_at"])
     return BreakerView(
         platform=values["platform"],
         state=State(values["state"]),
@@ -62,7 +65,7 @@ def view_of(row: Sequence[Any], wall: datetime) -> BreakerView:
         total_failures=int(values["total_failures"]),
         total_rejected=int(values["total_rejected"]),
         retry_after=(until - wall).total_seconds() if until else None,
-        seconds_in_state=0.0,
+        seconds_in_state=(wall - since).total_seconds() if since else 0.0,
         last_reason=values["last_reason"] or "restored",
     )
 

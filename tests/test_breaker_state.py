@@ -81,3 +81,26 @@ def test_other_hosts_rows_are_left_alone(database: Database) -> None:
     fresh = Registry(PLATFORMS, Policy(), clock=FakeClock(0.0))
     assert breaker_state.restore(database, fresh, "web2", WALL) == []
     assert fresh.acquire("booking").allowed
+
+
+def test_restore_carries_on_the_time_in_each_state(database: Database) -> None:
+    clock = FakeClock(100.0)
+    registry = opened_registry(clock)
+    clock.now = 130.0
+    breaker_state.save(database, registry, "web1", WALL)
+    fresh = Registry(PLATFORMS, Policy(), clock=FakeClock(5.0))
+    breaker_state.restore(database, fresh, "web1", WALL + timedelta(minutes=4))
+    # 30 s in the state when saved, 4 minutes before the new process took over.
+    assert [(s.platform, s.state, s.seconds_in_state) for s in fresh.status()] == [
+        ("booking", State.OPEN, 270.0), ("expedia", State.CLOSED, 270.0)]
+
+
+def test_rows_saved_before_state_since_existed_carry_on_an_open_breakers_time(database: Database) -> None:
+    clock = FakeClock(100.0)
+    registry = opened_registry(clock)
+    clock.now = 130.0
+    breaker_state.save(database, registry, "web1", WALL)
+    database.execute("UPDATE circuit_breaker_state SET state_since = NULL")
+    fresh = Registry(PLATFORMS, Policy(), clock=FakeClock(5.0))
+    breaker_state.restore(database, fresh, "web1", WALL + timedelta(minutes=4))
+    assert [(s.platform, s.seconds_in_state) for s in fresh.status()] == [("booking", 270.0), ("expedia", 0.0)]

@@ -16,7 +16,7 @@ import pytest
 from conftest import DaemonProcess, NotifySocket, fail, setting_in_effect, wait_for
 from mariadb import MariaDB
 from ratecared.config import DatabaseConfig
-from ratecared.db import Database
+from ratecared.db import Database, migrations
 
 
 def set_setting(db_path: Path, key: str, value: str) -> None:
@@ -163,8 +163,7 @@ def test_pending_migrations_are_refused_until_migrate(config_factory, daemon_fac
     migrate = subprocess.run([sys.executable, "-m", "ratecared", "--config", str(config), "migrate"],
                              capture_output=True, text=True, timeout=60)
     assert migrate.returncode == 0
-    assert migrate.stdout.splitlines() == ["applied 001_app_tables", "applied 002_add_cache_settings",
-                                           "applied 003_ratecared_state"]
+    assert migrate.stdout.splitlines() == [f"applied {m.version}_{m.name}" for m in migrations.available()]
     daemon = daemon_factory(config)
     assert daemon.client().status()["total_platforms"] == 7
 
