@@ -114,3 +114,30 @@ def test_keys_that_need_a_restart_are_named_and_keep_their_old_value(config_fact
     # Still on its old socket, which it still answers on.
     assert not (tmp_path / "elsewhere.sock").exists()
     assert daemon.client().status()["total_platforms"] == 7
+
+
+def test_a_new_schedule_shows_in_jobs_when_the_reload_answers(config_factory, daemon_factory) -> None:
+    config = config_factory(daemon={"timezone": "UTC"})
+    daemon = daemon_factory(config)
+    rewrite(config, "jobs.aggregate_statistics", schedule="17 4 * * *")
+    assert reload(daemon)[:2] == (0, "reloaded: applied jobs.aggregate_statistics.schedule\n")
+    jobs = {job["name"]: job for job in json.loads(ctl(daemon.socket, "jobs", "--json")[1])}
+    aggregate = jobs["aggregate_statistics"]
+    assert aggregate["schedule"] == "17 4 * * *"
+    assert aggregate["next_run"][11:19] == "04:17:00"
+
+
+def test_a_new_platform_list_is_in_effect_when_the_reload_answers(config_factory, daemon_factory) -> None:
+    config = config_factory(circuit_breaker={"platforms": ["booking", "agoda"]})
+    daemon = daemon_factory(config)
+    client = daemon.client()
+    for _ in range(5):
+        client.report(client.acquire("booking"), False, 5003)
+    rewrite(config, "circuit_breaker", platforms=["booking", "expedia"])
+    assert reload(daemon)[:2] == (0, "reloaded: applied circuit_breaker.platforms\n")
+    status = {p["platform"]: p["state"] for p in client.status()["platforms"]}
+    # booking keeps its state; expedia is new and closed; agoda is gone.
+    assert status == {"booking": "open", "expedia": "closed"}
+    assert client.acquire("expedia").allowed
+    code, out, err = ctl(daemon.socket, "status", "agoda")
+    assert code == 1 and "unknown platform 'agoda'" in err
