@@ -12,7 +12,7 @@ from typing import Any, Callable, NoReturn
 
 import click
 
-from ratecared.client import (DEFAULT_SOCKET, Client, ClientError, ConnectionDropped, DaemonError,
+from ratecared.client import (DEFAULT_SOCKET, Client, ClientError, ConnectionDropped, DaemonBusy, DaemonError,
                               DaemonUnreachable, PermissionDenied)
 
 EXIT_FAILURE, EXIT_UNREACHABLE, EXIT_DENIED = 1, 3, 4
@@ -42,6 +42,9 @@ def _call(ctx: click.Context, action: Callable[[Client], Any], when_dropped: str
         return action(client)
     except PermissionDenied as exc:
         _fail(str(exc), EXIT_DENIED)
+    except DaemonBusy as exc:
+        # It is running and answered: a failure to retry, not "is ratecared running?".
+        _fail(str(exc), EXIT_FAILURE)
     except DaemonUnreachable as exc:
         if when_dropped and isinstance(exc, ConnectionDropped):
             _fail(when_dropped, EXIT_FAILURE)

@@ -41,6 +41,10 @@ class ConnectionDropped(DaemonUnreachable):
     """The daemon closed the connection before answering: a POST may or may not have been carried out."""
 
 
+class DaemonBusy(DaemonUnreachable):
+    """The daemon refused the connection: all its slots, or this user's share of them, are taken."""
+
+
 class PermissionDenied(ClientError):
     """The socket or the daemon refused this user."""
 
@@ -144,6 +148,9 @@ class Client:
             raise PermissionDenied(error.get("message", "permission denied"))
         if envelope.get("status") != "success":
             error = envelope.get("error", {})
+            if status == 503 and error.get("code") == "busy":
+                # Answered, but not served: to the app's when_unreachable policy, as good as unreachable.
+                raise DaemonBusy(error.get("message", "ratecared is busy; try again"))
             raise DaemonError(status, error.get("code", "error"), error.get("message", raw.decode(errors="replace")))
         return envelope["data"]
 
