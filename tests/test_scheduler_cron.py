@@ -6,6 +6,7 @@ release; the answers must be the same.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from datetime import datetime
@@ -94,6 +95,55 @@ def test_previous_is_the_slot_in_effect() -> None:
     assert Schedule("0 10 * * *", tz).previous(at).isoformat() == "2026-11-27T10:00:00+03:00"
 
 
+@pytest.mark.parametrize("expression,zone,after,expected", [
+    # Zones far west and far east of any server's own zone, with fires a few hours off: the wall
+    # clock iterated on is the schedule's zone, not the system's.
+    ("0 8 * * *", "Pacific/Pago_Pago", "2026-03-10T06:00", "2026-03-10T08:00:00-11:00"),
+    ("0 8 * * *", "Pacific/Kiritimati", "2026-03-10T06:00", "2026-03-10T08:00:00+14:00"),
+])
+def test_the_next_fire_is_found_on_the_schedules_own_wall_clock(expression: str, zone: str, after: str,
+                                                                 expected: str) -> None:
+    assert fires(expression, zone, after, 1) == [expected]
+
+
+@pytest.mark.parametrize("expression,zone,at,inclusive,expected", [
+    ("0 8 * * *", "Pacific/Kiritimati", "2026-03-10T09:00", True, "2026-03-10T08:00:00+14:00"),
+    ("0 8 * * *", "Pacific/Pago_Pago", "2026-03-10T09:00", True, "2026-03-10T08:00:00-11:00"),
+    # At a fire time: that fire, or the one before it.
+    ("0 8 * * *", "Europe/Berlin", "2026-03-10T08:00", True, "2026-03-10T08:00:00+01:00"),
+    ("0 8 * * *", "Europe/Berlin", "2026-03-10T08:00", False, "2026-03-09T08:00:00+01:00"),
+    # Years from now: the answer comes from `at`, not from the machine's clock.
+    ("0 8 * * *", "Europe/Berlin", "2099-06-01T09:00", True, "2099-06-01T08:00:00+02:00"),
+    # The gap: 02:30 runs at 03:00, and that is the slot in effect until the next.
+    ("30 2 * * *", "Europe/Berlin", "2026-03-29T03:10", True, "2026-03-29T03:00:00+02:00"),
+    ("30 2 * * *", "Europe/Berlin", "2026-03-29T01:59", True, "2026-03-28T02:30:00+01:00"),
+])
+def test_previous_fire(expression: str, zone: str, at: str, inclusive: bool, expected: str) -> None:
+    schedule = Schedule(expression, ZoneInfo(zone))
+    assert schedule.previous(datetime.fromisoformat(at).replace(tzinfo=schedule.tz), inclusive).isoformat() == expected
+
+
+def test_in_the_repeated_hour_the_previous_fire_may_be_later_on_the_wall_clock() -> None:
+    tz = ZoneInfo("Europe/Berlin")
+    # The second 02:30: the first 02:45 (CEST) has passed, 75 real minutes ago.
+    second = datetime(2026, 10, 25, 2, 30, tzinfo=tz, fold=1)
+    assert Schedule("45 2 * * *", tz).previous(second).isoformat() == "2026-10-25T02:45:00+02:00"
+    assert Schedule("45 2 * * *", tz).previous(second.replace(fold=0)).isoformat() == "2026-10-24T02:45:00+02:00"
+
+
+@pytest.mark.parametrize("expression", ["0 2 * * * 30", "0 2 * *", "61 2 * * *", "every day"])
+def test_only_a_valid_five_field_expression_is_a_schedule(expression: str) -> None:
+    with pytest.raises(ValueError, match=f"^{re.escape(f'not a valid five-field cron expression: {expression!r}')}$"):
+        Schedule(expression, ZoneInfo("UTC"))
+
+
+def test_fire_times_are_asked_for_instants_only() -> None:
+    schedule = Schedule("0 2 * * *", ZoneInfo("UTC"))
+    for ask in (schedule.next, schedule.previous):
+        with pytest.raises(ValueError, match="^fire times are asked for aware datetimes only$"):
+            ask(datetime(2026, 3, 29, 2))
+
+
 def test_dst_notes_for_ratecarectl_jobs() -> None:
     tz = ZoneInfo("Europe/Berlin")
     daily = Schedule("0 2 * * *", tz)
@@ -103,6 +153,13 @@ def test_dst_notes_for_ratecarectl_jobs() -> None:
     assert daily.dst_note(fold) == "02:00 occurs twice on 2026-10-25 (DST ends): runs once, at the first"
     morning = Schedule("0 6 * * *", tz)
     assert morning.dst_note(morning.next(datetime(2026, 10, 24, 12, tzinfo=tz))) is None
+    half_past = Schedule("30 2 * * *", tz)
+    assert half_past.dst_note(half_past.next(datetime(2026, 3, 28, 12, tzinfo=tz))) == (
+        "02:30 does not exist on 2026-03-29 (DST starts): runs at 03:00 CEST")
+    # Only for a daily time written as digits: neither minute nor hour may be a pattern.
+    for expression in ("*/30 2 * * *", "0 */2 * * *"):
+        every = Schedule(expression, tz)
+        assert every.dst_note(every.next(datetime(2026, 3, 29, 1, tzinfo=tz))) is None
 
 
 def loaded_by(module: str, prefixes: tuple[str, ...]) -> list[str]:

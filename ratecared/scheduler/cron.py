@@ -24,9 +24,6 @@ from croniter import croniter
 
 from ratecared.localtime import UTC, exists, place
 
-# Any expression that fires at all fires within a few years (a 29 February
-# is at most eight years away); the bound only stops a runaway loop.
-_MAX_STEPS = 5000
 # Wider than any DST shift (two hours at most, Antarctica/Troll): a naive
 # local time this far after `at` is after it whatever the fold.
 _WIDEST_SHIFT = timedelta(hours=3)
@@ -47,11 +44,12 @@ class Schedule:
         """The first fire time strictly after the aware instant `after`, in the zone."""
         after_utc = _utc(after)
         it = croniter(self.expression, after_utc.astimezone(self.tz).replace(tzinfo=None))
-        for _ in range(_MAX_STEPS):
+        # Only a time in the repeated hour of a fall-back day is passed over:
+        # placed at its first occurrence, it is before `after`.
+        while True:
             candidate = place(it.get_next(datetime), self.tz)
             if candidate.astimezone(UTC) > after_utc:
                 return candidate
-        raise ValueError(f"{self.expression!r} has no fire time after {after.isoformat()}")
 
     def previous(self, at: datetime, inclusive: bool = True) -> datetime:
         """The latest fire time at or before `at` (strictly before it unless `inclusive`).
@@ -62,12 +60,11 @@ class Schedule:
         """
         at_utc = _utc(at)
         it = croniter(self.expression, at_utc.astimezone(self.tz).replace(tzinfo=None) + _WIDEST_SHIFT)
-        for _ in range(_MAX_STEPS):
+        while True:
             candidate = place(it.get_prev(datetime), self.tz)
             moment = candidate.astimezone(UTC)
             if moment < at_utc or (inclusive and moment == at_utc):
                 return candidate
-        raise ValueError(f"{self.expression!r} has no fire time before {at.isoformat()}")
 
     def dst_note(self, fire: datetime) -> str | None:
         """Why a fire time of a daily expression is not what it literally says, on DST days."""
@@ -78,8 +75,7 @@ class Schedule:
         wanted = datetime(local.year, local.month, local.day, int(fields[1]), int(fields[0]))
         if not exists(wanted, self.tz):
             return f"{wanted:%H:%M} does not exist on {wanted:%Y-%m-%d} (DST starts): runs at {local:%H:%M %Z}"
-        first = wanted.replace(tzinfo=self.tz, fold=0).astimezone(UTC)
-        second = wanted.replace(tzinfo=self.tz, fold=1).astimezone(UTC)
+        first, second = (wanted.replace(tzinfo=self.tz, fold=fold).astimezone(UTC) for fold in (0, 1))
         if first != second:
             return f"{wanted:%H:%M} occurs twice on {wanted:%Y-%m-%d} (DST ends): runs once, at the first"
         return None
