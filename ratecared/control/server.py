@@ -80,6 +80,9 @@ def _head(status: int, reason: str) -> bytes:
 
 _HEADS = {status: _head(status, reason) for status, reason in REASONS.items()}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# Deadlines are compared only with each other, on the monotonic clock; the loop's
+# own time() is the same clock behind a Python method call.
+_now = time.monotonic
 
 
 class SocketInUse(Exception):
@@ -94,16 +97,22 @@ class Peer:
     groups: frozenset[int] = frozenset()
 
 
-@dataclass
+@dataclass(slots=True)
 class Request:
     method: str
     path: str
     query: str
-    headers: dict[str, str]
+    # As the parser gave them; `headers` decodes them for whoever asks.
+    raw_headers: list[tuple[bytes, bytes]]
     body: bytes
     peer: Peer
     keep_alive: bool = True
     version: str = "1.1"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Field names in lower case; of a repeated field, the last value."""
+        return {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in self.raw_headers}
 
 
 @dataclass
@@ -130,6 +139,20 @@ class Limits(Protocol):
     header_timeout: float
     idle_timeout: float
     max_body_bytes: int
+
+
+def _rejects_space_before_colon() -> bool:
+    """Whether this httptools refuses "Name : value" itself: llhttp in newer releases does, Debian 12's
+    0.1.1 (http-parser) and 0.5.0 do not, and RFC 9112 5.1 says a server must."""
+    try:
+        httptools.HttpRequestParser(None).feed_data(b"GET / HTTP/1.1\r\nA : b\r\n\r\n")
+    except httptools.HttpParserError:
+        return True
+    return False
+
+
+_CHECK_FIELD_NAMES = not _rejects_space_before_colon()
+_METHODS = {name.encode(): name for name in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
 
 
 class _Refuse(Exception):
@@ -207,8 +230,7 @@ def _target(url: bytes) -> tuple[str, str] | None:
         # The authority ends at the path or the query: http://localhost?x=1 asks for "/?x=1".
         cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
         url = rest[cut:] if rest[cut:cut + 1] == b"/" else b"/" + rest[cut:]
-    text = url.decode("latin-1").partition("#")[0]
-    path, _, query = text.partition("?")
+    path, _, query = url.partition(b"#")[0].decode("latin-1").partition("?")
     return path, query
 
 
@@ -233,8 +255,8 @@ class _Connection(asyncio.BufferedProtocol):
         self.eof = False
         self.admitted = False
         self.drain_left = 0           # a refused connection: bytes it may still send us
-        # Deadlines, in loop time: the read clock (idle, head, body) and the drain clock for a full write buffer.
-        now = server.loop.time()
+        # Deadlines, on the monotonic clock: the read clock (idle, head, body) and the drain clock for a full write buffer.
+        now = _now()
         self.read_deadline = now + self.limits.idle_timeout
         self.write_deadline = 0.0
         self.held_since = 0.0
@@ -243,7 +265,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.in_head = False
         self.head_bytes = 0
         self.url = b""
-        self.headers: dict[str, str] = {}
+        self.raw_headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
         self.body_bytes = 0
         self.body_start = 0.0
@@ -280,7 +302,7 @@ class _Connection(asyncio.BufferedProtocol):
             return
         self.transport.write_eof()
         self.drain_left = DRAIN_BYTES
-        self.read_deadline = server.loop.time() + DRAIN_SECONDS
+        self.read_deadline = _now() + DRAIN_SECONDS
         server.draining.add(self)
         server.watch()
 
@@ -300,10 +322,10 @@ class _Connection(asyncio.BufferedProtocol):
             self.drain_left = max(0, self.drain_left - nbytes)
             if not self.drain_left and self.transport:
                 self.transport.close()
-            return
-        if self.closing:
-            return
-        self._feed(self.server.scratch[:nbytes])
+        elif self._can_feed():
+            self._feed(self.server.scratch[:nbytes])
+        # Otherwise it is ending (an error, an Upgrade, a close): what it sends is dropped. A held
+        # connection is not read at all.
 
     def eof_received(self) -> bool:
         if self.drain_left or self.closing:
@@ -317,10 +339,10 @@ class _Connection(asyncio.BufferedProtocol):
         return not (self.pending or self.write_paused or self.queue or self.closing or self.parsing_done)
 
     def _feed(self, data: memoryview) -> None:
-        parser = self.parser
+        feed = self.parser.feed_data
         pos, end = 0, len(data)
         while pos < end:
-            if not self._can_feed():
+            if pos and not self._can_feed():
                 if not (self.closing or self.parsing_done):
                     self.inbox = bytes(data[pos:])
                     self._hold()
@@ -328,7 +350,7 @@ class _Connection(asyncio.BufferedProtocol):
             piece = data[pos:pos + FEED_BYTES]
             pos += len(piece)
             try:
-                parser.feed_data(piece)
+                feed(piece)
             except httptools.HttpParserUpgrade:
                 # Nothing is upgraded here: the request is answered and the connection ends.
                 self.parsing_done = True
@@ -344,7 +366,8 @@ class _Connection(asyncio.BufferedProtocol):
                 self.head_bytes += len(piece)
                 if self.head_bytes > MAX_HEADER_BYTES:
                     self._stop_parsing(error_response(431, "header_too_large", "request head over 16 KiB"))
-            self._answer_queued()
+            if self.queue:
+                self._answer_queued()
 
     def _stop_parsing(self, response: Response) -> None:
         # Answered after the requests before it, then the connection ends; nothing more is read.
@@ -359,13 +382,13 @@ class _Connection(asyncio.BufferedProtocol):
         if self.transport is not None:
             self.transport.pause_reading()
         if not self.held_since:
-            self.held_since = self.server.loop.time()
+            self.held_since = _now()
 
     def _release_hold(self) -> None:
         if self.held_since:
             # A request begun before the hold: its clock stood still while the daemon held it up.
             if self.in_message:
-                self.read_deadline += self.server.loop.time() - self.held_since
+                self.read_deadline += _now() - self.held_since
             self.held_since = 0.0
 
     # -- parser callbacks ----------------------------------------------------------
@@ -374,42 +397,52 @@ class _Connection(asyncio.BufferedProtocol):
         self.in_message = self.in_head = True
         self.head_bytes = 0
         self.url = b""
-        self.headers = {}
+        self.raw_headers = []
         self.body = []
         self.body_bytes = 0
         # A deadline from the head's first byte, not re-armed by later ones.
-        self.read_deadline = self.server.loop.time() + self.limits.header_timeout
+        self.read_deadline = _now() + self.limits.header_timeout
 
     def on_url(self, url: bytes) -> None:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self.in_head:
-            return  # a chunked body's trailer fields: nothing here reads them
-        if b" " in name or b"\t" in name:
-            # RFC 9112 5.1; older parsers let "Content-Length : 5" through.
-            raise _Refuse(error_response(400, "bad_request", "whitespace in a header field name"))
-        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        # Not a chunked body's trailer fields: nothing here reads them.
+        if self.in_head:
+            self.raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        parser, limits, headers = self.parser, self.limits, self.headers
+        parser, limits = self.parser, self.limits
         self.in_head = False
+        # Only three fields matter here; the parser has already checked Content-Length's digits and repeats.
+        length = expect = None
+        chunked = False
+        for name, value in self.raw_headers:
+            if _CHECK_FIELD_NAMES and (b" " in name or b"\t" in name):
+                raise _Refuse(error_response(400, "bad_request", "whitespace in a header field name"))
+            if len(name) in (6, 14, 17):
+                key = name.lower()
+                if key == b"content-length":
+                    length = int(value)
+                elif key == b"transfer-encoding":
+                    chunked = True
+                elif key == b"expect":
+                    expect = value.lower()
         version = parser.get_http_version()
         if version not in ("1.1", "1.0"):
             raise _Refuse(error_response(505, "bad_version", "only HTTP/1.0 and HTTP/1.1 are spoken here"))
         target = _target(self.url)
         if target is None:
             raise _Refuse(error_response(400, "bad_request", "the request target is neither a path nor an http URL"))
-        length = headers.get("content-length")
-        if length is not None and int(length) > limits.max_body_bytes:
+        if length is not None and length > limits.max_body_bytes:
             raise _Refuse(error_response(413, "body_too_large", f"body over {limits.max_body_bytes} bytes"))
-        self.request = Request(parser.get_method().decode("latin-1"), target[0], target[1], headers, b"", self.peer,
-                               parser.should_keep_alive(), version)
-        now = self.server.loop.time()
-        self.body_start = now + limits.header_timeout
-        self.read_deadline = self.body_start
-        if (version == "1.1" and headers.get("expect", "").lower() == "100-continue"
-                and (length not in (None, "0") or "transfer-encoding" in headers)):
+        method = parser.get_method()
+        self.request = Request(_METHODS.get(method) or method.decode("latin-1"), target[0], target[1],
+                               self.raw_headers, b"", self.peer, parser.should_keep_alive(), version)
+        if not (length or chunked):
+            return
+        self.body_start = self.read_deadline = _now() + limits.header_timeout
+        if version == "1.1" and expect == b"100-continue":
             # Sent only when the answers before it are out, or it would land among them.
             self.continue_owed = True
             if not (self.pending or self.queue or self.write_paused):
@@ -429,7 +462,11 @@ class _Connection(asyncio.BufferedProtocol):
         self.request = None
         body = self.body
         request.body = body[0] if len(body) == 1 else b"".join(body)
-        self.queue.append(request)
+        if self.queue or self.pending or self.write_paused or self.closing:
+            self.queue.append(request)
+        else:
+            # The usual case, answered at once: the parser is inside feed_data, which this does not re-enter.
+            self._answer(request)
 
     def _send_continue(self) -> None:
         self.continue_owed = False
@@ -500,12 +537,12 @@ class _Connection(asyncio.BufferedProtocol):
     @staticmethod
     def _encode(response: Response, request: Request | None, close: bool) -> bytes:
         head = _HEADS.get(response.status) or _head(response.status, "Unknown")
+        body = response.body
         extra = "".join(f"\r\n{k}: {v}" for k, v in response.headers)
         if close:
             extra += "\r\nConnection: close"
         elif request is not None and request.version == "1.0":
             extra += "\r\nConnection: keep-alive"
-        body = response.body
         tail = extra.encode("latin-1") + b"\r\n\r\n"
         # HEAD: the headers GET would have, Content-Length included, and no body.
         if request is not None and request.method == "HEAD":
@@ -517,11 +554,17 @@ class _Connection(asyncio.BufferedProtocol):
         if self.transport is None or self.closing:
             return
         close = request is None or not request.keep_alive
-        self.transport.write(self._encode(response, request, close))
+        if close or response.headers or request.version != "1.1" or request.method == "HEAD":
+            self.transport.write(self._encode(response, request, close))
+        else:
+            # Most answers: nothing but the fixed head and the body.
+            body = response.body
+            self.transport.write((_HEADS.get(response.status) or _head(response.status, "Unknown"))
+                                 + b"%d\r\n\r\n%s" % (len(body), body))
         if close:
             self._close()
         elif not self.in_message:
-            self.read_deadline = self.server.loop.time() + self.limits.idle_timeout
+            self.read_deadline = _now() + self.limits.idle_timeout
 
     def _close(self) -> None:
         self.closing = True
@@ -535,7 +578,7 @@ class _Connection(asyncio.BufferedProtocol):
         # A client that sends but does not read: nothing more is parsed or
         # answered until it drains, and it is dropped if it does not in time.
         self.write_paused = True
-        self.write_deadline = self.server.loop.time() + self.limits.idle_timeout
+        self.write_deadline = _now() + self.limits.idle_timeout
         self._hold()
 
     def resume_writing(self) -> None:
@@ -638,7 +681,7 @@ class ControlServer:
 
     def _run_sweep(self) -> None:
         self._sweep = None
-        now = self.loop.time()
+        now = _now()
         for conn in [*self.connections, *self.draining]:
             conn.expire(now)
         if self.connections or self.draining:
