@@ -217,6 +217,9 @@ def test_sigterm_during_warming_does_not_wait_for_requests_in_flight(config_fact
         # The run's last line reaches its log file before the daemon says it stopped.
         ended = [json.loads(line) for line in (tmp_path / "logs" / "warming.log").read_text().splitlines()]
         assert [line["status"] for line in ended if line["event"] == "job finished"] == ["interrupted"]
+        # Every line of the run in its file carries the run's job and run_id.
+        [(run_id,)] = db.query("SELECT run_id FROM job_runs WHERE job = 'warm_cache'")
+        assert {(line["job"], line["run_id"]) for line in ended} == {("warm_cache", run_id)}
         assert daemon.output.index("job finished") < daemon.output.index("stopped final_snapshot")
         db.close()
     finally:

@@ -108,14 +108,23 @@ class Database:
                 moved = self.dialect.identity() != self._local.identity
             except FileNotFoundError:
                 self._drop(conn)
-                self._notice = f"{self.describe()} was deleted while ratecared ran"
+                self._note(f"{self.describe()} was deleted while ratecared ran")
                 raise DatabaseMissing(f"the database file of {self.describe()} is gone: deleted while ratecared"
                                       " ran") from None
             if moved:
                 self._drop(conn)
-                self._notice = f"{self.describe()} was replaced by another file while ratecared ran; reconnected to it"
+                self._note(f"{self.describe()} was replaced by another file while ratecared ran; reconnected to it")
                 conn = None
         return conn if conn is not None else self._open(create=False)
+
+    # Any thread may notice what happened to the file; health reads it from another.
+    def _note(self, notice: str) -> None:
+        with self._lock:
+            self._notice = notice
+
+    def _noticed(self) -> str | None:
+        with self._lock:
+            return self._notice
 
     def _open(self, create: bool) -> Any:
         try:
@@ -244,14 +253,14 @@ class Database:
         try:
             self.ping()
         except DatabaseError as exc:
-            return Probe(False, False, str(exc), self._notice)
+            return Probe(False, False, str(exc), self._noticed())
         try:
             refusal = self.dialect.read_only(self.query)
             if refusal is None:
                 self._rolled_back(_WRITE_PROBE)
         except DatabaseError as exc:
             refusal = f"writes are refused: {exc}"
-        return Probe(True, refusal is None, refusal, self._notice)
+        return Probe(True, refusal is None, refusal, self._noticed())
 
     def _rolled_back(self, sql: str) -> None:
         conn = self._connection()
