@@ -159,6 +159,20 @@ def test_an_edited_shipped_migration_is_an_error_that_names_the_file(database: D
             attempt(database)
 
 
+def test_a_database_with_runs_counts_from_its_first_run_when_005_comes(database: Database) -> None:
+    # As before 005 was recorded (its column added, as a re-run after a failure finds it): runs since the 20th.
+    database.execute("DELETE FROM ratecared_database")
+    database.execute("DELETE FROM schema_migrations WHERE version = '005'")
+    insert = ("INSERT INTO job_runs (job, slot, `trigger`, host, run_id, status, started_at)"
+              " VALUES ('aggregate_statistics', ?, 'schedule', ?, ?, 'success', ?)")
+    for day, host in ((21, "web2"), (20, "web1")):
+        moment = timestamp(datetime(2026, 3, day, 1, tzinfo=timezone.utc))
+        database.execute(insert, (moment, host, f"r{day}", moment))
+    assert [m.version for m in migrations.apply(database)] == ["005"]
+    ((first, host),) = database.query("SELECT first_started_at, first_host FROM ratecared_database")
+    assert (parse_timestamp(first), host) == (datetime(2026, 3, 20, 1, tzinfo=timezone.utc), "web1")
+
+
 # -- SQLite: the file ---------------------------------------------------------------
 
 
