@@ -219,7 +219,8 @@ def test_manual_runs_go_first_and_are_recorded_as_manual(tmp_path: Path, db: Dat
     r = started(db, config_for(tmp_path, db_url), at(2026, 3, 28, 12))
     run_id, future, already = r.request("cleanup_expired_cache")
     assert r.request("cleanup_expired_cache") == (run_id, future, True) and not already
-    assert r.queued() == {"cleanup_expired_cache": run_id}
+    queued = {job["name"]: job["queued_run_id"] for job in r.overview(at(2026, 3, 28, 12))}
+    assert queued == {"aggregate_statistics": None, "cleanup_expired_cache": run_id, "warm_cache": None}
     result = r.step(at(2026, 3, 28, 12))
     assert future.result() == result.as_json(TZ) and result.run_id == run_id
     assert (result.trigger.value, result.slot, result.status) == ("manual", None, RunStatus.SUCCESS)

@@ -365,11 +365,6 @@ class Runner(threading.Thread):
         self.wake.set()
         return manual.run_id, manual.future, False
 
-    def queued(self) -> dict[str, str]:
-        """Manual runs waiting to start, job -> run_id."""
-        with self._lock:
-            return {m.job: m.run_id for m in self._manual}
-
     def close_queue(self) -> list[_Manual]:
         """Take no more manual runs; answer the queued ones (never started) and hand them back.
 
