@@ -168,24 +168,31 @@ def reset(ctx: click.Context, platform: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the daemon's JSON.")
 @click.pass_context
 def health(ctx: click.Context, as_json: bool) -> None:
-    """Is the daemon up and its database reachable? Exits 1 when not."""
+    """Is the daemon up, its database writable? Exits 1 when not."""
     data = _call(ctx, lambda c: c.health())
     db = data["database"]
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
         click.echo(f"daemon    up {_seconds(data['uptime_seconds'])}, version {data['version']}, pid {data['pid']}")
-        reach = click.style("reachable", fg="green") if db["reachable"] else click.style("UNREACHABLE", fg="red")
+        if not db["reachable"]:
+            reach = click.style("UNREACHABLE", fg="red")
+        elif not db["writable"]:
+            reach = click.style("READ-ONLY", fg="red")
+        else:
+            reach = click.style("reachable, writable", fg="green")
         click.echo(f"database  {db['url']} {reach} ({db['latency_ms']} ms)")
         if db["error"]:
             click.echo(f"          error: {db['error']}")
+        if db.get("notice"):
+            click.echo(click.style(f"          {db['notice']}", fg="yellow"))
         if db.get("snapshot_error"):
             click.echo(f"          snapshots failing: {db['snapshot_error']}")
         click.echo(f"snapshot  last written {db['last_snapshot_at'] or 'never'}")
         click.echo(f"breakers  {data['status']}")
         for warning in data.get("setting_warnings", []):
             click.echo(click.style(f"warning   {warning}", fg="yellow"))
-    if not db["reachable"]:
+    if not (db["reachable"] and db["writable"]):
         sys.exit(EXIT_FAILURE)
 
 

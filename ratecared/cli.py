@@ -59,6 +59,8 @@ def migrate(config_path: str | None) -> None:
     database = Database(config.database)
     try:
         applied = migrations.apply(database)
+    except migrations.MigrationChanged as exc:
+        _fail(f"migrate refused: {exc}", EX_CONFIG)
     except DatabaseError as exc:
         _fail(f"migrate failed: {exc}", EX_UNAVAILABLE if "connect" in str(exc) else 1)
     finally:

@@ -121,6 +121,10 @@ class Daemon:
             try:
                 todo = migrations.pending(self.db)
                 break
+            except migrations.MigrationChanged as exc:
+                # Not the database's fault, and no restart mends it: 78 keeps systemd from looping.
+                self.log.error("a shipped migration differs from the one applied", error=str(exc))
+                return EX_CONFIG
             except DatabaseError as exc:
                 if time.monotonic() >= deadline:
                     self.log.error("database unreachable; giving up", database=self.db.describe(), error=str(exc))

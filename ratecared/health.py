@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from ratecared import __version__
 from ratecared import settings as settings_mod
-from ratecared.db import Database, DatabaseError
+from ratecared.db import Database
 from ratecared.settings import SettingsState
 from ratecared.store import SnapshotState
 
@@ -27,13 +27,13 @@ class Health:
 
     def __call__(self) -> dict[str, Any]:
         started = time.monotonic()
-        try:
-            self._db.ping()
-            db: dict[str, Any] = {"reachable": True, "error": None}
-        except DatabaseError as exc:
-            db = {"reachable": False, "error": str(exc)}
+        probe = self._db.probe()
         snapshot, settings = self._snapshots(), self._settings()
-        db.update(
+        db: dict[str, Any] = dict(
+            reachable=probe.reachable,
+            writable=probe.writable,
+            error=probe.error,
+            notice=probe.notice,
             engine=self._db.name,
             url=self._db.describe(),
             latency_ms=round((time.monotonic() - started) * 1000, 1),

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 import pytest
 
-from conftest import DaemonProcess, NotifySocket, fail, setting_in_effect, wait_for
+from conftest import DaemonProcess, NotifySocket, ctl, fail, setting_in_effect, wait_for
 from mariadb import MariaDB
 from ratecared.config import DatabaseConfig
 from ratecared.db import Database, migrations
@@ -264,3 +264,55 @@ def test_a_dead_database_at_start_is_a_clear_error_and_exit_69(config_factory, d
     assert "<4>database unreachable; retrying" in output
     assert "<3>database unreachable; giving up" in output and "no-mysqld.sock" in output
     assert not Path(daemon.socket).exists()
+
+
+def test_an_edited_shipped_migration_stops_the_daemon_and_migrate_with_its_name(config_factory, daemon_factory,
+                                                                               tmp_path: Path) -> None:
+    config = config_factory()
+    daemon_factory(config).stop()
+    # As if 002's file had been edited after it was applied: the stored checksum no longer matches it.
+    set_checksum = sqlite3.connect(tmp_path / "rc.db")
+    set_checksum.execute("UPDATE schema_migrations SET checksum = ? WHERE version = '002'", ("0" * 64,))
+    set_checksum.commit()
+    set_checksum.close()
+    refused = daemon_factory(config, wait=False)
+    assert refused.proc.wait(60) == 78
+    assert "002_add_cache_settings" in refused.read_output()
+    migrate = subprocess.run([sys.executable, "-m", "ratecared", "--config", str(config), "migrate"],
+                             capture_output=True, text=True, timeout=60)
+    assert migrate.returncode == 78 and "migrate refused" in migrate.stderr and "002_add_cache_settings" in migrate.stderr
+
+
+def test_health_follows_a_replaced_sqlite_file_and_says_so(daemon: DaemonProcess, tmp_path: Path) -> None:
+    path = tmp_path / "rc.db"
+    copy = tmp_path / "restored.db"
+    source, target = sqlite3.connect(path), sqlite3.connect(copy)
+    source.backup(target)
+    source.close()
+    target.close()
+    os.replace(copy, path)
+    fail(daemon)
+    # The transition's snapshot goes to the file that is there now, not to the replaced one.
+    db = sqlite3.connect(path)
+    wait_for(lambda: db.execute("SELECT state FROM circuit_breaker_state WHERE platform = 'booking'").fetchall()
+             == [("open",)], what="the snapshot in the file that replaced the old one")
+    db.close()
+    health = daemon.client().health()["database"]
+    assert (health["reachable"], health["writable"]) == (True, True)
+    assert "was replaced by another file while ratecared ran" in health["notice"]
+
+
+@pytest.mark.mariadb
+def test_health_exits_1_when_the_database_takes_no_writes(mariadb: MariaDB, mysql_url: str, config_factory,
+                                                         daemon_factory) -> None:
+    daemon = daemon_factory(config_factory(url=mysql_url))
+    root = mariadb.root_connect()
+    try:
+        root.cursor().execute("SET GLOBAL read_only = 1")
+        code, out, _ = ctl(daemon.socket, "health")
+        assert code == 1 and "READ-ONLY" in out and "the server is read-only (read_only=ON)" in out
+    finally:
+        root.cursor().execute("SET GLOBAL read_only = 0")
+        root.close()
+    code, out, _ = ctl(daemon.socket, "health")
+    assert code == 0 and "reachable, writable" in out
