@@ -262,17 +262,20 @@ def test_a_thousand_connections_at_once(config_factory, daemon_factory) -> None:
         s.settimeout(30)
         s.connect(daemon.socket)
         conns.append(s)
-    # Those over the cap are told so and closed; the daemon keeps serving.
-    refused = 0
-    for s in conns[100:]:
-        reply = s.recv(4096)
-        if reply.startswith(b"HTTP/1.1 503 "):
-            refused += 1
-    assert refused == 900
     for s in conns[:50]:
         s.sendall(b"POST /api/v1/circuit-breaker/booking/acquire HTTP/1.1\r\n\r\n")
     for s in conns[:50]:
         assert s.recv(4096).startswith(b"HTTP/1.1 200 ")
+    # Those over the cap are told so and closed; the daemon keeps serving.
+    refused = 0
+    for s in conns[100:]:
+        s.settimeout(5)
+        try:
+            refused += s.recv(4096).startswith(b"HTTP/1.1 503 ")
+        except socket.timeout:
+            pass
+    # The start-up probe's connection (wait_ready) may hold a slot for a moment: then one of these gets it.
+    assert refused in (899, 900)
     for s in conns:
         s.close()
     assert daemon.client().status()["total_platforms"] == 7

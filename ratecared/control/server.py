@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import grp
 import json
 import os
@@ -63,6 +64,8 @@ SWEEP_SECONDS = 0.1
 DRAIN_SECONDS = 1.0
 DRAIN_BYTES = 64 * 1024
 MAX_DRAINING = 256
+# Connections taken off the backlog per wake-up, so that clients already in get their turn in a flood.
+ACCEPT_BATCH = 64
 
 REASONS = {
     100: "Continue", 200: "OK", 202: "Accepted", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
@@ -155,6 +158,13 @@ _CHECK_FIELD_NAMES = not _rejects_space_before_colon()
 _METHODS = {name.encode(): name for name in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
 
 
+@functools.lru_cache(maxsize=256)
+def _busy(message: str) -> bytes:
+    """The whole 503 a refused connection reads."""
+    body = json.dumps({"status": "error", "error": {"code": "busy", "message": message}}).encode()
+    return _HEADS[503] + b"%d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+
+
 class _Refuse(Exception):
     """Raised in a parser callback to stop parsing and answer with this error, then close."""
 
@@ -163,9 +173,14 @@ class _Refuse(Exception):
         self.response = response
 
 
+def _credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """pid, uid and gid of the other end (SO_PEERCRED): all a refusal needs."""
+    return struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+
+
 def peer_of(sock: socket.socket) -> Peer:
     """Who is on the other end, from the kernel (SO_PEERCRED, SO_PEERGROUPS)."""
-    pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    pid, uid, gid = _credentials(sock)
     try:
         # 1024 bytes (256 groups) is the most Python's getsockopt will read.
         raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 1024)
@@ -237,12 +252,11 @@ def _target(url: bytes) -> tuple[str, str] | None:
 class _Connection(asyncio.BufferedProtocol):
     """One client: its parser, its requests in order, its deadlines and its slot."""
 
-    def __init__(self, server: "ControlServer") -> None:
+    def __init__(self, server: "ControlServer", limits: Limits, peer: Peer) -> None:
         self.server = server
-        # A reload's new limits hold from the next connection on.
-        self.limits = server.limits()
+        self.limits = limits
+        self.peer = peer
         self.transport: asyncio.Transport | None = None
-        self.peer = Peer(-1, -1, -1)
         self.parser = httptools.HttpRequestParser(self)
         # Bytes read but not yet parsed: only while parsing is held (see _can_feed).
         self.inbox = b""
@@ -253,8 +267,6 @@ class _Connection(asyncio.BufferedProtocol):
         self.parsing_done = False     # after an error or an Upgrade: nothing more is parsed
         self.closing = False
         self.eof = False
-        self.admitted = False
-        self.drain_left = 0           # a refused connection: bytes it may still send us
         # Deadlines, on the monotonic clock: the read clock (idle, head, body) and the drain clock for a full write buffer.
         now = _now()
         self.read_deadline = now + self.limits.idle_timeout
@@ -277,34 +289,7 @@ class _Connection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        server = self.server
-        try:
-            self.peer = peer_of(transport.get_extra_info("socket"))
-        except OSError:
-            pass
-        refusal = server.admit(self)
-        if refusal is not None:
-            self._refuse(refusal)
-            return
-        self.admitted = True
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
-        server.watch()
-
-    def _refuse(self, message: str) -> None:
-        """Answer 503 and end the connection without a reset: write, shut our side, drain theirs briefly."""
-        assert self.transport is not None
-        server = self.server
-        self.closing = True
-        response = error_response(503, "busy", message, [("Retry-After", "1")])
-        self.transport.write(self._encode(response, None, close=True))
-        if len(server.draining) >= MAX_DRAINING or not self.transport.can_write_eof():
-            self.transport.close()
-            return
-        self.transport.write_eof()
-        self.drain_left = DRAIN_BYTES
-        self.read_deadline = _now() + DRAIN_SECONDS
-        server.draining.add(self)
-        server.watch()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -318,17 +303,13 @@ class _Connection(asyncio.BufferedProtocol):
         return self.server.scratch
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self.drain_left:
-            self.drain_left = max(0, self.drain_left - nbytes)
-            if not self.drain_left and self.transport:
-                self.transport.close()
-        elif self._can_feed():
+        if self._can_feed():
             self._feed(self.server.scratch[:nbytes])
         # Otherwise it is ending (an error, an Upgrade, a close): what it sends is dropped. A held
         # connection is not read at all.
 
     def eof_received(self) -> bool:
-        if self.drain_left or self.closing:
+        if self.closing:
             return False
         # A client that half-closes after its requests still gets their answers.
         self.eof = True
@@ -590,12 +571,9 @@ class _Connection(asyncio.BufferedProtocol):
 
     def expire(self, now: float) -> None:
         """Called by the server's sweep: act on whichever deadline has passed."""
-        if self.transport is None or self.closing and not self.drain_left:
+        if self.transport is None or self.closing:
             return
-        if self.drain_left:
-            if now >= self.read_deadline:
-                self.transport.close()
-        elif self.write_paused:
+        if self.write_paused:
             if now >= self.write_deadline:
                 self.transport.abort()
         elif self.pending or now < self.read_deadline:
@@ -627,43 +605,150 @@ class ControlServer:
         self.on_answer = on_answer
         self.connections: set[_Connection] = set()
         self.per_uid: dict[int, int] = {}
-        self.draining: set[_Connection] = set()
+        # Refused sockets being drained (no transport: a refusal must cost little), by fd: socket, deadline,
+        # bytes it may still send.
+        self.draining: dict[int, tuple[socket.socket, float, list[int]]] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         # Every connection reads into this, one at a time, and parses or copies out what it got at once.
         self.scratch = memoryview(bytearray(READ_BYTES))
         self.loop: asyncio.AbstractEventLoop
-        self._server: asyncio.base_events.Server | None = None
+        self._listener: socket.socket | None = None
         self._sweep: asyncio.TimerHandle | None = None
+        self._privileged: dict[tuple[int, int], tuple[float, bool]] = {}
         self.path: Path | None = None
 
     async def start(self, sock: socket.socket) -> None:
         self.loop = asyncio.get_running_loop()
         self.path = Path(sock.getsockname())
-        self._server = await self.loop.create_unix_server(lambda: _Connection(self), sock=sock, backlog=1024)
+        self._listener = sock
+        self.loop.add_reader(sock.fileno(), self._accept)
 
     # -- slots ---------------------------------------------------------------------
 
-    def admit(self, conn: _Connection) -> str | None:
-        """Take a slot for a new connection, or say why there is none (the 503's message)."""
-        limits, peer = conn.limits, conn.peer
+    def _accept(self) -> None:
+        """Take new connections off the backlog and decide on each before any transport exists.
+
+        A flood of refused connections then costs a few syscalls each, and a
+        root connection behind them in the backlog is reached quickly.
+        """
+        assert self._listener is not None
+        for _ in range(ACCEPT_BATCH):
+            try:
+                # accept() without its wrapper's enum conversions: in a flood they cost more than the syscall.
+                fd, _ = self._listener._accept()  # type: ignore[attr-defined]
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of descriptors: try again in a moment rather than spin (asyncio does the same).
+                    self.loop.remove_reader(self._listener.fileno())
+                    self.loop.call_later(1.0, self._resume_accepting)
+                return
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
+            sock.setblocking(False)
+            try:
+                _, uid, gid = _credentials(sock)
+            except OSError:
+                uid = gid = -1
+            # A reload's new limits hold from the next connection on.
+            limits = self.limits()
+            refusal = self._admit(sock, uid, gid, limits)
+            if refusal is not None:
+                self._refuse(sock, refusal)
+                continue
+            try:
+                peer = peer_of(sock)
+            except OSError:
+                peer = Peer(-1, -1, -1)
+            conn = _Connection(self, limits, peer)
+            self.connections.add(conn)
+            self.per_uid[peer.uid] = self.per_uid.get(peer.uid, 0) + 1
+            task = self.loop.create_task(self._connect(sock, conn))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+            self.watch()
+
+    def _resume_accepting(self) -> None:
+        if self._listener is not None:
+            self.loop.add_reader(self._listener.fileno(), self._accept)
+
+    async def _connect(self, sock: socket.socket, conn: _Connection) -> None:
+        try:
+            await self.loop.connect_accepted_socket(lambda: conn, sock)
+        except OSError:
+            sock.close()
+            self.release(conn)
+
+    def _admit(self, sock: socket.socket, uid: int, gid: int, limits: Limits) -> str | None:
+        """None when the peer may have a slot; otherwise why not (the 503's message)."""
         total = len(self.connections)
-        mine = self.per_uid.get(peer.uid, 0)
+        mine = self.per_uid.get(uid, 0)
         if total >= limits.max_connections:
             return f"ratecared is busy: all {limits.max_connections} connections are in use; try again"
-        # Asked only near a limit: it may read the group database.
-        if total >= limits.max_connections - limits.reserved_admin_connections or mine >= limits.max_connections_per_uid:
-            if not self.is_privileged(peer):
-                if mine >= limits.max_connections_per_uid:
-                    return (f"ratecared is busy: uid {peer.uid} already has {mine} connections open "
-                            "(daemon.max_connections_per_uid); try again")
-                return ("ratecared is busy: the connections left are reserved for root and the admin group; "
-                        "try again")
-        self.connections.add(conn)
-        self.per_uid[peer.uid] = mine + 1
+        over_uid = mine >= limits.max_connections_per_uid
+        if (over_uid or total >= limits.max_connections - limits.reserved_admin_connections) \
+                and not self._is_privileged(sock, uid, gid):
+            if over_uid:
+                return (f"ratecared is busy: uid {uid} already has {mine} connections open "
+                        "(daemon.max_connections_per_uid); try again")
+            return "ratecared is busy: the connections left are reserved for root and the admin group; try again"
         return None
 
+    def _is_privileged(self, sock: socket.socket, uid: int, gid: int) -> bool:
+        """is_privileged, remembered a second per uid and gid: it may read the group database, and a
+        flood from one uid asks it for every connection. Reserved slots are no security boundary (every
+        admin route checks the full peer), so another process of the same uid and gid may ride on it."""
+        now = _now()
+        known = self._privileged.get((uid, gid))
+        if known is None or known[0] < now:
+            if len(self._privileged) > 4096:
+                self._privileged.clear()
+            try:
+                privileged = self.is_privileged(peer_of(sock))
+            except OSError:
+                privileged = False
+            known = self._privileged[(uid, gid)] = (now + 1.0, privileged)
+        return known[1]
+
+    def _refuse(self, sock: socket.socket, message: str) -> None:
+        """Answer 503 and end the connection without a reset: write, shut our side, drain theirs briefly."""
+        try:
+            sock.send(_busy(message))
+            if len(self.draining) >= MAX_DRAINING:
+                raise OSError("no room to drain")
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            sock.close()
+            return
+        self.draining[sock.fileno()] = (sock, _now() + DRAIN_SECONDS, [DRAIN_BYTES])
+        self.watch()
+
+    def _drain(self, fd: int, now: float) -> None:
+        """From the sweep: read and drop what a refused client sent; close once it hangs up, or in time.
+
+        Read here rather than on every readiness event: a refusal must cost little, and closing with
+        its request unread would reset the connection under a client still sending.
+        """
+        sock, deadline, left = self.draining[fd]
+        while True:
+            try:
+                data = sock.recv(READ_BYTES)
+            except (BlockingIOError, InterruptedError):
+                if now >= deadline:
+                    self._end_drain(fd)
+                return
+            except OSError:
+                data = b""
+            left[0] -= len(data)
+            if not data or left[0] <= 0:
+                self._end_drain(fd)
+                return
+
+    def _end_drain(self, fd: int) -> None:
+        sock, _, _ = self.draining.pop(fd)
+        sock.close()
+
     def release(self, conn: _Connection) -> None:
-        self.draining.discard(conn)
         if conn in self.connections:
             self.connections.discard(conn)
             left = self.per_uid[conn.peer.uid] - 1
@@ -682,8 +767,10 @@ class ControlServer:
     def _run_sweep(self) -> None:
         self._sweep = None
         now = _now()
-        for conn in [*self.connections, *self.draining]:
+        for conn in list(self.connections):
             conn.expire(now)
+        for fd in list(self.draining):
+            self._drain(fd, now)
         if self.connections or self.draining:
             self.watch()
 
@@ -691,8 +778,10 @@ class ControlServer:
 
     def stop_accepting(self) -> None:
         """Stop listening and remove the socket file; connections already open go on."""
-        if self._server is not None:
-            self._server.close()
+        if self._listener is not None:
+            self.loop.remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
         # Once only: by a later call another daemon may have bound the path.
         path, self.path = self.path, None
         if path and os.path.lexists(path):
@@ -703,15 +792,16 @@ class ControlServer:
 
     async def close(self, grace: float = 0.0) -> None:
         """Stop listening, give requests in progress up to `grace` seconds to answer, drop every client."""
-        if self._server is None:
+        if self.path is None and not self.connections and not self.draining:
             return
         self.stop_accepting()
         if self.tasks and grace > 0:
             await asyncio.wait(set(self.tasks), timeout=grace)
-        for conn in [*self.connections, *self.draining]:
+        for conn in list(self.connections):
             if conn.transport:
                 conn.transport.close()
+        for fd in list(self.draining):
+            self._end_drain(fd)
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None
-        self._server = None
