@@ -12,6 +12,19 @@ Phases (each runs --seconds against the daemon, then against the echo server):
   single  acquire one platform + report it        = 1 decision per pair
   batch   batch acquire of all 7 + batch report   = 7 decisions per pair
 
+and, against the daemon only, one legitimate client (single pairs) while others attack it:
+
+  attack  200 slowloris connections (a header byte a second) and 50 that
+          pipeline 256 KiB of `GET status` each and never read
+  flood   200 connections that pipeline 256 KiB each and never read
+  fair    (as root) 1,000 idle and slowloris connections from uid nobody,
+          reopened as soon as they drop; root's status on a fresh connection
+          each time (as ratecarectl makes) and another uid's, timed
+
+The attackers of `attack` and `flood` connect as the bench's user: as root
+every one of them gets a slot (the worst case for memory), as another user
+only daemon.max_connections_per_uid (64) do.
+
 A latency sample is one pair of round trips (acquire + report), timed with
 time.perf_counter_ns in the client. Reports are always success=true, so the
 breakers stay closed. The daemon's VmRSS is sampled from /proc every 100 ms.
@@ -21,7 +34,10 @@ Usage:
     .venv/bin/python bench/breaker_socket.py --cprofile /tmp/rc.prof   # daemon under cProfile
 
 Floors: single >= 5,000 decisions/s, batch >= 20,000 platform decisions/s,
-p99 < 5 ms in both, daemon peak RSS < 60 MB (and no failed requests).
+p99 < 5 ms in both, daemon peak RSS < 60 MB in them (and no failed requests);
+under attack and flood the legitimate client's p99 < 20 ms and the daemon's
+RSS < 100 MB; in fair, root's status p99 < 100 ms and every request of the
+other uid answered.
 Exit status: 0 when every floor passes, 1 otherwise (or when the bench itself
 cannot run), 128+N on signal N. Ctrl-C or SIGTERM stops the daemon, the echo
 server and the clients and removes the temporary directory.
@@ -63,7 +79,11 @@ PREFIX = "/api/v1/circuit-breaker"
 FLOOR_SINGLE = 5_000      # decisions/s
 FLOOR_BATCH = 20_000      # platform decisions/s
 FLOOR_P99_MS = 5.0        # per acquire+report pair, both phases
-FLOOR_RSS_MB = 60.0       # daemon peak VmRSS
+FLOOR_RSS_MB = 60.0       # daemon peak VmRSS in single and batch
+FLOOR_ATTACK_P99_MS = 20.0    # the legitimate client's pairs under attack and flood
+FLOOR_ATTACK_RSS_MB = 100.0   # daemon peak VmRSS under attack and flood
+FLOOR_ROOT_STATUS_MS = 100.0  # root's status p99 in fair
+ATTACKS = ("attack", "flood", "fair")
 
 RECV_BYTES = 16384        # replies are under 1 KiB; a bigger buffer only costs allocation
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -295,6 +315,187 @@ def _echo_main(lsock: socket.socket, canned_acquire: bytes, canned_report: bytes
                     s.setblocking(False)
 
 
+# -- attackers ------------------------------------------------------------------------
+
+SLOW_HEAD = b"GET /api/v1/circuit-breaker/status HTTP/1.1\r\nX-Slow: "
+PIPELINE = b"GET /api/v1/circuit-breaker/status HTTP/1.1\r\nHost: ratecared\r\n\r\n" * 4000   # 256 KiB
+
+
+def _become(uid: int | None) -> None:
+    """As root: drop to `uid` in nobody's group (the socket's group in the fair phase)."""
+    if uid is None:
+        return
+    import pwd
+    gid = pwd.getpwnam("nobody").pw_gid
+    os.setgroups([gid])
+    os.setgid(gid)
+    os.setuid(uid)
+
+
+def _attack_main(path: str, kinds: dict[str, int], uid: int | None, ready, stop, conn) -> None:
+    """Hold `kinds` connections open ("slow", "idle", "hog"), each reopened as soon as the daemon drops it.
+
+    slow: a request head, then one more header byte a second; idle: nothing;
+    hog: 256 KiB of pipelined requests, never a byte read.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    _become(uid)
+    poller = select.poll()
+    socks: dict[int, tuple[socket.socket, str, list[int]]] = {}
+    opened = refused = 0
+
+    def open_one(kind: str) -> None:
+        nonlocal opened
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(path)
+        except OSError:
+            s.close()
+            return
+        s.setblocking(False)
+        opened += 1
+        socks[s.fileno()] = (s, kind, [0])
+        # A hog's answers pile up unread: only the daemon hanging up wakes it.
+        poller.register(s, (select.POLLRDHUP | select.POLLERR) if kind == "hog" else select.POLLIN)
+        if kind == "slow":
+            try:
+                s.send(SLOW_HEAD)
+            except OSError:
+                pass        # refused: the poll sees it hang up
+
+    def drop(fd: int) -> None:
+        s, kind, _ = socks.pop(fd)
+        poller.unregister(fd)
+        s.close()
+        open_one(kind)
+
+    for kind, count in kinds.items():
+        for _ in range(count):
+            open_one(kind)
+    ready.set()
+    next_byte = time.monotonic() + 1.0
+    while not stop.is_set():
+        for fd, _ in poller.poll(50):
+            if fd in socks:
+                s, kind, _ = socks[fd]
+                if kind != "hog":
+                    try:
+                        refused += s.recv(4096).startswith(b"HTTP/1.1 503 ")
+                    except OSError:
+                        pass
+                drop(fd)
+        for fd, entry in list(socks.items()):
+            if socks.get(fd) is not entry:
+                continue        # dropped and its number reused in this pass
+            s, kind, sent = entry
+            try:
+                if kind == "hog" and sent[0] < len(PIPELINE):
+                    sent[0] += s.send(PIPELINE[sent[0]:sent[0] + 65536])
+                elif kind == "slow" and time.monotonic() >= next_byte:
+                    s.send(b"a")
+            except BlockingIOError:
+                pass
+            except OSError:
+                drop(fd)
+        if time.monotonic() >= next_byte:
+            next_byte += 1.0
+    conn.send({"opened": opened, "refused": refused})
+    conn.close()
+
+
+def _start_attack(path: str, kinds: dict[str, int], uid: int | None, children: list) -> tuple:
+    ctx = mp.get_context("fork")
+    ready, stop = ctx.Event(), ctx.Event()
+    parent_end, child_end = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_attack_main, name="bench-attacker", args=(path, kinds, uid, ready, stop, child_end),
+                       daemon=True)
+    proc.start()
+    child_end.close()
+    children.append(proc)
+    if not ready.wait(60):
+        raise RuntimeError("the attackers did not connect within 60 s")
+    return proc, stop, parent_end
+
+
+def _stop_attack(attack: tuple, children: list) -> dict:
+    proc, stop, conn = attack
+    stop.set()
+    stats = conn.recv() if conn.poll(30) else {}
+    _stop(proc, timeout=5)
+    children.remove(proc)
+    return stats
+
+
+def _status_latencies(path: str, count: int) -> list[float]:
+    """Milliseconds for `status` on a fresh connection each time, as ratecarectl asks; inf when not answered."""
+    request = b"GET /api/v1/circuit-breaker/status HTTP/1.1\r\nHost: ratecared\r\nConnection: close\r\n\r\n"
+    out = []
+    for _ in range(count):
+        t = time.perf_counter()
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(10)
+                s.connect(path)
+                s.sendall(request)
+                ok = _read_response(s)[9:12] == b"200"
+        except OSError:
+            ok = False
+        out.append((time.perf_counter() - t) * 1000 if ok else float("inf"))
+        time.sleep(0.05)
+    return out
+
+
+def _status_as(uid: int, path: str, count: int, conn) -> None:
+    _become(uid)
+    conn.send(_status_latencies(path, count))
+    conn.close()
+
+
+def attack_phase(mode: str, path: str, daemon_pid: int, sampler, args, children: list, log) -> dict:
+    """One legitimate client's pairs, or timed status calls in `fair`, while attackers hold connections."""
+    kinds = {"attack": {"slow": 200, "hog": 50}, "flood": {"hog": 200}, "fair": {"idle": 500, "slow": 500}}[mode]
+    attacker = 65534 if mode == "fair" else None
+    t0 = time.monotonic()
+    attack = _start_attack(path, kinds, attacker, children)
+    try:
+        # Let the attack settle: hogs fill their buffers, the first slowloris heads start their clocks.
+        time.sleep(2.0)
+        if mode == "fair":
+            ctx = mp.get_context("fork")
+            parent_end, child_end = ctx.Pipe(duplex=False)
+            other = ctx.Process(target=_status_as, args=(65533, path, 100, child_end), daemon=True)
+            other.start()
+            child_end.close()
+            children.append(other)
+            root = sorted(_status_latencies(path, 100))
+            others = sorted(parent_end.recv())
+            other.join(10)
+            children.remove(other)
+            result = {
+                "root_status_p50_ms": round(_percentile([int(x * 1e6) for x in root], 50), 3),
+                "root_status_p99_ms": round(_percentile([int(x * 1e6) if x != float("inf") else 10**12
+                                                         for x in root], 99), 3),
+                "root_answered": sum(x != float("inf") for x in root), "root_asked": len(root),
+                "other_uid_answered": sum(x != float("inf") for x in others), "other_uid_asked": len(others),
+                "other_uid_p99_ms": round(_percentile([int(x * 1e6) if x != float("inf") else 10**12
+                                                       for x in others], 99), 3),
+            }
+        else:
+            one = argparse.Namespace(**{**vars(args), "clients": 1})
+            r = run_phase(path, "single", daemon_pid, one, validate=True, children=children)
+            result = {k: r[k] for k in ("pairs_per_s", "p50_ms", "p99_ms", "p999_ms", "max_ms", "errors")}
+    finally:
+        stats = _stop_attack(attack, children)
+    result["attackers"] = kinds
+    result["attack_connections_opened"] = stats.get("opened")
+    result["attack_refused_503"] = stats.get("refused")
+    result["peak_rss_mb"] = round(sampler.peak_mb(t0, time.monotonic()) or 0, 1)
+    return result
+
+
 # -- /proc ---------------------------------------------------------------------------
 
 
@@ -458,10 +659,17 @@ def run_phase(path: str, mode: str, server_pid: int, args, validate: bool, child
 
 def _write_config(tmp: Path) -> Path:
     config = tmp / "ratecared.toml"
+    # As root, nobody's group may use the socket: the fair phase's attackers and other uid are in it.
+    group = ""
+    if os.geteuid() == 0:
+        import grp
+        import pwd
+        group = grp.getgrgid(pwd.getpwnam("nobody").pw_gid).gr_name
+        os.chmod(tmp, 0o755)
     config.write_text(
         "[daemon]\n"
         f'socket = "{tmp}/rc.sock"\n'
-        'socket_group = ""\n'
+        f'socket_group = "{group}"\n'
         'admin_group = ""\n'
         "[database]\n"
         f'url = "sqlite:///{tmp}/rc.db"\n'
@@ -511,7 +719,8 @@ def bench(args, log) -> dict:
         log(f"daemon pid {daemon.pid} ready on {sock_path}; RSS {(rss_kb(daemon.pid) or 0) / 1024:.1f} MB")
 
         phases: dict[str, dict] = {}
-        for mode in args.phases:
+        threads = 0     # the daemon's, at the end of each phase: for the unit's TasksMax
+        for mode in [m for m in args.phases if m not in ATTACKS]:
             log(f"{mode}: daemon, {args.clients} clients x {args.seconds:g} s ...")
             d = run_phase(sock_path, mode, daemon.pid, args, validate=True, children=children)
             d["peak_rss_mb"] = round(sampler.peak_mb(d["t0"], d["t1"]) or 0, 1)
@@ -522,6 +731,17 @@ def bench(args, log) -> dict:
                     r.pop(k)
             d["ratio_to_echo"] = round(d["pairs_per_s"] / e["pairs_per_s"], 3)
             phases[mode] = {"daemon": d, "echo": e}
+            threads = max(threads, rss_kb(daemon.pid, "Threads:") or 0)
+
+        for mode in [m for m in args.phases if m in ATTACKS]:
+            if mode == "fair" and os.geteuid() != 0:
+                log("fair: skipped (connecting as other uids needs root)")
+                continue
+            log(f"{mode}: {args.seconds:g} s under attack ...")
+            phases[mode] = {"daemon": attack_phase(mode, sock_path, daemon.pid, sampler, args, children, log)}
+            threads = max(threads, rss_kb(daemon.pid, "Threads:") or 0)
+            # The attackers' sockets are closed; give the daemon a moment to see them go.
+            time.sleep(1)
 
         hwm = rss_kb(daemon.pid, "VmHWM:")
         sampler.stopping.set()
@@ -538,6 +758,7 @@ def bench(args, log) -> dict:
             "python": platform_mod.python_version(),
             "daemon_peak_rss_mb": round(peak or 0, 1),
             "daemon_vmhwm_mb": round(hwm / 1024, 1) if hwm else None,
+            "daemon_threads": threads,
             "cprofile": args.cprofile,
             "phases": phases,
         }
@@ -572,9 +793,22 @@ def floors(result: dict) -> list[tuple[str, str, bool]]:
         checks.append((f"batch platform decisions/s >= {FLOOR_BATCH:,}", f"{d['decisions_per_s']:,.0f}",
                        d["decisions_per_s"] >= FLOOR_BATCH))
         checks.append((f"batch p99 < {FLOOR_P99_MS:g} ms", f"{d['p99_ms']:.3f} ms", d["p99_ms"] < FLOOR_P99_MS))
-    rss = result["daemon_peak_rss_mb"]
+    rss = max((phases[m]["daemon"]["peak_rss_mb"] for m in ("single", "batch") if m in phases), default=0.0)
     checks.append((f"daemon peak RSS < {FLOOR_RSS_MB:g} MB", f"{rss:.1f} MB", rss < FLOOR_RSS_MB))
-    errors = sum(p[t]["errors"] for p in phases.values() for t in ("daemon", "echo"))
+    for mode in ("attack", "flood"):
+        if mode in phases:
+            d = phases[mode]["daemon"]
+            checks.append((f"{mode}: client p99 < {FLOOR_ATTACK_P99_MS:g} ms", f"{d['p99_ms']:.3f} ms",
+                           d["p99_ms"] < FLOOR_ATTACK_P99_MS))
+            checks.append((f"{mode}: daemon RSS < {FLOOR_ATTACK_RSS_MB:g} MB", f"{d['peak_rss_mb']:.1f} MB",
+                           d["peak_rss_mb"] < FLOOR_ATTACK_RSS_MB))
+    if "fair" in phases:
+        d = phases["fair"]["daemon"]
+        checks.append((f"fair: root status p99 < {FLOOR_ROOT_STATUS_MS:g} ms", f"{d['root_status_p99_ms']:.3f} ms",
+                       d["root_status_p99_ms"] < FLOOR_ROOT_STATUS_MS))
+        checks.append(("fair: other uid answered", f"{d['other_uid_answered']}/{d['other_uid_asked']}",
+                       d["other_uid_answered"] == d["other_uid_asked"]))
+    errors = sum(p[t]["errors"] for p in phases.values() for t in ("daemon", "echo") if t in p and "errors" in p[t])
     checks.append(("no failed requests", str(errors), errors == 0))
     return checks
 
@@ -590,6 +824,8 @@ def report_text(result: dict, checks) -> str:
     out.append(head)
     out.append("-" * len(head))
     for mode, p in result["phases"].items():
+        if mode in ATTACKS:
+            continue
         for who in ("daemon", "echo"):
             r = p[who]
             decisions = f"{r['decisions_per_s']:,.0f}" if who == "daemon" else "-"
@@ -606,8 +842,23 @@ def report_text(result: dict, checks) -> str:
             out.append(f"{mode:<7} warning: processes outside the bench used up to {busy:.0f}% of the host; "
                        "the figures are pessimistic")
         out.append("")
+    for mode in ("attack", "flood"):
+        if mode in result["phases"]:
+            r = result["phases"][mode]["daemon"]
+            out.append(f"{mode:<7} attackers {r['attackers']} ({r['attack_connections_opened']} connections opened, "
+                       f"{r['attack_refused_503']} refused with 503): one client {r['pairs_per_s']:,.0f} pairs/s, "
+                       f"p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms, max {r['max_ms']:.3f} ms, "
+                       f"{r['errors']} errors; daemon peak RSS {r['peak_rss_mb']:.1f} MB")
+    if "fair" in result["phases"]:
+        r = result["phases"]["fair"]["daemon"]
+        out.append(f"fair    attackers {r['attackers']} as uid 65534 ({r['attack_connections_opened']} connections "
+                   f"opened, {r['attack_refused_503']} refused with 503): root status {r['root_answered']}/"
+                   f"{r['root_asked']} answered, p50 {r['root_status_p50_ms']:.3f} ms, p99 "
+                   f"{r['root_status_p99_ms']:.3f} ms; uid 65533 {r['other_uid_answered']}/{r['other_uid_asked']} "
+                   f"answered, p99 {r['other_uid_p99_ms']:.3f} ms; daemon peak RSS {r['peak_rss_mb']:.1f} MB")
+    out.append("")
     out.append(f"daemon peak RSS (VmRSS every {RSS_INTERVAL * 1000:.0f} ms): {result['daemon_peak_rss_mb']:.1f} MB"
-               f"   (kernel VmHWM: {result['daemon_vmhwm_mb']} MB)")
+               f"   (kernel VmHWM: {result['daemon_vmhwm_mb']} MB); daemon threads: {result['daemon_threads']}")
     out.append("srv CPU: server process CPU, 100% = one core; srv wait: share of the time its event loop was "
                "runnable but waiting for a CPU;\nsrv/cli us/pair: CPU microseconds per acquire+report pair; "
                "host busy/other: whole host, and the part used outside the bench (100% = all CPUs)")
@@ -631,15 +882,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per phase and server [5]")
     parser.add_argument("--warmup", type=float, default=0.5, help="unmeasured warm-up seconds per phase [0.5]")
     parser.add_argument("--clients", type=int, default=8, help="client processes, one connection each [8]")
-    parser.add_argument("--phases", default="single,batch", help="comma-separated: single,batch [both]")
+    parser.add_argument("--phases", default="single,batch,attack,flood,fair",
+                        help="comma-separated: single,batch,attack,flood,fair [all; fair only as root]")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object on stdout")
     parser.add_argument("--cprofile", metavar="PATH",
                         help="run the daemon under cProfile and write its stats to PATH (skews the figures)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)
     args.phases = [p.strip() for p in args.phases.split(",") if p.strip()]
-    if not args.phases or any(p not in ("single", "batch") for p in args.phases):
-        parser.error("--phases takes single, batch or both")
+    if not args.phases or any(p not in ("single", "batch", *ATTACKS) for p in args.phases):
+        parser.error("--phases takes single, batch, attack, flood and fair")
     if args.clients < 1 or args.seconds <= 0 or args.warmup < 0:
         parser.error("--clients >= 1, --seconds > 0, --warmup >= 0")
     if args.cprofile:
