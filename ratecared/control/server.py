@@ -267,9 +267,8 @@ class _Connection(asyncio.BufferedProtocol):
         self.parsing_done = False     # after an error or an Upgrade: nothing more is parsed
         self.closing = False
         self.eof = False
-        # Deadlines, on the monotonic clock: the read clock (idle, head, body) and the drain clock for a full write buffer.
-        now = _now()
-        self.read_deadline = now + self.limits.idle_timeout
+        # Deadlines on the monotonic clock: reading (idle, head, body), and draining a full write buffer.
+        self.read_deadline = _now() + self.limits.idle_timeout
         self.write_deadline = 0.0
         self.held_since = 0.0
         # The request being parsed.
@@ -284,7 +283,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.continue_owed = False
         self.request: Request | None = None
 
-    # -- slots ---------------------------------------------------------------------
+    # -- transport -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -337,6 +336,7 @@ class _Connection(asyncio.BufferedProtocol):
                 self.parsing_done = True
                 if self.queue and isinstance(self.queue[-1], Request):
                     self.queue[-1].keep_alive = False
+                self._end_if_answered()
             except httptools.HttpParserCallbackError as exc:
                 if not isinstance(exc.__context__, _Refuse):
                     raise
@@ -357,6 +357,11 @@ class _Connection(asyncio.BufferedProtocol):
         self.queue.append(response)
         if self.transport is not None:
             self.transport.pause_reading()
+
+    def _end_if_answered(self) -> None:
+        """After an Upgrade nothing more is parsed: close once its answer is out."""
+        if self.parsing_done and not (self.pending or self.queue):
+            self._close()
 
     def _hold(self) -> None:
         """Stop reading until what was read can be parsed: the client, not the daemon, buffers the rest."""
@@ -503,6 +508,7 @@ class _Connection(asyncio.BufferedProtocol):
         """Go on after a hold: answer what is queued, parse what was read, read again."""
         self._answer_queued()
         if self.closing or not self._can_feed():
+            self._end_if_answered()
             return
         self._release_hold()
         if self.inbox:
