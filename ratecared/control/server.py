@@ -798,8 +798,6 @@ class ControlServer:
 
     async def close(self, grace: float = 0.0) -> None:
         """Stop listening, give requests in progress up to `grace` seconds to answer, drop every client."""
-        if self.path is None and not self.connections and not self.draining:
-            return
         self.stop_accepting()
         if self.tasks and grace > 0:
             await asyncio.wait(set(self.tasks), timeout=grace)
