@@ -42,14 +42,32 @@ def write_config(directory: Path, url: str | None = None, **sections: dict[str, 
         "logging": {"dir": str(directory / "logs"), "level": "info"},
     }
     for name, values in sections.items():
-        base.setdefault(name.replace("__", "."), {}).update(values)
-    text = "\n".join(
-        f"[{name}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items())
-        for name, values in base.items()
-    )
+        _table(base, name.replace("__", ".")).update(values)
     path = directory / "ratecared.toml"
-    path.write_text(text)
+    path.write_text(toml_tables(base))
     return path
+
+
+def _table(data: dict[str, Any], dotted: str) -> dict[str, Any]:
+    for name in dotted.split("."):
+        data = data.setdefault(name, {})
+    return data
+
+
+def rewrite(config: Path, section: str, **values: Any) -> None:
+    """Change keys of one section of a daemon's config file in place, as an operator edits it."""
+    import tomllib
+
+    data = tomllib.loads(config.read_text())
+    _table(data, section).update(values)
+    config.write_text(toml_tables(data))
+
+
+def toml_tables(data: dict[str, Any], prefix: str = "") -> str:
+    """Tables of plain values as TOML, a nested table under its dotted name (`[jobs.warm_cache]`)."""
+    plain = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    text = f"[{prefix[:-1]}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in plain.items()) if plain else ""
+    return text + "".join(toml_tables(v, f"{prefix}{k}.") for k, v in data.items() if isinstance(v, dict))
 
 
 def socket_of(config: Path) -> str:

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 import pytest
 
-from conftest import DaemonProcess, ctl, wait_for
+from conftest import DaemonProcess, ctl, rewrite, wait_for
 from jobhelpers import HangingWidgets, enable_warming
 from mariadb import MariaDB
 from ratecared.config import DatabaseConfig
@@ -266,6 +266,9 @@ def test_mariadb_restart_during_a_job_fails_it_cleanly_and_the_next_run_succeeds
     run = json.loads(ctl(daemon.socket, "history", "aggregate_statistics", "--json")[1])[0]
     assert run["status"] == "failed" and "database error" in run["error"]
     assert daemon.client().status()["total_platforms"] == 7
+    # The next run at full speed: the reload applies the job's new pause at once.
+    rewrite(daemon.config, "jobs.aggregate_statistics", pause_ratio=0)
+    assert ctl(daemon.socket, "reload")[0] == 0
     code, out, _ = ctl(daemon.socket, "run", "aggregate_statistics", "--wait")
     assert code == 0, out
     db.close()  # this test's own connection died with the server too

@@ -7,20 +7,11 @@ import json
 import os
 import socket
 import sqlite3
-import tomllib
 from pathlib import Path
 
 import pytest
 
-from conftest import DaemonProcess, ctl, toml_value, wait_for
-
-
-def rewrite(config: Path, section: str, **values: object) -> None:
-    """Change keys of one section of the daemon's config file, as an operator edits it."""
-    data = tomllib.loads(config.read_text())
-    data.setdefault(section, {}).update(values)
-    config.write_text("\n".join(f"[{name}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in keys.items())
-                                for name, keys in data.items()))
+from conftest import DaemonProcess, ctl, rewrite, wait_for
 
 
 def reload(daemon: DaemonProcess) -> tuple[int, str, str]:
