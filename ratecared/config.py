@@ -350,6 +350,10 @@ def _parse(path: Path, raw: dict[str, Any]) -> Config:
         max_body_bytes=d.integer("max_body_bytes", DaemonConfig.max_body_bytes, 1024, 64 << 20),
         host=d.string("host", "") or socket.gethostname(),
     )
+    if daemon.reserved_admin_connections >= daemon.max_connections:
+        raise ConfigError(path, "daemon.reserved_admin_connections",
+                          f"must be less than daemon.max_connections ({daemon.max_connections}), or only root "
+                          "and the admin group could connect")
     if len(os.fsencode(daemon.socket)) > 107:
         raise ConfigError(path, "daemon.socket", "path longer than the 107 bytes a Unix socket allows")
     d.done()

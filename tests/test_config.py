@@ -158,3 +158,10 @@ def test_an_empty_platform_list_is_a_config_error(tmp_path: Path) -> None:
     path = write(tmp_path, "[database]\nurl = 'sqlite:////x.db'\n[circuit_breaker]\nplatforms = []\n")
     with pytest.raises(ConfigError, match="circuit_breaker.platforms: names no platform"):
         load(path)
+
+
+def test_reserved_admin_slots_must_leave_room_for_others(tmp_path: Path) -> None:
+    path = write(tmp_path, "[database]\nurl = 'sqlite:////x.db'\n[daemon]\nmax_connections = 8\n")
+    with pytest.raises(ConfigError, match="daemon.reserved_admin_connections: must be less than "
+                                          r"daemon.max_connections \(8\)"):
+        load(path)

@@ -43,7 +43,7 @@ def test_an_idle_timeout_holds_from_the_next_connection(config_factory, daemon_f
 def test_a_lower_connection_limit_refuses_the_next_connection(config_factory, daemon_factory) -> None:
     config = config_factory(daemon={"max_connections": 100})
     daemon = daemon_factory(config)
-    rewrite(config, "daemon", max_connections=1)
+    rewrite(config, "daemon", max_connections=1, reserved_admin_connections=0)
     assert reload(daemon)[0] == 0
     held = connect(daemon)
     refused = connect(daemon)
