@@ -453,7 +453,7 @@ def test_one_uid_cannot_take_every_slot_and_root_always_gets_in(shared_socket) -
 
 @needs_root
 def test_a_full_daemon_says_busy_and_ratecarectl_exits_1(config_factory, daemon_factory) -> None:
-    daemon = daemon_factory(config_factory(daemon={"max_connections": 2, **SLOW}))
+    daemon = daemon_factory(config_factory(daemon={"max_connections": 2, "reserved_admin_connections": 0, **SLOW}))
 
     def slot() -> socket.socket | None:
         # The start-up probe's connection may still hold a slot for a moment.
