@@ -7,10 +7,13 @@ from typing import Any
 
 import pytest
 
-from ratecared.breaker import machine
-from ratecared.breaker.machine import MAX_LEASES, Breaker, BreakerView, Decision, Outcome, Policy, State, Transition
+from ratecared.breaker.machine import (
+    MAX_LEASES, Breaker, BreakerView, Decision, Leases, Outcome, Policy, State, Transition,
+)
 
 POLICY = Policy(failure_threshold=3, open_seconds=60, half_open_requests=2, lease_seconds=10)
+# The peer uid a call comes from, and another member of the socket group.
+UID, OTHER = 33, 1000
 
 
 def run_script(breaker: Breaker, script: list[tuple[float, str]]) -> list[Any]:
@@ -22,12 +25,12 @@ def run_script(breaker: Breaker, script: list[tuple[float, str]]) -> list[Any]:
     trace = []
     for now, action in script:
         if action == "acquire":
-            decision, _ = breaker.acquire(now)
+            decision, _ = breaker.acquire(now, UID)
             if decision.permit:
                 permits.append(decision.permit)
             trace.append(("allowed" if decision.allowed else "refused", breaker.state.value))
         elif action in ("ok", "fail"):
-            outcome, _ = breaker.report(permits.pop(0), action == "ok", now)
+            outcome, _ = breaker.report(permits.pop(0), action == "ok", now, UID)
             trace.append(("counted" if outcome.counted else outcome.reason, breaker.state.value))
         elif action == "tick":
             breaker.advance(now)
@@ -65,30 +68,30 @@ def test_scripts(script: list[tuple[float, str]], expected: list[Any]) -> None:
 def opened(now: float = 0.0) -> Breaker:
     breaker = Breaker("booking", POLICY)
     for _ in range(POLICY.failure_threshold):
-        decision, _ = breaker.acquire(now)
-        breaker.report(decision.permit, False, now)
+        decision, _ = breaker.acquire(now, UID)
+        breaker.report(decision.permit, False, now, UID)
     assert breaker.state is State.OPEN
     return breaker
 
 
 def test_open_refuses_with_seconds_until_retry() -> None:
     breaker = opened(now=100.0)
-    decision, _ = breaker.acquire(130.0)
+    decision, _ = breaker.acquire(130.0, UID)
     assert (decision.allowed, decision.state, decision.permit, decision.retry_after) == (False, State.OPEN, None, 30.0)
     assert breaker.total_rejected == 1
 
 
 def test_half_open_admits_exactly_the_trial_count_then_closes_on_all_successes() -> None:
     breaker = opened()
-    first, changes = breaker.acquire(60.0)
+    first, changes = breaker.acquire(60.0, UID)
     assert [(c.old, c.new) for c in changes] == [(State.OPEN, State.HALF_OPEN)]
-    second, _ = breaker.acquire(60.0)
-    third, _ = breaker.acquire(60.0)
+    second, _ = breaker.acquire(60.0, UID)
+    third, _ = breaker.acquire(60.0, UID)
     assert (first.allowed, second.allowed, third.allowed) == (True, True, False)
     assert third.retry_after == 10.0
-    breaker.report(first.permit, True, 61.0)
+    breaker.report(first.permit, True, 61.0, UID)
     assert breaker.state is State.HALF_OPEN
-    outcome, changes = breaker.report(second.permit, True, 61.0)
+    outcome, changes = breaker.report(second.permit, True, 61.0, UID)
     assert outcome.counted and breaker.state is State.CLOSED
     assert changes[0].reason == "2 trial calls succeeded"
     assert breaker.view(61.0).failure_count == 0
@@ -96,18 +99,18 @@ def test_half_open_admits_exactly_the_trial_count_then_closes_on_all_successes()
 
 def test_a_failed_trial_opens_again_for_a_full_timeout() -> None:
     breaker = opened()
-    trial, _ = breaker.acquire(60.0)
-    _, changes = breaker.report(trial.permit, False, 62.0)
+    trial, _ = breaker.acquire(60.0, UID)
+    _, changes = breaker.report(trial.permit, False, 62.0, UID)
     assert breaker.state is State.OPEN and changes[0].reason == "trial call failed"
-    assert breaker.acquire(121.9)[0].allowed is False
-    assert breaker.acquire(122.0)[0].allowed is True
+    assert breaker.acquire(121.9, UID)[0].allowed is False
+    assert breaker.acquire(122.0, UID)[0].allowed is True
 
 
 def test_an_unreported_trial_counts_as_failed_when_its_lease_ends() -> None:
     breaker = opened()
-    breaker.acquire(60.0)
-    breaker.acquire(60.0)
-    assert breaker.acquire(69.9)[0].allowed is False
+    breaker.acquire(60.0, UID)
+    breaker.acquire(60.0, UID)
+    assert breaker.acquire(69.9, UID)[0].allowed is False
     changes = breaker.advance(70.0)
     assert [(c.old, c.new) for c in changes] == [(State.HALF_OPEN, State.OPEN)]
     assert "lease" in changes[0].reason
@@ -116,44 +119,44 @@ def test_an_unreported_trial_counts_as_failed_when_its_lease_ends() -> None:
 
 def test_late_report_from_an_earlier_state_is_not_counted() -> None:
     breaker = Breaker("booking", POLICY)
-    slow, _ = breaker.acquire(0.0)
+    slow, _ = breaker.acquire(0.0, UID)
     for _ in range(POLICY.failure_threshold):
-        decision, _ = breaker.acquire(0.0)
-        breaker.report(decision.permit, False, 0.0)
+        decision, _ = breaker.acquire(0.0, UID)
+        breaker.report(decision.permit, False, 0.0, UID)
     assert breaker.state is State.OPEN
-    outcome, changes = breaker.report(slow.permit, True, 5.0)
+    outcome, changes = breaker.report(slow.permit, True, 5.0, UID)
     assert (outcome.counted, outcome.reason, outcome.state) == (False, "stale", State.OPEN)
     assert changes == [] and breaker.total_successes == 0
 
 
 def test_closed_call_reported_during_half_open_does_not_close_it() -> None:
     breaker = Breaker("booking", POLICY)
-    slow, _ = breaker.acquire(0.0)
+    slow, _ = breaker.acquire(0.0, UID)
     for _ in range(POLICY.failure_threshold):
-        decision, _ = breaker.acquire(0.0)
-        breaker.report(decision.permit, False, 0.0)
+        decision, _ = breaker.acquire(0.0, UID)
+        breaker.report(decision.permit, False, 0.0, UID)
     breaker.advance(60.0)
     assert breaker.state is State.HALF_OPEN
     # The slow call's lease (10 s) has run out by now: unknown, not counted.
-    outcome, _ = breaker.report(slow.permit, True, 60.0)
+    outcome, _ = breaker.report(slow.permit, True, 60.0, UID)
     assert not outcome.counted and breaker.state is State.HALF_OPEN
 
 
 def test_reused_and_forged_permits_are_refused() -> None:
     breaker = Breaker("booking", POLICY)
-    decision, _ = breaker.acquire(0.0)
-    assert breaker.report(decision.permit, True, 0.0)[0].counted
-    assert breaker.report(decision.permit, True, 0.0)[0].reason == "unknown"
-    assert breaker.report("booking.0.999", False, 0.0)[0].reason == "unknown"
+    decision, _ = breaker.acquire(0.0, UID)
+    assert breaker.report(decision.permit, True, 0.0, UID)[0].counted
+    assert breaker.report(decision.permit, True, 0.0, UID)[0].reason == "unknown"
+    assert breaker.report("booking.0.999", False, 0.0, UID)[0].reason == "unknown"
     assert breaker.view(0.0).total_requests == 1
 
 
 def test_disabled_lets_everything_through_and_counts_nothing() -> None:
     breaker = opened()
     breaker.set_policy(Policy(**{**POLICY.__dict__, "enabled": False}), 1.0)
-    decisions = [breaker.acquire(1.0)[0] for _ in range(10)]
+    decisions = [breaker.acquire(1.0, UID)[0] for _ in range(10)]
     assert all(d.allowed for d in decisions)
-    outcome, _ = breaker.report(decisions[0].permit, False, 1.0)
+    outcome, _ = breaker.report(decisions[0].permit, False, 1.0, UID)
     assert (outcome.counted, outcome.reason) == (False, "disabled")
     assert breaker.state is State.OPEN
 
@@ -177,8 +180,8 @@ def test_success_rate_is_null_before_any_call() -> None:
     breaker = Breaker("booking", POLICY)
     assert breaker.view(0.0).success_rate is None
     for ok in (True, True, True, False):
-        decision, _ = breaker.acquire(0.0)
-        breaker.report(decision.permit, ok, 0.0)
+        decision, _ = breaker.acquire(0.0, UID)
+        breaker.report(decision.permit, ok, 0.0, UID)
     assert breaker.view(0.0).success_rate == 75.0
 
 
@@ -192,7 +195,7 @@ def saved(state: State = State.OPEN, retry_after: float | None = 42.0, seconds_i
 def test_restore_keeps_an_open_breaker_open_for_the_rest_of_its_time() -> None:
     breaker = Breaker("booking", POLICY)
     breaker.restore(saved(), now=1000.0)
-    assert breaker.acquire(1000.0)[0].retry_after == 42.0
+    assert breaker.acquire(1000.0, UID)[0].retry_after == 42.0
     assert breaker.generation == 8 and breaker.total_failures == 3
     breaker.advance(1042.0)
     assert breaker.state is State.HALF_OPEN
@@ -206,21 +209,21 @@ def test_restore_never_extends_past_the_timeout() -> None:
 
 def test_leases_of_callers_that_never_report_are_bounded() -> None:
     breaker = Breaker("booking", POLICY)
-    for _ in range(MAX_LEASES + 50):
-        breaker.acquire(0.0)
-    breaker.advance(0.0)
-    assert len(breaker._leases) == MAX_LEASES
-    breaker.advance(POLICY.lease_seconds)
-    assert len(breaker._leases) == 0
+    first = [breaker.acquire(0.0, UID)[0] for _ in range(2)]
+    rest = [breaker.acquire(0.0, UID)[0] for _ in range(MAX_LEASES)]
+    # The ring went round: the two oldest gave their places to the two newest.
+    assert len(breaker.leases._tags) == MAX_LEASES
+    assert [breaker.report(d.permit, True, 1.0, UID)[0].reason for d in first] == ["unknown", "unknown"]
+    assert [breaker.report(d.permit, True, 1.0, UID)[0].counted for d in (rest[0], rest[-1])] == [True, True]
 
 
 def test_an_hour_long_timeout_in_milliseconds() -> None:
     policy = Policy(failure_threshold=1, open_seconds=3600, half_open_requests=1, lease_seconds=10)
     breaker = Breaker("booking", policy)
-    decision, _ = breaker.acquire(0.0)
-    breaker.report(decision.permit, False, 0.0)
-    assert breaker.acquire(3599.0)[0].retry_after == 1.0
-    assert breaker.acquire(3600.0)[0].allowed
+    decision, _ = breaker.acquire(0.0, UID)
+    breaker.report(decision.permit, False, 0.0, UID)
+    assert breaker.acquire(3599.0, UID)[0].retry_after == 1.0
+    assert breaker.acquire(3600.0, UID)[0].allowed
 
 
 # -- what status, the API and the snapshot see ---------------------------------
@@ -228,8 +231,8 @@ def test_an_hour_long_timeout_in_milliseconds() -> None:
 
 def test_what_an_open_breaker_shows() -> None:
     breaker = opened(now=100.0)
-    breaker.acquire(101.0)
-    breaker.acquire(102.0)
+    breaker.acquire(101.0, UID)
+    breaker.acquire(102.0, UID)
     # Times to the millisecond, as the API gives them.
     assert breaker.view(112.3456) == BreakerView(
         platform="booking", state=State.OPEN, generation=1, failure_count=3, trip_count=1, total_successes=0,
@@ -249,38 +252,38 @@ def test_the_status_entry_keeps_the_seed_keys() -> None:
 
 def test_a_half_open_breaker_shows_its_trials_in_flight_and_when_a_slot_frees() -> None:
     breaker = opened()
-    first, _ = breaker.acquire(60.0)
-    breaker.acquire(61.0)
+    first, _ = breaker.acquire(60.0, UID)
+    breaker.acquire(61.0, UID)
     view = breaker.view(62.1234)
     assert (view.state, view.trials_in_flight, view.retry_after, view.seconds_in_state, view.last_reason) == (
         State.HALF_OPEN, 2, 7.877, 2.123, "open for 60 s")
-    breaker.report(first.permit, True, 63.0)
+    breaker.report(first.permit, True, 63.0, UID)
     assert breaker.view(63.0).trials_in_flight == 1
     assert breaker.retry_after(70.5) == 0.5
 
 
 def test_a_closed_breaker_admits_calls_that_are_not_trials() -> None:
     breaker = Breaker("booking", POLICY)
-    decision, changes = breaker.acquire(0.0)
+    decision, changes = breaker.acquire(0.0, UID)
     assert (decision.allowed, decision.state, decision.retry_after, changes) == (True, State.CLOSED, None, [])
     assert breaker.view(0.0).trials_in_flight == 0
-    assert breaker.report(decision.permit, True, 1.0) == (Outcome(True, State.CLOSED, None), [])
+    assert breaker.report(decision.permit, True, 1.0, UID) == (Outcome(True, State.CLOSED, None), [])
 
 
 def test_each_transition_names_its_platform_and_a_new_generation() -> None:
     breaker = Breaker("booking", POLICY)
     changes: list[Transition] = []
     for _ in range(POLICY.failure_threshold):
-        decision, _ = breaker.acquire(0.0)
-        changes += breaker.report(decision.permit, False, 0.0)[1]
+        decision, _ = breaker.acquire(0.0, UID)
+        changes += breaker.report(decision.permit, False, 0.0, UID)[1]
     trials = []
     for _ in range(POLICY.half_open_requests):
-        decision, more = breaker.acquire(60.0)
+        decision, more = breaker.acquire(60.0, UID)
         trials.append(decision)
         changes += more
     assert trials[0].state is State.HALF_OPEN
     for trial in trials:
-        changes += breaker.report(trial.permit, True, 61.0)[1]
+        changes += breaker.report(trial.permit, True, 61.0, UID)[1]
     assert changes == [
         Transition("booking", State.CLOSED, State.OPEN, "3 consecutive failures", 1),
         Transition("booking", State.OPEN, State.HALF_OPEN, "open for 60 s", 2),
@@ -291,10 +294,10 @@ def test_each_transition_names_its_platform_and_a_new_generation() -> None:
 
 def test_every_trip_is_counted_and_every_refusal() -> None:
     breaker = opened()
-    breaker.acquire(1.0)
-    trial, _ = breaker.acquire(60.0)
-    breaker.report(trial.permit, False, 60.0)
-    breaker.acquire(61.0)
+    breaker.acquire(1.0, UID)
+    trial, _ = breaker.acquire(60.0, UID)
+    breaker.report(trial.permit, False, 60.0, UID)
+    breaker.acquire(61.0, UID)
     view = breaker.view(61.0)
     assert (view.trip_count, view.total_rejected, view.failure_count) == (2, 2, 4)
 
@@ -306,13 +309,13 @@ def test_a_platform_without_a_breaker_is_always_allowed_and_counts_nothing() -> 
     only_expedia = replace(POLICY, platforms=frozenset({"expedia"}))
     booking = opened()
     booking.set_policy(only_expedia, 1.0)
-    assert booking.acquire(1.0) == (Decision(True, State.CLOSED, None, None), [])
-    assert booking.report("booking.1.1", False, 1.0) == (Outcome(False, State.CLOSED, "unguarded"), [])
+    assert booking.acquire(1.0, UID) == (Decision(True, State.CLOSED, None, None), [])
+    assert booking.report("booking.1.1", False, 1.0, UID) == (Outcome(False, State.CLOSED, "unguarded"), [])
     view = booking.view(1.0)
     assert (view.guarded, view.state, view.total_failures, view.total_rejected) == (False, State.OPEN, 3, 0)
     expedia = Breaker("expedia", only_expedia)
-    decision, _ = expedia.acquire(0.0)
-    assert expedia.report(decision.permit, False, 0.0)[0].counted and expedia.view(0.0).guarded is True
+    decision, _ = expedia.acquire(0.0, UID)
+    assert expedia.report(decision.permit, False, 0.0, UID)[0].counted and expedia.view(0.0).guarded is True
 
 
 # -- reports not counted ---------------------------------------------------------
@@ -320,23 +323,23 @@ def test_a_platform_without_a_breaker_is_always_allowed_and_counts_nothing() -> 
 
 def test_reports_not_counted_say_why_and_in_which_state() -> None:
     breaker = opened()
-    assert breaker.report("booking.1.99", True, 1.0) == (Outcome(False, State.OPEN, "unknown"), [])
-    trial, _ = breaker.acquire(60.0)
+    assert breaker.report("booking.1.99", True, 1.0, UID) == (Outcome(False, State.OPEN, "unknown"), [])
+    trial, _ = breaker.acquire(60.0, UID)
     breaker.set_policy(replace(POLICY, enabled=False), 60.0)
-    assert breaker.report(trial.permit, True, 60.0) == (Outcome(False, State.HALF_OPEN, "disabled"), [])
+    assert breaker.report(trial.permit, True, 60.0, UID) == (Outcome(False, State.HALF_OPEN, "disabled"), [])
     assert breaker.view(60.0).enabled is False
 
 
 def test_trials_reported_while_breakers_are_off_hand_their_slots_back() -> None:
     breaker = opened()
-    trials = [breaker.acquire(60.0)[0] for _ in range(POLICY.half_open_requests)]
+    trials = [breaker.acquire(60.0, UID)[0] for _ in range(POLICY.half_open_requests)]
     breaker.set_policy(replace(POLICY, enabled=False), 61.0)
-    untried, _ = breaker.acquire(61.0)
+    untried, _ = breaker.acquire(61.0, UID)
     for decision in [*trials, untried]:
-        assert breaker.report(decision.permit, True, 61.0)[0].reason == "disabled"
+        assert breaker.report(decision.permit, True, 61.0, UID)[0].reason == "disabled"
     breaker.set_policy(POLICY, 62.0)
     # Not stuck half-open with no slot free and no lease left to run out.
-    assert [breaker.acquire(62.0)[0].allowed for _ in range(3)] == [True, True, False]
+    assert [breaker.acquire(62.0, UID)[0].allowed for _ in range(3)] == [True, True, False]
 
 
 # -- leases ----------------------------------------------------------------------
@@ -344,34 +347,87 @@ def test_trials_reported_while_breakers_are_off_hand_their_slots_back() -> None:
 
 def test_a_lease_outlives_the_expiry_of_older_ones() -> None:
     breaker = Breaker("booking", POLICY)
-    old, _ = breaker.acquire(0.0)
-    newer, _ = breaker.acquire(5.0)
+    old, _ = breaker.acquire(0.0, UID)
+    newer, _ = breaker.acquire(5.0, UID)
     breaker.advance(12.0)
-    assert breaker.report(old.permit, True, 12.0)[0].reason == "unknown"
-    assert breaker.report(newer.permit, True, 12.0)[0].counted
+    assert breaker.report(old.permit, True, 12.0, UID)[0].reason == "unknown"
+    assert breaker.report(newer.permit, True, 12.0, UID)[0].counted
+
+
+def test_tags_take_all_64_bits() -> None:
+    tags = iter([(1 << 64) - 1, 1 << 63])
+    breaker = Breaker("booking", POLICY, leases=Leases(tags=tags.__next__))
+    decisions = [breaker.acquire(0.0, UID)[0] for _ in range(2)]
+    assert [d.permit for d in decisions] == ["00000000ffffffffffffffff", "000000018000000000000000"]
+    assert all(breaker.report(d.permit, True, 0.0, UID)[0].counted for d in decisions)
+
+
+def test_a_trial_reported_as_its_lease_runs_out_is_unknown() -> None:
+    breaker = opened()
+    trial, _ = breaker.acquire(60.0, UID)
+    assert breaker.report(trial.permit, True, 70.0, UID)[0].reason == "unknown"
 
 
 def test_a_trial_reported_after_its_lease_ran_out_is_unknown() -> None:
     breaker = Breaker("booking", replace(POLICY, lease_seconds=1000))
-    breaker.acquire(0.0)  # never reported: its lease outlasts everything below
+    breaker.acquire(0.0, UID)  # never reported: its lease outlasts everything below
     for _ in range(POLICY.failure_threshold):
-        decision, _ = breaker.acquire(0.0)
-        breaker.report(decision.permit, False, 0.0)
+        decision, _ = breaker.acquire(0.0, UID)
+        breaker.report(decision.permit, False, 0.0, UID)
     breaker.set_policy(POLICY, 1.0)
-    trial, _ = breaker.acquire(60.0)
+    trial, _ = breaker.acquire(60.0, UID)
     assert [c.new for c in breaker.advance(70.0)] == [State.OPEN]
-    assert breaker.report(trial.permit, True, 71.0)[0].reason == "unknown"
+    assert breaker.report(trial.permit, True, 71.0, UID)[0].reason == "unknown"
 
 
-def test_a_trial_pushed_out_of_a_full_lease_table_still_fails_at_its_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(machine, "MAX_LEASES", 3)
+def test_past_the_cap_the_oldest_leases_go_and_trials_never_do() -> None:
     breaker = opened()
-    breaker.acquire(60.0)
+    breaker.leases = Leases(cap=3)
+    trial, _ = breaker.acquire(60.0, UID)
     breaker.set_policy(replace(POLICY, enabled=False), 60.0)
-    for _ in range(3):
-        breaker.acquire(61.0)
+    # Admitted while breakers are off: not trials, so they are in the ring.
+    untried = [breaker.acquire(61.0 + i, UID)[0] for i in range(4)]
+    breaker.set_policy(POLICY, 65.0)
+    assert breaker.report(untried[0].permit, True, 65.0, UID)[0].reason == "unknown"
+    assert breaker.report(untried[1].permit, True, 65.0, UID)[0].counted
+    assert breaker.report(trial.permit, True, 65.0, UID)[0].counted
+
+
+def test_a_trial_beside_a_full_ring_still_fails_at_its_deadline() -> None:
+    breaker = opened()
+    breaker.leases = Leases(cap=3)
+    breaker.acquire(60.0, UID)
+    breaker.set_policy(replace(POLICY, enabled=False), 60.0)
+    for _ in range(4):
+        breaker.acquire(61.0, UID)
     breaker.set_policy(POLICY, 62.0)
     assert [(c.old, c.new) for c in breaker.advance(70.0)] == [(State.HALF_OPEN, State.OPEN)]
+
+
+def test_breakers_sharing_a_ring_are_capped_in_all_and_keep_their_permits_apart() -> None:
+    shared = Leases(cap=4)
+    booking, expedia = Breaker("booking", POLICY, leases=shared), Breaker("expedia", POLICY, leases=shared)
+    first = booking.acquire(0.0, UID)[0]
+    others = [expedia.acquire(1.0, UID)[0] for _ in range(3)]
+    assert booking.report(others[0].permit, False, 1.0, UID)[0].reason == "unknown"
+    assert expedia.report(others[0].permit, False, 1.0, UID)[0].counted
+    assert booking.report(first.permit, True, 1.0, UID)[0].counted
+    second = booking.acquire(2.0, UID)[0]
+    expedia.acquire(2.0, UID)
+    assert booking.report(second.permit, True, 2.0, UID)[0].counted
+    # Four more: the ring has gone round once more since `second`.
+    for _ in range(4):
+        expedia.acquire(3.0, UID)
+    assert booking.report(second.permit, True, 3.0, UID)[0].reason == "unknown"
+
+
+def test_permits_that_no_lease_could_have_are_unknown() -> None:
+    breaker = Breaker("booking", POLICY)
+    decision, _ = breaker.acquire(0.0, UID)
+    for permit in ("", "not hex", "-" + decision.permit, "ffffffff" + decision.permit[8:], "00000007" + "0" * 16,
+                   "00000001" + decision.permit[8:], f"{(1 << 96) + int(decision.permit, 16):x}"):
+        assert breaker.report(permit, False, 0.0, UID)[0].reason == "unknown", permit
+    assert breaker.report(decision.permit, False, 0.0, UID)[0].counted
 
 
 # -- reset and new settings ------------------------------------------------------
@@ -379,23 +435,23 @@ def test_a_trial_pushed_out_of_a_full_lease_table_still_fails_at_its_deadline(mo
 
 def test_reset_of_a_closed_breaker_starts_its_failure_streak_again_and_keeps_calls_under_way() -> None:
     breaker = Breaker("booking", POLICY)
-    under_way, _ = breaker.acquire(0.0)
+    under_way, _ = breaker.acquire(0.0, UID)
     for _ in range(2):
-        decision, _ = breaker.acquire(0.0)
-        breaker.report(decision.permit, False, 0.0)
+        decision, _ = breaker.acquire(0.0, UID)
+        breaker.report(decision.permit, False, 0.0, UID)
     assert breaker.reset(1.0) == []
     assert (breaker.view(1.0).failure_count, breaker.view(1.0).generation) == (0, 0)
-    assert breaker.report(under_way.permit, False, 2.0)[0].counted
-    decision, _ = breaker.acquire(2.0)
-    breaker.report(decision.permit, False, 2.0)
+    assert breaker.report(under_way.permit, False, 2.0, UID)[0].counted
+    decision, _ = breaker.acquire(2.0, UID)
+    breaker.report(decision.permit, False, 2.0, UID)
     assert breaker.state is State.CLOSED
 
 
 def test_needing_fewer_trials_closes_a_half_open_breaker_that_has_had_them() -> None:
     breaker = opened()
-    first, _ = breaker.acquire(60.0)
-    breaker.acquire(60.0)
-    breaker.report(first.permit, True, 61.0)
+    first, _ = breaker.acquire(60.0, UID)
+    breaker.acquire(60.0, UID)
+    breaker.report(first.permit, True, 61.0, UID)
     changes = breaker.set_policy(replace(POLICY, half_open_requests=1), 62.0)
     assert changes == [Transition("booking", State.HALF_OPEN, State.CLOSED, "1 trial calls succeeded", 3)]
     assert breaker.view(63.0).seconds_in_state == 1.0
@@ -404,8 +460,8 @@ def test_needing_fewer_trials_closes_a_half_open_breaker_that_has_had_them() -> 
 def test_new_settings_for_a_closed_breaker_are_no_transition() -> None:
     breaker = Breaker("booking", POLICY)
     for _ in range(2):
-        decision, _ = breaker.acquire(0.0)
-        breaker.report(decision.permit, True, 0.0)
+        decision, _ = breaker.acquire(0.0, UID)
+        breaker.report(decision.permit, True, 0.0, UID)
     assert breaker.set_policy(replace(POLICY, half_open_requests=1), 1.0) == []
     assert breaker.view(1.0).generation == 0
 
@@ -435,11 +491,55 @@ def test_restore_of_an_open_breaker_with_little_or_no_time_left() -> None:
     breaker.restore(saved(retry_after=0.5), now=0.0)
     assert breaker.retry_after(0.0) == 0.5
     breaker.restore(saved(retry_after=None), now=0.0)
-    assert breaker.acquire(0.0)[0].state is State.HALF_OPEN
+    assert breaker.acquire(0.0, UID)[0].state is State.HALF_OPEN
 
 
 def test_restore_of_a_half_open_breaker_starts_its_trials_afresh() -> None:
     breaker = Breaker("booking", POLICY)
     breaker.restore(saved(state=State.HALF_OPEN, retry_after=3.0), now=0.0)
-    assert [breaker.acquire(0.0)[0].allowed for _ in range(3)] == [True, True, False]
+    assert [breaker.acquire(0.0, UID)[0].allowed for _ in range(3)] == [True, True, False]
     assert breaker.view(1.0).seconds_in_state == 19.0
+
+
+# -- permits belong to the uid they were issued to ---------------------------------
+
+
+def test_a_report_from_another_uid_is_unknown_and_leaves_the_permit_to_its_owner() -> None:
+    breaker = Breaker("booking", POLICY)
+    failing = []
+    for _ in range(POLICY.failure_threshold):
+        decision, _ = breaker.acquire(0.0, UID)
+        failing.append(decision.permit)
+        # Someone else reports the owner's call as a success, to hide its failure.
+        assert breaker.report(decision.permit, True, 0.0, OTHER) == (Outcome(False, State.CLOSED, "unknown"), [])
+    assert breaker.total_successes == 0
+    for permit in failing:
+        breaker.report(permit, False, 0.0, UID)
+    assert breaker.state is State.OPEN
+
+
+def test_a_trial_reported_by_another_uid_is_unknown_and_still_the_owners() -> None:
+    breaker = opened()
+    trial, _ = breaker.acquire(60.0, UID)
+    assert breaker.report(trial.permit, True, 60.0, OTHER)[0].reason == "unknown"
+    assert breaker.view(60.0).trials_in_flight == 1
+    outcome, changes = breaker.report(trial.permit, False, 61.0, UID)
+    assert outcome.counted and [c.new for c in changes] == [State.OPEN]
+
+
+def test_a_report_to_another_platform_leaves_the_permit_alone() -> None:
+    shared = Leases()
+    booking, expedia = Breaker("booking", POLICY, leases=shared), Breaker("expedia", POLICY, leases=shared)
+    decision, _ = booking.acquire(0.0, UID)
+    assert expedia.report(decision.permit, False, 0.0, UID)[0].reason == "unknown"
+    assert booking.report(decision.permit, False, 0.0, UID)[0].counted
+
+
+def test_a_lease_cut_short_by_new_settings_runs_out_behind_an_older_one() -> None:
+    breaker = Breaker("booking", replace(POLICY, lease_seconds=100))
+    breaker.acquire(0.0, UID)
+    breaker.set_policy(POLICY, 1.0)
+    short, _ = breaker.acquire(1.0, UID)
+    # Still in the table behind the older, longer lease, but run out.
+    assert breaker.report(short.permit, False, 11.0, UID)[0].reason == "unknown"
+    assert breaker.total_failures == 0

@@ -11,6 +11,7 @@ from ratecared.breaker.machine import Policy, State, Transition
 from ratecared.breaker.registry import Registry, UnknownPlatform
 
 PLATFORMS = ("booking", "expedia", "agoda")
+UID = 33
 
 
 class FakeClock:
@@ -29,8 +30,8 @@ def make(policy: Policy = Policy(), clock: FakeClock | None = None) -> tuple[Reg
 
 def trip(registry: Registry, platform: str = "booking", times: int = 5) -> None:
     for _ in range(times):
-        decision = registry.acquire(platform)
-        registry.report(platform, decision.permit, False)
+        decision = registry.acquire(platform, UID)
+        registry.report(platform, decision.permit, False, UID)
 
 
 def test_many_threads_never_get_more_trials_than_allowed() -> None:
@@ -44,7 +45,7 @@ def test_many_threads_never_get_more_trials_than_allowed() -> None:
     def ask() -> None:
         barrier.wait()
         for _ in range(50):
-            allowed.append(registry.acquire("booking").allowed)
+            allowed.append(registry.acquire("booking", UID).allowed)
 
     threads = [threading.Thread(target=ask) for _ in range(32)]
     for t in threads:
@@ -79,13 +80,13 @@ def test_breaker_disabled_allows_every_call() -> None:
     registry, _ = make()
     trip(registry)
     registry.apply_policy(Policy(enabled=False))
-    assert all(registry.acquire("booking").allowed for _ in range(20))
+    assert all(registry.acquire("booking", UID).allowed for _ in range(20))
 
 
 def test_platform_without_breaker_is_always_allowed() -> None:
     registry, _ = make(Policy(platforms=frozenset({"expedia"})))
     trip(registry, "booking", times=10)
-    decision = registry.acquire("booking")
+    decision = registry.acquire("booking", UID)
     assert decision.allowed and decision.permit is None
     assert registry.status()[0].guarded is False
 
@@ -93,7 +94,7 @@ def test_platform_without_breaker_is_always_allowed() -> None:
 def test_unknown_platform_is_an_error() -> None:
     registry, _ = make()
     with pytest.raises(UnknownPlatform):
-        registry.acquire("nosuch")
+        registry.acquire("nosuch", UID)
     with pytest.raises(UnknownPlatform):
         registry.reset("nosuch")
 
@@ -129,9 +130,9 @@ def test_a_new_platform_list_keeps_breakers_adds_closed_ones_and_drops_the_rest(
         State.OPEN, 15.0, 5)
     assert (status["hotels"].state, status["hotels"].seconds_in_state, status["hotels"].total_requests) == (
         State.CLOSED, 5.0, 0)
-    assert registry.acquire("hotels").allowed
+    assert registry.acquire("hotels", UID).allowed
     with pytest.raises(UnknownPlatform):
-        registry.acquire("agoda")
+        registry.acquire("agoda", UID)
     assert registry.reset() == ["hotels", "booking", "expedia"]
 
 

@@ -10,6 +10,7 @@ from ratecared.breaker.registry import Registry
 from ratecared.db import Database
 
 PLATFORMS = ("booking", "expedia")
+UID = 33
 WALL = datetime(2026, 11, 28, 12, 0, 0, tzinfo=timezone.utc)
 
 
@@ -24,10 +25,10 @@ class FakeClock:
 def opened_registry(clock: FakeClock) -> Registry:
     registry = Registry(PLATFORMS, Policy(), clock=clock)
     for _ in range(5):
-        decision = registry.acquire("booking")
-        registry.report("booking", decision.permit, False)
-    decision = registry.acquire("expedia")
-    registry.report("expedia", decision.permit, True)
+        decision = registry.acquire("booking", UID)
+        registry.report("booking", decision.permit, False, UID)
+    decision = registry.acquire("expedia", UID)
+    registry.report("expedia", decision.permit, True, UID)
     return registry
 
 
@@ -61,26 +62,26 @@ def test_restore_keeps_an_open_breaker_open_for_its_remaining_time(database: Dat
     fresh = Registry(PLATFORMS, Policy(), clock=clock)
     lines = breaker_state.restore(database, fresh, "web1", WALL + timedelta(minutes=4))
     assert lines == ["booking open for 360 s more"]
-    decision = fresh.acquire("booking")
+    decision = fresh.acquire("booking", UID)
     assert (decision.allowed, decision.retry_after) == (False, 360.0)
     status = {s.platform: s for s in fresh.status()}
     assert status["booking"].total_failures == 5 and status["expedia"].total_successes == 1
     clock.now += 360
-    assert fresh.acquire("booking").allowed
+    assert fresh.acquire("booking", UID).allowed
 
 
 def test_restore_after_the_deadline_goes_half_open(database: Database) -> None:
     breaker_state.save(database, opened_registry(FakeClock(100.0)), "web1", WALL)
     fresh = Registry(PLATFORMS, Policy(), clock=FakeClock(0.0))
     breaker_state.restore(database, fresh, "web1", WALL + timedelta(hours=1))
-    assert fresh.acquire("booking").state is State.HALF_OPEN
+    assert fresh.acquire("booking", UID).state is State.HALF_OPEN
 
 
 def test_other_hosts_rows_are_left_alone(database: Database) -> None:
     breaker_state.save(database, opened_registry(FakeClock(100.0)), "web1", WALL)
     fresh = Registry(PLATFORMS, Policy(), clock=FakeClock(0.0))
     assert breaker_state.restore(database, fresh, "web2", WALL) == []
-    assert fresh.acquire("booking").allowed
+    assert fresh.acquire("booking", UID).allowed
 
 
 def test_restore_carries_on_the_time_in_each_state(database: Database) -> None:

@@ -8,15 +8,17 @@ transition, and the generation's `Counts` as one value that a transition
 replaces whole. A permit carries the generation it was issued in; a report
 for an older generation is answered but not counted. Unlike gobreaker,
 permits are leases: a half-open trial that is not reported in time counts as
-a failure, so no breaker can stay stuck in HALF_OPEN.
+a failure, so no breaker can stay stuck in HALF_OPEN. A permit is the
+caller's alone: a report from another uid is not one of its permits.
 """
 
 from __future__ import annotations
 
 import enum
-from collections import OrderedDict
+import itertools
+from array import array
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 
 class State(str, enum.Enum):
@@ -157,14 +159,96 @@ class BreakerView:
         }
 
 
-@dataclass
-class _Lease:
+class Lease(NamedTuple):
+    """A half-open trial's permit: issued in `generation`, good until `expires`, for peer `uid`."""
+
     generation: int
     expires: float
+    uid: int
 
 
-# Leases of callers that never report are dropped oldest first past this.
+# The leases of calls admitted outside half-open, in all: past this the oldest go.
 MAX_LEASES = 100_000
+# A permit is 24 hex digits: the first 8 say where its lease is (a slot of
+# the lease ring, or TRIAL for a half-open trial), the last 16 are a tag of
+# 64 bits the lease must match; the registry draws them at random.
+TRIAL = 0xFFFFFFFF
+_TAG = (1 << 64) - 1
+# A reported lease's deadline: nothing is still due that far back.
+_ENDED = float("-inf")
+
+
+def counter() -> Callable[[], int]:
+    """Tags in sequence, 1, 2, …: for a breaker on its own (the registry draws random ones)."""
+    return itertools.count(1).__next__
+
+
+def permit_of(place: int, tag: int) -> str:
+    return f"{place << 64 | tag:024x}"
+
+
+def _place_and_tag(permit: str) -> tuple[int, int] | None:
+    """Where a permit's lease is, and its tag; None for what no permit looks like."""
+    try:
+        value = int(permit, 16)
+    except ValueError:
+        return None
+    return value >> 64, value & _TAG
+
+
+class Leases:
+    """The leases of every call admitted outside half-open, for all the breakers that share it.
+
+    A ring of `cap` slots in plain arrays: the n-th lease takes slot n % cap,
+    so once the ring has gone round each new lease takes the place of the
+    oldest, and the memory is at most `cap` slots whatever callers do. No
+    lease is a Python object of its own: a million calls never reported
+    leave no small objects scattered over the heap to pin its memory. A
+    lease ends when it is reported, when it runs out (checked as it is
+    reported) or when its slot is taken. Trials are not kept here, so no
+    other lease ever pushes one out.
+    """
+
+    def __init__(self, cap: int = MAX_LEASES, tags: Callable[[], int] | None = None) -> None:
+        self.cap = cap
+        self.tag = tags or counter()
+        self._issued = 0
+        self._tags = array("Q")
+        self._expires = array("d")
+        self._generations = array("q")
+        self._uids = array("q")
+        self._platforms: list[str] = []
+
+    def issue(self, platform: str, generation: int, expires: float, uid: int) -> str:
+        slot = self._issued % self.cap
+        self._issued += 1
+        tag = self.tag()
+        if slot < len(self._tags):
+            self._tags[slot] = tag
+            self._expires[slot] = expires
+            self._generations[slot] = generation
+            self._uids[slot] = uid
+            self._platforms[slot] = platform
+        else:
+            self._tags.append(tag)
+            self._expires.append(expires)
+            self._generations.append(generation)
+            self._uids.append(uid)
+            self._platforms.append(platform)
+        return permit_of(slot, tag)
+
+    def take(self, slot: int, tag: int, platform: str, uid: int, now: float) -> int | None:
+        """End the caller's lease in `slot`; return its generation, or None when it is not theirs to report.
+
+        Not theirs: never issued, already reported, run out, pushed out, or
+        another platform's or another uid's. Those are left as they are, so
+        that a report from someone else can neither use up nor hide the owner's.
+        """
+        if (not 0 <= slot < len(self._tags) or self._tags[slot] != tag or self._platforms[slot] != platform
+                or self._uids[slot] != uid):
+            return None
+        expires, self._expires[slot] = self._expires[slot], _ENDED
+        return self._generations[slot] if expires > now else None
 
 
 @dataclass
@@ -181,10 +265,14 @@ class Breaker:
     total_failures: int = 0
     total_rejected: int = 0
     last_reason: str = "started"
-    _leases: OrderedDict[str, _Lease] = field(default_factory=OrderedDict)
-    # Half-open trials not yet reported, by permit, with their lease deadline.
-    _trials: dict[str, float] = field(default_factory=dict)
-    _seq: int = 0
+    # The calls admitted outside half-open; a registry shares one among its breakers.
+    leases: Leases = field(default_factory=Leases)
+    # Trials not reported and not run out, by tag, of this generation and
+    # earlier ones (a late one is answered "stale"): the trials of the
+    # generations one lease spans, never pushed out by other leases.
+    _trial_leases: dict[int, Lease] = field(default_factory=dict)
+    # This generation's trials in flight, by tag, with their lease deadline.
+    _trials: dict[int, float] = field(default_factory=dict)
 
     # -- queries -----------------------------------------------------------
 
@@ -221,44 +309,51 @@ class Breaker:
         if self.state is State.OPEN and now >= self.open_until:
             changes.append(self._move(State.HALF_OPEN, now, f"open for {self.policy.open_seconds:g} s"))
         if self.state is State.HALF_OPEN:
-            expired = [p for p, deadline in self._trials.items() if deadline <= now]
+            expired = [deadline for deadline in self._trials.values() if deadline <= now]
             if expired:
-                for permit in expired:
-                    self._leases.pop(permit, None)
                 self.total_failures += len(expired)
                 changes.append(
                     self._trip(now, f"trial call not reported within its {self.policy.lease_seconds:g} s lease")
                 )
-        while self._leases:
-            lease = next(iter(self._leases.values()))
-            if lease.expires > now and len(self._leases) <= MAX_LEASES:
-                break
-            self._leases.popitem(last=False)
+        if self._trial_leases:
+            for tag in [t for t, lease in self._trial_leases.items() if lease.expires <= now]:
+                del self._trial_leases[tag]
         return changes
 
-    def acquire(self, now: float) -> tuple[Decision, list[Transition]]:
-        """May the caller make one call now? An allowed call gets a permit to report."""
+    def acquire(self, now: float, uid: int) -> tuple[Decision, list[Transition]]:
+        """May the caller (peer `uid`) make one call now? An allowed call gets a permit to report."""
         if not self.policy.guards(self.platform):
             return Decision(True, State.CLOSED, None, None), []
         changes = self.advance(now)
+        expires = now + self.policy.lease_seconds
         if not self.policy.enabled or self.state is State.CLOSED:
-            return Decision(True, self.state, self._issue(now, trial=False), None), changes
+            return Decision(True, self.state, self.leases.issue(self.platform, self.generation, expires, uid),
+                            None), changes
         if self.state is State.HALF_OPEN and self.counts.trials < self.policy.half_open_requests:
             self.counts = self.counts.on_trial()
-            return Decision(True, self.state, self._issue(now, trial=True), None), changes
+            tag = self.leases.tag()
+            self._trial_leases[tag] = Lease(self.generation, expires, uid)
+            self._trials[tag] = expires
+            return Decision(True, self.state, permit_of(TRIAL, tag), None), changes
         self.total_rejected += 1
         return Decision(False, self.state, None, self.retry_after(now)), changes
 
-    def report(self, permit: str, success: bool, now: float) -> tuple[Outcome, list[Transition]]:
-        """Record how a permitted call went."""
+    def report(self, permit: str, success: bool, now: float, uid: int) -> tuple[Outcome, list[Transition]]:
+        """Record how a permitted call went, as peer `uid` reports it."""
         if not self.policy.guards(self.platform):
             return Outcome(False, State.CLOSED, "unguarded"), []
         changes = self.advance(now)
-        lease = self._leases.pop(permit, None)
-        if lease is None:
+        where = _place_and_tag(permit)
+        if where is None:
+            generation = None
+        elif where[0] == TRIAL:
+            generation = self._take_trial(where[1], uid)
+        else:
+            generation = self.leases.take(*where, self.platform, uid, now)
+        if generation is None:
             return Outcome(False, self.state, "unknown"), changes
-        trial = self._trials.pop(permit, None) is not None
-        if lease.generation != self.generation:
+        trial = self._trials.pop(where[1], None) is not None
+        if generation != self.generation:
             return Outcome(False, self.state, "stale"), changes
         if not self.policy.enabled:
             if trial:
@@ -321,20 +416,20 @@ class Breaker:
         self.total_rejected = saved.total_rejected
         self.last_reason = saved.last_reason
         self.state_since = now - max(0.0, saved.seconds_in_state)
-        self._leases.clear()
+        self._trial_leases.clear()
         self._trials.clear()
         if saved.state is State.OPEN:
             self.open_until = now + min(max(saved.retry_after or 0.0, 0.0), self.policy.open_seconds)
 
     # -- internals -----------------------------------------------------------
 
-    def _issue(self, now: float, trial: bool) -> str:
-        self._seq += 1
-        permit = f"{self.platform}.{self.generation}.{self._seq}"
-        self._leases[permit] = _Lease(self.generation, now + self.policy.lease_seconds)
-        if trial:
-            self._trials[permit] = now + self.policy.lease_seconds
-        return permit
+    def _take_trial(self, tag: int, uid: int) -> int | None:
+        """End the caller's trial lease; return its generation, or None when it is not theirs to report."""
+        lease = self._trial_leases.get(tag)
+        if lease is None or lease.uid != uid:
+            return None
+        del self._trial_leases[tag]
+        return lease.generation
 
     def _trip(self, now: float, reason: str) -> Transition:
         self.trip_count += 1

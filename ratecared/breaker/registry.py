@@ -1,19 +1,22 @@
 """All platforms' breakers behind one lock, with the clock injected.
 
-The lock is the one owner of every breaker and of the platform list: it
-makes half-open admission exact however many threads ask at once, and a
-reader gets `BreakerView`s, values taken under it, never a breaker.
+The lock is the one owner of every breaker, of the lease ring they share
+and of the platform list: it makes half-open admission exact however many
+threads ask at once, and a reader gets `BreakerView`s, values taken under
+it, never a breaker.
 Transitions are handed to `on_transition` after the lock is released, so a
 slow listener (a log file, the snapshot writer) never holds up a decision.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-from typing import Callable, Iterable
+from array import array
+from typing import Callable, Iterable, Iterator
 
-from ratecared.breaker.machine import Breaker, BreakerView, Decision, Outcome, Policy, Transition
+from ratecared.breaker.machine import Breaker, BreakerView, Decision, Leases, Outcome, Policy, Transition
 
 
 class UnknownPlatform(KeyError):
@@ -21,6 +24,24 @@ class UnknownPlatform(KeyError):
 
     def __str__(self) -> str:
         return f"unknown platform {self.args[0]!r}"
+
+
+class RandomTags:
+    """The 64 bits of each permit nobody can guess, from the kernel's random source.
+
+    Drawn 512 at a time: one getrandom() per acquire costs more than the rest
+    of the decision. Called under the registry's lock.
+    """
+
+    def __init__(self) -> None:
+        self._pool: Iterator[int] = iter(())
+
+    def __call__(self) -> int:
+        try:
+            return next(self._pool)
+        except StopIteration:
+            self._pool = iter(array("Q", os.urandom(8 * 512)))
+            return next(self._pool)
 
 
 class Registry:
@@ -35,8 +56,12 @@ class Registry:
         self._lock = threading.Lock()
         self.on_transition = on_transition
         self._policy = policy
+        self._leases = Leases(tags=RandomTags())
         now = clock()
-        self._breakers = {name: Breaker(name, self._policy, state_since=now) for name in platforms}
+        self._breakers = {name: self._new(name, now) for name in platforms}
+
+    def _new(self, platform: str, now: float) -> Breaker:
+        return Breaker(platform, self._policy, state_since=now, leases=self._leases)
 
     @property
     def platforms(self) -> tuple[str, ...]:
@@ -54,35 +79,35 @@ class Registry:
         if changes:
             self.on_transition(changes)
 
-    def acquire(self, platform: str) -> Decision:
-        return self.acquire_many([platform])[0]
+    def acquire(self, platform: str, uid: int) -> Decision:
+        return self.acquire_many([platform], uid)[0]
 
-    def report(self, platform: str, permit: str, success: bool) -> Outcome:
-        return self.report_many([(platform, permit, success)])[0]
+    def report(self, platform: str, permit: str, success: bool, uid: int) -> Outcome:
+        return self.report_many([(platform, permit, success)], uid)[0]
 
-    def acquire_many(self, platforms: list[str]) -> list[Decision]:
-        """acquire() for each platform, under one lock and one clock read."""
+    def acquire_many(self, platforms: list[str], uid: int) -> list[Decision]:
+        """acquire() for each platform, for peer `uid`, under one lock and one clock read."""
         out: list[Decision] = []
         changes: list[Transition] = []
         with self._lock:
             breakers = self._breakers_of(platforms)
             now = self._clock()
             for breaker in breakers:
-                decision, more = breaker.acquire(now)
+                decision, more = breaker.acquire(now, uid)
                 out.append(decision)
                 changes.extend(more)
         self._emit(changes)
         return out
 
-    def report_many(self, reports: list[tuple[str, str, bool]]) -> list[Outcome]:
-        """report() for each (platform, permit, success), under one lock and one clock read."""
+    def report_many(self, reports: list[tuple[str, str, bool]], uid: int) -> list[Outcome]:
+        """report() for each (platform, permit, success), from peer `uid`, under one lock and one clock read."""
         out: list[Outcome] = []
         changes: list[Transition] = []
         with self._lock:
             breakers = self._breakers_of(platform for platform, _, _ in reports)
             now = self._clock()
             for (_, permit, success), breaker in zip(reports, breakers):
-                outcome, more = breaker.report(permit, success, now)
+                outcome, more = breaker.report(permit, success, now, uid)
                 out.append(outcome)
                 changes.extend(more)
         self._emit(changes)
@@ -127,7 +152,7 @@ class Registry:
             # A new dict, not edits to the old one: nothing outside the lock
             # ever holds either.
             self._breakers = {
-                name: self._breakers[name] if name in self._breakers else Breaker(name, self._policy, state_since=now)
+                name: self._breakers[name] if name in self._breakers else self._new(name, now)
                 for name in platforms
             }
 

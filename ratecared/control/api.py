@@ -31,7 +31,7 @@ _NOT_COUNTED = {
     "disabled": "circuit breakers are disabled (circuit-breaker-enabled = 0), so it is not counted",
     "unguarded": "this platform has no breaker (circuit-breaker-platforms), so it is not counted",
 }
-_UNKNOWN_PERMIT = "permit was never issued, was already reported, or its lease expired"
+_UNKNOWN_PERMIT = "permit was never issued to this uid, was already reported, or its lease expired"
 
 
 class ApiError(Exception):
@@ -100,8 +100,8 @@ def success(data: Any, status: int = 200) -> Response:
 
 
 def _quote(text: str) -> str:
-    # Only for permits and platform names: "<platform>.<generation>.<seq>" and
-    # names the config limits to letters, digits, - and _, so nothing to escape.
+    # Only for permits and platform names: hex digits and names the config
+    # limits to letters, digits, - and _, so nothing to escape.
     return '"' + text + '"'
 
 
@@ -159,7 +159,8 @@ class Api:
         if platforms != self._routes_for:
             hot: dict[tuple[str, str], Callable[[Request], Any]] = {}
             for name in platforms:
-                hot[("POST", f"circuit-breaker/{name}/acquire")] = lambda request, name=name: self._acquire(name)
+                hot[("POST", f"circuit-breaker/{name}/acquire")] = (
+                    lambda request, name=name: self._acquire(name, request))
                 hot[("POST", f"circuit-breaker/{name}/report")] = lambda request, name=name: self._report(name, request)
             self._hot, self._platforms, self._routes_for = hot, frozenset(platforms), platforms
         return self._hot
@@ -214,7 +215,7 @@ class Api:
             if method != "POST":
                 raise ApiError(405, "method_not_allowed", f"use POST for {parts[2]}")
             if parts[2] == "acquire":
-                return lambda request: self._acquire(platform)
+                return lambda request: self._acquire(platform, request)
             return lambda request: self._report(platform, request)
         if len(parts) == 3 and parts[0] == "jobs" and parts[2] in ("run", "runs"):
             job = parts[1]
@@ -293,9 +294,9 @@ class Api:
         self.breaker_log.info("breakers reset", platforms=reset, peer_uid=request.peer.uid, peer_pid=request.peer.pid)
         return success({"reset": reset})
 
-    def _acquire(self, platform: str) -> Response:
+    def _acquire(self, platform: str, request: Request) -> Response:
         try:
-            return success_raw(decision_text(self.registry.acquire(platform)))
+            return success_raw(decision_text(self.registry.acquire(platform, request.peer.uid)))
         except UnknownPlatform as exc:
             raise ApiError(404, "unknown_platform", str(exc)) from None
 
@@ -307,8 +308,9 @@ class Api:
             self._known(name)
         # One answer per platform, keyed by name: a name asked twice is asked once.
         names = list(dict.fromkeys(names))
+        decisions = self.registry.acquire_many(names, request.peer.uid)
         return success_raw("{" + ",".join(_quote(name) + ":" + decision_text(d)
-                                          for name, d in zip(names, self.registry.acquire_many(names))) + "}")
+                                          for name, d in zip(names, decisions)) + "}")
 
     @staticmethod
     def _parse_report(item: Any) -> tuple[str, bool]:
@@ -326,7 +328,7 @@ class Api:
     def _report(self, platform: str, request: Request) -> Response:
         permit, ok = self._parse_report(self._body(request))
         try:
-            outcome = self.registry.report(platform, permit, ok)
+            outcome = self.registry.report(platform, permit, ok, request.peer.uid)
         except UnknownPlatform as exc:
             raise ApiError(404, "unknown_platform", str(exc)) from None
         if outcome.reason == "unknown":
@@ -341,8 +343,9 @@ class Api:
         for item in reports:
             permit, ok = self._parse_report(item)
             parsed.append((self._known(item.get("platform")), permit, ok))
+        outcomes = self.registry.report_many(parsed, request.peer.uid)
         return success_raw("[" + ",".join(outcome_text(o, platform)
-                                          for (platform, _, _), o in zip(parsed, self.registry.report_many(parsed))) + "]")
+                                          for (platform, _, _), o in zip(parsed, outcomes)) + "]")
 
     # -- daemon ----------------------------------------------------------------
 
