@@ -21,6 +21,13 @@ and, against the daemon only, one legitimate client (single pairs) while others 
           reopened as soon as they drop; root's status on a fresh connection
           each time (as ratecarectl makes) and another uid's, timed
 
+and one more, against the daemon only:
+
+  durable one client fails booking's calls until it opens, then resets it,
+          over and over: the replies that carry a transition wait for the
+          breaker journal's fdatasync, the others do not; with the database
+          free, then with the bench holding it locked (BEGIN IMMEDIATE)
+
 The attackers of `attack` and `flood` connect as the bench's user: as root
 every one of them gets a slot (the worst case for memory), as another user
 only daemon.max_connections_per_uid (64) do.
@@ -37,7 +44,7 @@ Floors: single >= 5,000 decisions/s, batch >= 20,000 platform decisions/s,
 p99 < 5 ms in both, daemon peak RSS < 60 MB in them (and no failed requests);
 under attack and flood the legitimate client's p99 < 20 ms and the daemon's
 RSS < 100 MB; in fair, root's status p99 < 100 ms and every request of the
-other uid answered.
+other uid answered; in durable, decisions' p99 < 5 ms with the database locked.
 Exit status: 0 when every floor passes, 1 otherwise (or when the bench itself
 cannot run), 128+N on signal N. Ctrl-C or SIGTERM stops the daemon, the echo
 server and the clients and removes the temporary directory.
@@ -63,6 +70,7 @@ import select
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -83,6 +91,7 @@ FLOOR_RSS_MB = 60.0       # daemon peak VmRSS in single and batch
 FLOOR_ATTACK_P99_MS = 20.0    # the legitimate client's pairs under attack and flood
 FLOOR_ATTACK_RSS_MB = 100.0   # daemon peak VmRSS under attack and flood
 FLOOR_ROOT_STATUS_MS = 100.0  # root's status p99 in fair
+FLOOR_LOCKED_P99_MS = 5.0     # decisions' p99 in durable, the database locked by another process
 ATTACKS = ("attack", "flood", "fair")
 
 RECV_BYTES = 16384        # replies are under 1 KiB; a bigger buffer only costs allocation
@@ -496,6 +505,57 @@ def attack_phase(mode: str, path: str, daemon_pid: int, sampler, args, children:
     return result
 
 
+# -- durable: what a transition costs ---------------------------------------------
+
+
+def _timed(sock: socket.socket, request: bytes) -> tuple[bytes, int]:
+    start = time.perf_counter_ns()
+    sock.sendall(request)
+    return _read_response(sock), time.perf_counter_ns() - start
+
+
+def durable_phase(path: str, database: Path, seconds: float, log) -> dict:
+    """Trip booking and reset it for `seconds`, the database free and then locked; time each reply."""
+    acquire = _request(f"{PREFIX}/booking/acquire")
+    reset = _request(f"{PREFIX}/reset", b'{"platform":"booking"}')
+    out: dict = {}
+    for case in ("free", "locked"):
+        log(f"durable: {seconds:g} s, database {case} ...")
+        lock = sqlite3.connect(database, isolation_level=None, timeout=10) if case == "locked" else None
+        if lock is not None:
+            lock.execute("BEGIN IMMEDIATE")
+        plain, carrying = [], []     # ns: replies without a transition, and those that carry one
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                reply, ns = _timed(sock, acquire)
+                plain.append(ns)
+                permit = PERMIT_RE.search(reply)
+                if permit is None:           # open: the reset's reply carries open -> closed
+                    carrying.append(_timed(sock, reset)[1])
+                    continue
+                body = b'{"permit":"' + permit.group(1) + b'","success":false,"duration_ms":1}'
+                reply, ns = _timed(sock, _request(f"{PREFIX}/booking/report", body))
+                (carrying if b'"state":"open"' in reply else plain).append(ns)
+        finally:
+            sock.close()
+            if lock is not None:
+                lock.execute("ROLLBACK")
+                lock.close()
+        plain.sort()
+        carrying.sort()
+        out[case] = {
+            "decisions": len(plain), "decision_p50_ms": round(_percentile(plain, 50), 3),
+            "decision_p99_ms": round(_percentile(plain, 99), 3), "decision_max_ms": round(plain[-1] / 1e6, 3),
+            "transitions": len(carrying), "transition_p50_ms": round(_percentile(carrying, 50), 3),
+            "transition_p99_ms": round(_percentile(carrying, 99), 3),
+            "transition_max_ms": round(carrying[-1] / 1e6, 3) if carrying else None,
+        }
+    return out
+
+
 # -- /proc ---------------------------------------------------------------------------
 
 
@@ -720,7 +780,7 @@ def bench(args, log) -> dict:
 
         phases: dict[str, dict] = {}
         threads = 0     # the daemon's, at the end of each phase: for the unit's TasksMax
-        for mode in [m for m in args.phases if m not in ATTACKS]:
+        for mode in [m for m in args.phases if m in ("single", "batch")]:
             log(f"{mode}: daemon, {args.clients} clients x {args.seconds:g} s ...")
             d = run_phase(sock_path, mode, daemon.pid, args, validate=True, children=children)
             d["peak_rss_mb"] = round(sampler.peak_mb(d["t0"], d["t1"]) or 0, 1)
@@ -742,6 +802,8 @@ def bench(args, log) -> dict:
             threads = max(threads, rss_kb(daemon.pid, "Threads:") or 0)
             # The attackers' sockets are closed; give the daemon a moment to see them go.
             time.sleep(1)
+        if "durable" in args.phases:
+            phases["durable"] = {"daemon": durable_phase(sock_path, tmp / "rc.db", args.seconds, log)}
 
         hwm = rss_kb(daemon.pid, "VmHWM:")
         sampler.stopping.set()
@@ -808,6 +870,10 @@ def floors(result: dict) -> list[tuple[str, str, bool]]:
                        d["root_status_p99_ms"] < FLOOR_ROOT_STATUS_MS))
         checks.append(("fair: other uid answered", f"{d['other_uid_answered']}/{d['other_uid_asked']}",
                        d["other_uid_answered"] == d["other_uid_asked"]))
+    if "durable" in phases:
+        d = phases["durable"]["daemon"]["locked"]
+        checks.append((f"durable: locked p99 < {FLOOR_LOCKED_P99_MS:g} ms", f"{d['decision_p99_ms']:.3f} ms",
+                       d["decision_p99_ms"] < FLOOR_LOCKED_P99_MS))
     errors = sum(p[t]["errors"] for p in phases.values() for t in ("daemon", "echo") if t in p and "errors" in p[t])
     checks.append(("no failed requests", str(errors), errors == 0))
     return checks
@@ -824,7 +890,7 @@ def report_text(result: dict, checks) -> str:
     out.append(head)
     out.append("-" * len(head))
     for mode, p in result["phases"].items():
-        if mode in ATTACKS:
+        if mode not in ("single", "batch"):
             continue
         for who in ("daemon", "echo"):
             r = p[who]
@@ -856,6 +922,11 @@ def report_text(result: dict, checks) -> str:
                    f"{r['root_asked']} answered, p50 {r['root_status_p50_ms']:.3f} ms, p99 "
                    f"{r['root_status_p99_ms']:.3f} ms; uid 65533 {r['other_uid_answered']}/{r['other_uid_asked']} "
                    f"answered, p99 {r['other_uid_p99_ms']:.3f} ms; daemon peak RSS {r['peak_rss_mb']:.1f} MB")
+    for case, r in result["phases"].get("durable", {}).get("daemon", {}).items():
+        out.append(f"durable database {case:<6}: {r['decisions']:,} decisions p50 {r['decision_p50_ms']:.3f} ms, "
+                   f"p99 {r['decision_p99_ms']:.3f} ms, max {r['decision_max_ms']:.3f} ms; {r['transitions']:,} "
+                   f"replies carrying a transition p50 {r['transition_p50_ms']:.3f} ms, "
+                   f"p99 {r['transition_p99_ms']:.3f} ms, max {r['transition_max_ms']} ms")
     out.append("")
     out.append(f"daemon peak RSS (VmRSS every {RSS_INTERVAL * 1000:.0f} ms): {result['daemon_peak_rss_mb']:.1f} MB"
                f"   (kernel VmHWM: {result['daemon_vmhwm_mb']} MB); daemon threads: {result['daemon_threads']}")
@@ -882,16 +953,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per phase and server [5]")
     parser.add_argument("--warmup", type=float, default=0.5, help="unmeasured warm-up seconds per phase [0.5]")
     parser.add_argument("--clients", type=int, default=8, help="client processes, one connection each [8]")
-    parser.add_argument("--phases", default="single,batch,attack,flood,fair",
-                        help="comma-separated: single,batch,attack,flood,fair [all; fair only as root]")
+    parser.add_argument("--phases", default="single,batch,attack,flood,fair,durable",
+                        help="comma-separated: single,batch,attack,flood,fair,durable [all; fair only as root]")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object on stdout")
     parser.add_argument("--cprofile", metavar="PATH",
                         help="run the daemon under cProfile and write its stats to PATH (skews the figures)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)
     args.phases = [p.strip() for p in args.phases.split(",") if p.strip()]
-    if not args.phases or any(p not in ("single", "batch", *ATTACKS) for p in args.phases):
-        parser.error("--phases takes single, batch, attack, flood and fair")
+    if not args.phases or any(p not in ("single", "batch", *ATTACKS, "durable") for p in args.phases):
+        parser.error("--phases takes single, batch, attack, flood, fair and durable")
     if args.clients < 1 or args.seconds <= 0 or args.warmup < 0:
         parser.error("--clients >= 1, --seconds > 0, --warmup >= 0")
     if args.cprofile:

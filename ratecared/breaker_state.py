@@ -4,12 +4,13 @@ The SQL side of the breakers, outside ratecared.breaker so that the pure
 machine and the registry never load the database layer. Decisions use the
 monotonic clock; the table holds wall-clock UTC times, so an open breaker's
 deadline and the start of each state mean the same thing to the next process.
+The journal (breaker_journal.py) keeps its lines in the same row format.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any, Sequence
+from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 from ratecared.breaker.machine import BreakerView, State
 from ratecared.breaker.registry import Registry
@@ -51,7 +52,11 @@ _READ = ("platform", "state", "generation", "consecutive_failures", "trip_count"
 
 def view_of(row: Sequence[Any], wall: datetime) -> BreakerView:
     """A breaker as a row of `_READ` saved it, seen at wall time `wall`."""
-    values = dict(zip(_READ, row))
+    return view_of_values(dict(zip(_READ, row)), wall)
+
+
+def view_of_values(values: Mapping[str, Any], wall: datetime) -> BreakerView:
+    """A breaker as a row saved it, by column name, seen at wall time `wall`."""
     until = parse_timestamp(values["open_until"])
     # Rows written before state_since existed know only when an open breaker opened.
     since = parse_timestamp(values["state_since"]) or parse_timestamp(values["opened_at"])
@@ -70,18 +75,43 @@ def view_of(row: Sequence[Any], wall: datetime) -> BreakerView:
     )
 
 
-def save(database: Database, registry: Registry, host: str, wall: datetime) -> int:
-    """Write every breaker's row; return how many were written."""
-    rows = [row_of(view, host, wall) for view in registry.status()]
+class Journal(Protocol):
+    def fold(self, seq: int) -> None:
+        """The snapshot holding everything up to `seq` is written."""
+
+
+def save(database: Database, registry: Registry, host: str, wall: datetime, journal: Journal | None = None) -> int:
+    """Write every breaker's row, then let the journal drop what the rows now hold; return how many were written."""
+    views, seq = registry.snapshot()
+    rows = [row_of(view, host, wall) for view in views]
     sql = database.dialect.upsert("circuit_breaker_state", COLUMNS, ("platform", "host"))
     database.executemany(sql, [[row[c] for c in COLUMNS] for row in rows])
+    if journal is not None:
+        journal.fold(seq)
     return len(rows)
 
 
-def restore(database: Database, registry: Registry, host: str, wall: datetime) -> list[str]:
-    """Load this host's rows into the registry; return a line per restored non-closed breaker."""
+def newest(saved: Iterable[BreakerView], journaled: Iterable[BreakerView]) -> list[BreakerView]:
+    """Per platform, the later of the snapshot and the journal: the higher generation; the snapshot on a tie.
+
+    A journal line is written as its generation begins, so a snapshot of the
+    same generation was taken after it and has the later counters.
+    """
+    out = {view.platform: view for view in saved}
+    for view in journaled:
+        if view.platform not in out or view.generation > out[view.platform].generation:
+            out[view.platform] = view
+    return list(out.values())
+
+
+def restore(database: Database, registry: Registry, host: str, wall: datetime,
+            journaled: Iterable[BreakerView] = ()) -> list[str]:
+    """Load this host's rows into the registry, with what the journal has that is newer.
+
+    Return a line per restored non-closed breaker.
+    """
     rows = database.query(f"SELECT {', '.join(_READ)} FROM circuit_breaker_state WHERE host = ?", (host,))
-    restored = registry.restore(view_of(row, wall) for row in rows)
+    restored = registry.restore(newest((view_of(row, wall) for row in rows), journaled))
     return [f"{view.platform} {view.state.value}"
             + (f" for {view.retry_after:.0f} s more" if view.state is State.OPEN else "")
             for view in restored if view.state is not State.CLOSED]

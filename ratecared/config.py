@@ -12,7 +12,7 @@ import grp
 import os
 import socket
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,8 @@ class DaemonConfig:
     max_body_bytes: int = 65536
     # Names this daemon in job_runs and circuit_breaker_state; the system's host name by default.
     host: str = ""
+    # Where the breaker journal lives (breaker_journal.py); see default_state_dir().
+    state_dir: Path = Path("/var/lib/ratecared")
 
     @property
     def tz(self) -> ZoneInfo:
@@ -158,6 +160,7 @@ class Config:
                 "idle_timeout": self.daemon.idle_timeout,
                 "max_body_bytes": self.daemon.max_body_bytes,
                 "host": self.daemon.host,
+                "state_dir": str(self.daemon.state_dir),
             },
             "database": {
                 "url": mask_url(self.database.url),
@@ -207,6 +210,20 @@ def check_host(config: Config) -> None:
                 grp.getgrnam(group)
             except KeyError:
                 raise ConfigError(config.path, key, f"group {group!r} does not exist on this machine") from None
+
+
+def default_state_dir(database_url: str) -> Path:
+    """`daemon.state_dir` when the file does not set it.
+
+    systemd's StateDirectory= (it sets $STATE_DIRECTORY), else the SQLite
+    file's directory, else /var/lib/ratecared.
+    """
+    given = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if given:
+        return Path(given)
+    if database_url.startswith("sqlite:///") and database_url != "sqlite:///:memory:":
+        return Path(database_url[len("sqlite:///"):].partition("?")[0]).parent
+    return DaemonConfig.state_dir
 
 
 def mask_url(url: str) -> str:
@@ -350,6 +367,7 @@ def _parse(path: Path, raw: dict[str, Any]) -> Config:
         max_body_bytes=d.integer("max_body_bytes", DaemonConfig.max_body_bytes, 1024, 64 << 20),
         host=d.string("host", "") or socket.gethostname(),
     )
+    state_dir = d.path_("state_dir", None)
     if daemon.reserved_admin_connections >= daemon.max_connections:
         raise ConfigError(path, "daemon.reserved_admin_connections",
                           f"must be less than daemon.max_connections ({daemon.max_connections}), or only root "
@@ -372,6 +390,7 @@ def _parse(path: Path, raw: dict[str, Any]) -> Config:
         startup_wait=db.number("startup_wait", DatabaseConfig.startup_wait, 0, 3600),
     )
     db.done()
+    daemon = replace(daemon, state_dir=state_dir or default_state_dir(url))
 
     lg = _Section(path, "logging", sections["logging"])
     level = lg.string("level", "info").lower()

@@ -31,6 +31,7 @@ from ratecared import __version__, access, breaker_state, logs
 from ratecared import settings as settings_mod
 from ratecared.breaker.machine import State
 from ratecared.breaker.registry import Registry
+from ratecared.breaker_journal import BreakerJournal
 from ratecared.config import EX_CONFIG, Config, CurrentConfig
 from ratecared.control.api import Api
 from ratecared.control.server import ControlServer, Request, SocketInUse, bind_unix
@@ -60,12 +61,16 @@ class Daemon:
         self.logs = logs.Logs(config.logging, files=False)
         self.log = logs.get("ratecared")
         self.db = Database(config.database)
+        self.journal = BreakerJournal(config.daemon.state_dir, self.host, self.db.describe(),
+                                      logs.get("ratecared.breaker"))
         self.registry = Registry(
             config.circuit_breaker.platforms,
             settings_mod.breaker_policy(settings_mod.Settings(), config.circuit_breaker.permit_lease),
             on_transition=on_transitions(logs.get("ratecared.breaker"), lambda: self.store.wake()),
+            journal=self.journal,
         )
-        self.snapshots = Snapshots(lambda wall: breaker_state.save(self.db, self.registry, self.host, wall), self.log)
+        self.snapshots = Snapshots(
+            lambda wall: breaker_state.save(self.db, self.registry, self.host, wall, self.journal), self.log)
         self.settings = LiveSettings(self.db, lambda: self.config().circuit_breaker.platforms,
                                      self._apply_breaker_policy, self.log)
         self.store = StoreThread(self.snapshots, self.settings.refresh, self.config)
@@ -81,6 +86,7 @@ class Daemon:
         try:
             return self._run()
         finally:
+            self.journal.close()
             self.db.close()
             self.logs.close()
 
@@ -93,8 +99,15 @@ class Daemon:
             return code
         self.logs.open_files()
         self.settings.refresh()
+        wall = datetime.now(timezone.utc)
         try:
-            for line in breaker_state.restore(self.db, self.registry, self.host, datetime.now(timezone.utc)):
+            journaled = self.journal.open(wall)
+        except OSError as exc:
+            self.log.error("cannot open the breaker journal", key="daemon.state_dir", path=str(self.journal.path),
+                           config=str(config.path), error=str(exc))
+            return EX_CONFIG
+        try:
+            for line in breaker_state.restore(self.db, self.registry, self.host, wall, journaled):
                 logs.get("ratecared.breaker").info("breaker restored", detail=line)
         except DatabaseError as exc:
             self.log.error("cannot read breaker snapshots", error=str(exc))

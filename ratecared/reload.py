@@ -19,7 +19,7 @@ from ratecared.config import Config, ConfigError, CurrentConfig, check_host, loa
 from ratecared.control.server import Peer
 
 # Dotted keys of Config.masked() that only a restart applies; a prefix covers its section.
-RESTART_KEYS = ("daemon.socket", "daemon.host", "daemon.timezone", "database.", "logging.dir")
+RESTART_KEYS = ("daemon.socket", "daemon.host", "daemon.timezone", "daemon.state_dir", "database.", "logging.dir")
 
 
 def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -47,7 +47,7 @@ def in_effect(old: Config, new: Config) -> tuple[Config, list[str], list[str]]:
         path=old.path,
         database=old.database,
         daemon=dataclasses.replace(new.daemon, socket=old.daemon.socket, host=old.daemon.host,
-                                   timezone=old.daemon.timezone),
+                                   timezone=old.daemon.timezone, state_dir=old.daemon.state_dir),
         logging=dataclasses.replace(new.logging, dir=old.logging.dir),
     )
     return kept, applied, restart

@@ -1,4 +1,9 @@
-"""What the daemon does with each breaker transition: log it, and have it written at once."""
+"""What the daemon does with each breaker transition: log it, and have the snapshot written at once.
+
+By the time these run the transition is already on disk in the breaker
+journal (the registry syncs it first), so the snapshot is the journal's
+fold, not what makes the transition durable.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from ratecared.breaker.machine import State, Transition
 
 
 def on_transitions(log: Any, write_now: Callable[[], None]) -> Callable[[list[Transition]], None]:
-    """The registry's `on_transition`: called after its lock is released, so it never delays a decision."""
+    """The registry's `on_transition`: called after its lock is released, so it never delays another decision."""
 
     def handle(changes: list[Transition]) -> None:
         for change in changes:

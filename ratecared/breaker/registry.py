@@ -4,8 +4,15 @@ The lock is the one owner of every breaker, of the lease ring they share
 and of the platform list: it makes half-open admission exact however many
 threads ask at once, and a reader gets `BreakerView`s, values taken under
 it, never a breaker.
-Transitions are handed to `on_transition` after the lock is released, so a
-slow listener (a log file, the snapshot writer) never holds up a decision.
+
+A transition is durable before any reply shows it. Under the lock the
+changed breakers go to the journal's memory (no I/O) and every call notes
+how far the journal must be on disk for what it saw, including transitions
+another thread made and has not yet written. After the lock, and before the
+call returns to be answered, `journal.sync` waits until it is; then
+`on_transition` hears of the changes. So neither the disk nor a slow
+listener (a log file, the snapshot writer) holds up a decision of another
+thread, and no reply runs ahead of the disk.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import os
 import threading
 import time
 from array import array
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Protocol
 
 from ratecared.breaker.machine import Breaker, BreakerView, Decision, Leases, Outcome, Policy, Transition
 
@@ -24,6 +31,29 @@ class UnknownPlatform(KeyError):
 
     def __str__(self) -> str:
         return f"unknown platform {self.args[0]!r}"
+
+
+class Journal(Protocol):
+    """Where transitions become durable (ratecared.breaker_journal)."""
+
+    def append(self, views: list[BreakerView]) -> int:
+        """Take the breakers as they are after a transition; under the registry's lock, so no I/O.
+
+        Returns the sequence number to `sync` to.
+        """
+
+    def sync(self, seq: int) -> None:
+        """Return once everything appended up to `seq` is on disk."""
+
+
+class MemoryOnly:
+    """No journal: transitions live in memory until the snapshot (tests, tools)."""
+
+    def append(self, views: list[BreakerView]) -> int:
+        return 0
+
+    def sync(self, seq: int) -> None:
+        pass
 
 
 class RandomTags:
@@ -51,10 +81,14 @@ class Registry:
         policy: Policy,
         clock: Callable[[], float] = time.monotonic,
         on_transition: Callable[[list[Transition]], None] = lambda changes: None,
+        journal: Journal | None = None,
     ) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self.on_transition = on_transition
+        self._journal: Journal = journal or MemoryOnly()
+        # The sequence number of the last transitions handed to the journal.
+        self._seq = 0
         self._policy = policy
         self._leases = Leases(tags=RandomTags())
         now = clock()
@@ -75,7 +109,16 @@ class Registry:
         except KeyError as exc:
             raise UnknownPlatform(exc.args[0]) from None
 
-    def _emit(self, changes: list[Transition]) -> None:
+    def _record(self, changes: list[Transition], now: float) -> int:
+        """Hand the changed breakers to the journal; return how far it must be on disk. Under the lock."""
+        if changes:
+            changed = dict.fromkeys(change.platform for change in changes)
+            self._seq = self._journal.append([self._breakers[name].view(now) for name in changed])
+        return self._seq
+
+    def _settle(self, changes: list[Transition], seen: int) -> None:
+        """After the lock, before the answer: what this call saw is on disk, then the listeners hear of it."""
+        self._journal.sync(seen)
         if changes:
             self.on_transition(changes)
 
@@ -96,7 +139,8 @@ class Registry:
                 decision, more = breaker.acquire(now, uid)
                 out.append(decision)
                 changes.extend(more)
-        self._emit(changes)
+            seen = self._record(changes, now)
+        self._settle(changes, seen)
         return out
 
     def report_many(self, reports: list[tuple[str, str, bool]], uid: int) -> list[Outcome]:
@@ -110,7 +154,8 @@ class Registry:
                 outcome, more = breaker.report(permit, success, now, uid)
                 out.append(outcome)
                 changes.extend(more)
-        self._emit(changes)
+            seen = self._record(changes, now)
+        self._settle(changes, seen)
         return out
 
     def reset(self, platform: str | None = None, reason: str = "reset by operator") -> list[str]:
@@ -122,7 +167,8 @@ class Registry:
             now = self._clock()
             for breaker in breakers:
                 changes.extend(breaker.reset(now, reason))
-        self._emit(changes)
+            seen = self._record(changes, now)
+        self._settle(changes, seen)
         return names
 
     def tick(self) -> None:
@@ -132,7 +178,8 @@ class Registry:
             now = self._clock()
             for breaker in self._breakers.values():
                 changes.extend(breaker.advance(now))
-        self._emit(changes)
+            seen = self._record(changes, now)
+        self._settle(changes, seen)
 
     def apply_policy(self, policy: Policy) -> None:
         """Take a new policy live: state, counters and open deadlines survive."""
@@ -143,7 +190,8 @@ class Registry:
             for breaker in self._breakers.values():
                 if breaker.policy != policy:
                     changes.extend(breaker.set_policy(policy, now))
-        self._emit(changes)
+            seen = self._record(changes, now)
+        self._settle(changes, seen)
 
     def set_platforms(self, platforms: Iterable[str]) -> None:
         """Guard these platforms from now on: breakers kept keep their state, new ones start closed."""
@@ -158,15 +206,20 @@ class Registry:
 
     def status(self) -> list[BreakerView]:
         """Every breaker as it stands now, in the platform list's order."""
+        return self.snapshot()[0]
+
+    def snapshot(self) -> tuple[list[BreakerView], int]:
+        """Every breaker as it stands now, and the journal's sequence number these views contain."""
         out: list[BreakerView] = []
         changes: list[Transition] = []
         with self._lock:
             now = self._clock()
             for breaker in self._breakers.values():
                 changes.extend(breaker.advance(now))
-                out.append(breaker.view(now))
-        self._emit(changes)
-        return out
+            seen = self._record(changes, now)
+            out = [breaker.view(now) for breaker in self._breakers.values()]
+        self._settle(changes, seen)
+        return out, seen
 
     def restore(self, saved: Iterable[BreakerView]) -> list[BreakerView]:
         """Take over breakers an earlier process saved; return them as restored.

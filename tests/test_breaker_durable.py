@@ -1,0 +1,144 @@
+"""Durable transitions and fast decisions, through the real daemon: kill -9 after `open`, a locked or dead database."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import DaemonProcess, wait_for
+from ratecared import breaker_journal
+
+# The kill -9 rounds: as many as fit in this much time, at least MIN_ROUNDS, at most ROUNDS.
+ROUNDS, MIN_ROUNDS, ROUNDS_SECONDS = 100, 20, 30.0
+# A generous bound for one decision while the database is locked or gone: the
+# bench measures the real figure; this only catches a decision waiting on the database.
+SLOW = 0.25
+
+
+def open_booking(daemon: DaemonProcess) -> None:
+    """Fail booking's calls until a report's reply says the breaker is open."""
+    client = daemon.client()
+    try:
+        for _ in range(20):
+            decision = client.acquire("booking")
+            assert decision.allowed, decision
+            if client.report(decision, False, 5003)["state"] == "open":
+                return
+        raise AssertionError("booking never opened")
+    finally:
+        client.close()
+
+
+def test_a_daemon_killed_after_a_client_saw_open_comes_back_open(config_factory, daemon_factory) -> None:
+    config = config_factory()
+    daemon = daemon_factory(config)
+    started = time.monotonic()
+    rounds = 0
+    rng = random.Random(10)
+    while rounds < ROUNDS and (rounds < MIN_ROUNDS or time.monotonic() - started < ROUNDS_SECONDS):
+        open_booking(daemon)
+        # At once, or a moment later while the snapshot may be under way.
+        if rng.random() < 0.5:
+            time.sleep(rng.uniform(0, 0.02))
+        daemon.stop(signal.SIGKILL)
+        daemon = daemon_factory(config)
+        client = daemon.client()
+        decision = client.acquire("booking")
+        assert (decision.allowed, decision.state) == (False, "open"), f"round {rounds}: {decision}"
+        client.request("POST", "/api/v1/circuit-breaker/reset", {"platform": "booking"})
+        client.close()
+        rounds += 1
+    assert rounds >= MIN_ROUNDS
+
+
+def test_the_journal_holds_a_transition_until_a_snapshot_does_and_a_clean_stop_leaves_it_empty(
+        config_factory, daemon_factory, tmp_path: Path) -> None:
+    daemon = daemon_factory(config_factory(database={"connect_timeout": 1}))
+    journal = tmp_path / breaker_journal.FILE
+    lock = sqlite3.connect(tmp_path / "rc.db", isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    try:
+        open_booking(daemon)
+        # No snapshot can be written: the journal is where `open` is.
+        assert b'"state":"open"' in journal.read_bytes()
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    wait_for(lambda: journal.read_bytes() == b"", what="the journal folded into a snapshot")
+    client = daemon.client()
+    client.request("POST", "/api/v1/circuit-breaker/reset", {"platform": "booking"})
+    client.close()
+    assert daemon.stop() == 0
+    assert journal.read_bytes() == b""
+
+
+def decide_while(daemon: DaemonProcess, log: Path, until: str) -> tuple[float, int]:
+    """acquire/report pairs, booking opened and reset over and over, until `until` is in the log.
+
+    Return the slowest single decision (seconds) and how many transitions were made.
+    """
+    client = daemon.client()
+    slowest, transitions = 0.0, 0
+    deadline = time.monotonic() + 60
+    try:
+        while until not in log.read_text() or transitions < 4:
+            assert time.monotonic() < deadline, f"{until!r} not logged"
+            for platform, success in (("expedia", True), ("booking", False)):
+                t = time.perf_counter()
+                decision = client.acquire(platform)
+                slowest = max(slowest, time.perf_counter() - t)
+                if not decision.allowed:
+                    t = time.perf_counter()
+                    client.request("POST", "/api/v1/circuit-breaker/reset", {"platform": platform})
+                    slowest = max(slowest, time.perf_counter() - t)
+                    transitions += 1
+                    continue
+                t = time.perf_counter()
+                state = client.report(decision, success, 10)["state"]
+                slowest = max(slowest, time.perf_counter() - t)
+                transitions += state == "open"
+    finally:
+        client.close()
+    return slowest, transitions
+
+
+def test_decisions_and_transitions_stay_fast_while_another_process_holds_the_database_locked(
+        config_factory, daemon_factory, tmp_path: Path) -> None:
+    daemon = daemon_factory(config_factory(database={"connect_timeout": 1}))
+    log = tmp_path / "logs" / "ratecared.log"
+    lock = sqlite3.connect(tmp_path / "rc.db", isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    try:
+        slowest, transitions = decide_while(daemon, log, "snapshot failed")
+        status = daemon.client().status()
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert slowest < SLOW, f"a decision took {slowest * 1000:.0f} ms with the database locked"
+    assert status["total_platforms"] == 7
+    wait_for(lambda: "snapshots resumed" in log.read_text(), what="snapshots resumed")
+    # What was made while the database was locked is in the snapshot now.
+    assert (tmp_path / breaker_journal.FILE).read_bytes().count(b"\n") <= 2
+
+
+@pytest.mark.mariadb
+def test_decisions_and_transitions_stay_fast_with_mariadb_killed(
+        mariadb, mysql_url: str, config_factory, daemon_factory, tmp_path: Path) -> None:
+    daemon = daemon_factory(config_factory(url=mysql_url, database={"connect_timeout": 1},
+                                           daemon={"state_dir": str(tmp_path / "state")}))
+    log = tmp_path / "logs" / "ratecared.log"
+    mariadb.kill()
+    try:
+        slowest, transitions = decide_while(daemon, log, "snapshot failed")
+    finally:
+        mariadb.ensure_running()
+    assert slowest < SLOW, f"a decision took {slowest * 1000:.0f} ms with MariaDB killed"
+    assert transitions >= 4
+    wait_for(lambda: "snapshots resumed" in log.read_text(), what="snapshots resumed")
