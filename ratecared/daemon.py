@@ -195,6 +195,7 @@ class Daemon:
                 code = 1
                 break
             self.registry.tick()
+            self.logs.repeats.flush()
             status = self.status_line()
             if status != shown:
                 self.notify(f"STATUS={status}")
