@@ -57,7 +57,7 @@ figure shows the share they used while it was timed ("others").
 
 Usage:
     .venv/bin/python bench/jobs.py                     # full size, about 20 minutes on a quiet machine
-    .venv/bin/python bench/jobs.py --rows-scale 0.1    # a quick, smaller run (about 1 minute)
+    .venv/bin/python bench/jobs.py --rows-scale 0.1    # a quick, smaller run (about 2 minutes)
     .venv/bin/python bench/jobs.py --json              # one JSON object on stdout
     .venv/bin/python bench/jobs.py --figures 1,4       # only some figures (RSS always)
     .venv/bin/python bench/jobs.py --quiet-wait 0      # never wait for other processes
@@ -489,7 +489,8 @@ def run_pt_archiver(argv: list[str]) -> tuple[float, float]:
                             preexec_fn=_term_with_parent)
     seconds = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if result.returncode != 0:
+    # It only warns when a --set-vars setting fails, and then the run is not the one asked for.
+    if result.returncode != 0 or result.stderr.strip():
         said = (result.stderr or result.stdout).strip().splitlines()[-3:]
         raise BenchError(f"pt-archiver exited with status {result.returncode}: {' / '.join(said)}")
     return seconds, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
