@@ -59,12 +59,17 @@ def _plain(value: Any) -> str:
     return json.dumps(text)
 
 
+_CONTEXT_FIRST = ("job", "run_id")
+
+
 def render_line(_: Any, __: str, event: dict[str, Any]) -> str:
     """`event key=value …`, always one line."""
     message = str(event.pop("event", ""))
     for key in ("timestamp", "level", "logger"):
         event.pop(key, None)
-    fields = " ".join(f"{k}={_plain(v)}" for k, v in event.items())
+    # A run's context first, though merge_contextvars adds it last: `journalctl | grep job=…` reads down a column.
+    ordered = {k: event.pop(k) for k in _CONTEXT_FIRST if k in event} | event
+    fields = " ".join(f"{k}={_plain(v)}" for k, v in ordered.items())
     line = f"{message} {fields}".strip()
     return line.replace("\n", "\\n").replace("\r", "\\r")
 
