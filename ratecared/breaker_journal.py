@@ -1,9 +1,8 @@
 """The breaker journal: a transition is on disk before any reply shows it (DESIGN §7).
 
-An append-only file of JSON lines in the state directory,
-`breakers-<host>.journal`, one line for each breaker a transition changed,
-holding the breaker as its snapshot row does (breaker_state.row_of), plus
-the host and database it belongs to. The
+An append-only file of JSON lines in the state directory, one line for each
+breaker a transition changed, holding the breaker as its snapshot row does
+(breaker_state.row_of), plus the host and database it belongs to. The
 registry appends under its lock, which costs no I/O; after the lock, and
 before the answer goes out, `sync` writes what is waiting and fdatasyncs it,
 several threads' transitions in one write as a database groups its commits.
@@ -24,10 +23,8 @@ write or the next snapshot, whichever comes first.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import re
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,16 +33,7 @@ from typing import Any, Callable
 from ratecared import breaker_state
 from ratecared.breaker.machine import BreakerView
 
-
-
-def file_name(host: str) -> str:
-    """The journal of one host's breakers: daemons that stand for different hosts may share a state directory."""
-    return "breakers-" + re.sub(r"[^A-Za-z0-9._-]", "_", host) + ".journal"
-
-
-class JournalInUse(OSError):
-    """Another daemon of the same host writes this journal."""
-
+FILE = "breakers.journal"
 # Past this the file is rewritten with one line per platform; a line is about 450 bytes.
 MAX_BYTES = 64 * 1024
 
@@ -66,7 +54,7 @@ class BreakerJournal:
 
     def __init__(self, directory: Path, host: str, database: str, log: Any,
                  wall: Callable[[], datetime] = _utc_now) -> None:
-        self.path = Path(directory) / file_name(host)
+        self.path = Path(directory) / FILE
         self._host = host
         self._database = database
         self._log = log
@@ -90,21 +78,14 @@ class BreakerJournal:
     def open(self, wall: datetime) -> list[BreakerView]:
         """Open the file for appending; return the breakers an earlier process left in it, seen at `wall`.
 
-        Raises JournalInUse when another daemon holds it, OSError when the
-        state directory cannot hold it.
+        Raises OSError when the state directory cannot hold it.
         """
         with self._io:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            created = not self.path.exists()
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
             try:
-                # Two writers would fold and rewrite each other's lines away.
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise JournalInUse(f"{self.path} is written by another ratecared") from None
-            self._fd = fd
-            data = self.path.read_bytes()
+                data = self.path.read_bytes()
+            except FileNotFoundError:
+                data = b""
             # Whatever follows the last newline is a line the process died writing.
             whole = data[:data.rfind(b"\n") + 1]
             views: dict[str, BreakerView] = {}
@@ -113,6 +94,8 @@ class BreakerJournal:
                 if view is not None:
                     views[view.platform] = view
                     self._last[view.platform] = (0, line)
+            created = not self.path.exists()
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
             if len(whole) < len(data):
                 os.ftruncate(self._fd, len(whole))
             if created:
@@ -240,14 +223,13 @@ class BreakerJournal:
         data = b"".join(line for _, line in keep.values())
         temporary = self.path.with_name(self.path.name + ".tmp")
         try:
-            # Opened for appending and locked (below): after the rename this is the journal.
+            # Opened for appending: after the rename this is the journal.
             fd = os.open(temporary, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
         except OSError as exc:
             self._log.error("cannot rewrite the breaker journal; it stays as it is", path=str(self.path),
                             error=str(exc))
             return
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             if os.write(fd, data) != len(data):
                 raise OSError("short write: the disk is full")
             os.fdatasync(fd)

@@ -31,7 +31,7 @@ from ratecared import __version__, access, breaker_state, logs
 from ratecared import settings as settings_mod
 from ratecared.breaker.machine import State
 from ratecared.breaker.registry import Registry
-from ratecared.breaker_journal import BreakerJournal, JournalInUse
+from ratecared.breaker_journal import BreakerJournal
 from ratecared.config import EX_CONFIG, Config, CurrentConfig
 from ratecared.control.api import Api
 from ratecared.control.server import ControlServer, Request, SocketInUse, bind_unix
@@ -102,9 +102,6 @@ class Daemon:
         wall = datetime.now(timezone.utc)
         try:
             journaled = self.journal.open(wall)
-        except JournalInUse as exc:
-            self.log.error("another ratecared of this host uses the state directory", error=str(exc))
-            return 1
         except OSError as exc:
             self.log.error("cannot open the breaker journal", key="daemon.state_dir", path=str(self.journal.path),
                            config=str(config.path), error=str(exc))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DaemonProcess, wait_for, write_config
+from conftest import DaemonProcess, wait_for
 from ratecared import breaker_journal
 
 # The kill -9 rounds: as many as fit in this much time, at least MIN_ROUNDS, at most ROUNDS.
@@ -61,7 +61,7 @@ def test_a_daemon_killed_after_a_client_saw_open_comes_back_open(config_factory,
 def test_the_journal_holds_a_transition_until_a_snapshot_does_and_a_clean_stop_leaves_it_empty(
         config_factory, daemon_factory, tmp_path: Path) -> None:
     daemon = daemon_factory(config_factory(database={"connect_timeout": 1}))
-    journal = tmp_path / breaker_journal.file_name(socket.gethostname())
+    journal = tmp_path / breaker_journal.FILE
     lock = sqlite3.connect(tmp_path / "rc.db", isolation_level=None)
     lock.execute("BEGIN IMMEDIATE")
     try:
@@ -125,7 +125,7 @@ def test_decisions_and_transitions_stay_fast_while_another_process_holds_the_dat
     assert status["total_platforms"] == 7
     wait_for(lambda: "snapshots resumed" in log.read_text(), what="snapshots resumed")
     # What was made while the database was locked is in the snapshot now.
-    assert (tmp_path / breaker_journal.file_name(socket.gethostname())).read_bytes().count(b"\n") <= 2
+    assert (tmp_path / breaker_journal.FILE).read_bytes().count(b"\n") <= 2
 
 
 @pytest.mark.mariadb
@@ -142,13 +142,3 @@ def test_decisions_and_transitions_stay_fast_with_mariadb_killed(
     assert slowest < SLOW, f"a decision took {slowest * 1000:.0f} ms with MariaDB killed"
     assert transitions >= 4
     wait_for(lambda: "snapshots resumed" in log.read_text(), what="snapshots resumed")
-
-
-def test_a_second_daemon_of_the_same_host_on_the_same_state_directory_exits_1(
-        config_factory, daemon_factory, tmp_path: Path) -> None:
-    daemon_factory(config_factory())
-    other = tmp_path / "other"
-    other.mkdir()
-    second = daemon_factory(write_config(other, f"sqlite:///{tmp_path / 'rc.db'}"), wait=False)
-    assert second.proc.wait(60) == 1
-    assert "another ratecared of this host uses the state directory" in second.read_output()
