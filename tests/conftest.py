@@ -248,3 +248,31 @@ def database(db_url: str) -> Iterator["Database"]:
     migrations.apply(db)
     yield db
     db.close()
+
+
+@pytest.fixture
+def tiny_disk() -> Iterator[Path]:
+    """A 64 KiB tmpfs; ask for it before daemon_factory, so that the daemon is gone before it is unmounted."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = Path(tempfile.mkdtemp(prefix="rc-disk-"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+        mount.rmdir()
+
+
+def fill_disk(disk: Path, block: int) -> Path:
+    """Take every byte left on `disk`, down to less than `block`."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"x" * block)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return filler

@@ -6,14 +6,14 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
+from conftest import fill_disk
 from ratecared import breaker_journal, breaker_state
 from ratecared.breaker.machine import BreakerView, Policy, State, Transition
 from ratecared.breaker.registry import Registry
@@ -190,31 +190,6 @@ def test_a_state_directory_that_cannot_be_made_is_an_error(tmp_path: Path) -> No
 # -- a full disk, on a real tmpfs --------------------------------------------------
 
 
-@pytest.fixture
-def tiny_disk() -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = Path(tempfile.mkdtemp(prefix="rc-full-"))
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
-        mount.rmdir()
-
-
-def fill(disk: Path) -> Path:
-    """Take every byte left on `disk`."""
-    filler = disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        while True:
-            os.write(fd, b"x" * 4096)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    return filler
 
 
 def test_a_full_disk_refuses_lines_whole_and_they_are_written_once_space_returns(tiny_disk: Path) -> None:
@@ -228,7 +203,7 @@ def test_a_full_disk_refuses_lines_whole_and_they_are_written_once_space_returns
         generation += 1
         written(j, view(generation=generation))
     before = path.read_bytes()
-    filler = fill(tiny_disk)
+    filler = fill_disk(tiny_disk, 4096)
     written(j, view(generation=100), view("expedia", generation=7))
     assert log.errors and log.errors[0][0].startswith("cannot write the breaker journal")
     # Part of the lines fitted; it was cut off again.

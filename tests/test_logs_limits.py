@@ -7,14 +7,12 @@ import io
 import json
 import logging
 import os
-import subprocess
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from conftest import write_config
+from conftest import fill_disk, write_config
 from ratecared import logs
 from ratecared.client import DaemonError
 from ratecared.config import LoggingConfig
@@ -183,38 +181,13 @@ def test_a_daemon_asked_a_thousand_times_to_reload_a_broken_config_logs_it_once_
     assert (tmp_path / "logs" / "ratecared.log").stat().st_size < 20_000
 
 
-@pytest.fixture
-def tiny_disk() -> Iterator[Path]:
-    """A 64 KiB tmpfs; ask for it before daemon_factory, so that the daemon is gone before it is unmounted."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = Path(tempfile.mkdtemp(prefix="rc-logs-"))
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
-        mount.rmdir()
-
-
-def fill(disk: Path) -> Path:
-    filler = disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        while True:
-            os.write(fd, b"x" * 512)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    return filler
 
 
 def test_a_full_log_disk_costs_one_line_on_stderr_and_no_line_is_torn(
         tiny_disk: Path, daemon_factory, tmp_path: Path) -> None:
     daemon = daemon_factory(write_config(tmp_path, logging={"dir": str(tiny_disk)}))
     client = daemon.client()
-    filler = fill(tiny_disk)
+    filler = fill_disk(tiny_disk, 512)
     for _ in range(30):
         for _ in range(5):
             client.report(client.acquire("booking"), False, 5003)
