@@ -11,6 +11,7 @@ run stops, since hammering an app that is down helps no one.
 from __future__ import annotations
 
 import contextvars
+import itertools
 import re
 import socket
 import threading
@@ -152,19 +153,19 @@ def run(ctx: JobContext) -> JobResult:
     session.headers["User-Agent"] = "ratecared-warm-cache"
     session.mount("http://", _Adapter(sockets))
     session.mount("https://", _Adapter(sockets))
-    pool = ThreadPoolExecutor(max_workers=max(1, min(config.concurrency, len(widgets))),
-                              thread_name_prefix="warm-cache")
-    # Each request runs in a copy of the run's context, so whatever it logs
-    # (urllib3's warnings) carries the run's job and run_id.
-    asked: dict[Future[tuple[int | None, float, str | None]], int] = {
-        pool.submit(contextvars.copy_context().run, _fetch, session, url, widget, config.timeout, ctx.monotonic): widget
-        for widget, _ in widgets
-    }
-    waiting = set(asked)
+    workers = max(1, min(config.concurrency, len(widgets)))
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="warm-cache")
+    # A widget is asked for only when a worker is free and the run goes on, so
+    # the run stops after exactly `max_consecutive_failures` failures in a row
+    # (at `concurrency` 1): handed the whole list at once, the pool ran ahead
+    # of the count and kept asking an app that was down.
+    queue = iter(widgets)
+    asked: dict[Future[tuple[int | None, float, str | None]], int] = {}
+    waiting: set[Future[tuple[int | None, float, str | None]]] = set()
     warmed = failed = consecutive = 0
     stopped: str | None = None
     try:
-        while waiting:
+        while True:
             if ctx.stop.is_set():
                 stopped = "daemon stopping"
             elif ctx.monotonic() >= deadline:
@@ -172,6 +173,15 @@ def run(ctx: JobContext) -> JobResult:
             elif consecutive >= config.max_consecutive_failures:
                 stopped = f"{consecutive} failures in a row"
             if stopped is not None:
+                break
+            for widget, _ in itertools.islice(queue, workers - len(waiting)):
+                # Each request runs in a copy of the run's context, so whatever
+                # it logs (urllib3's warnings) carries the run's job and run_id.
+                future = pool.submit(contextvars.copy_context().run, _fetch, session, url, widget, config.timeout,
+                                     ctx.monotonic)
+                asked[future] = widget
+                waiting.add(future)
+            if not waiting:
                 break
             # Bounded, so that a stop is seen within POLL seconds.
             done, waiting = wait(waiting, timeout=max(0.0, min(POLL, deadline - ctx.monotonic())),
