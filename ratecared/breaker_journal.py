@@ -175,9 +175,18 @@ class BreakerJournal:
             return False
         if self._size > MAX_BYTES:
             self._rewrite(dict(self._last))
+        self._write_error = None
         return True
 
+    # Why the disk refused the last write, until a later one succeeds; read by health.
+    _write_error: str | None = None
+
+    def write_error(self) -> str | None:
+        """Why the disk refused the journal's last write, while no later write has succeeded; else None."""
+        return self._write_error
+
     def _refused(self, exc: OSError) -> None:
+        self._write_error = str(exc)
         self._log.error("cannot write the breaker journal; transitions are durable only once a snapshot is written",
                         path=str(self.path), error=str(exc))
 
