@@ -168,9 +168,11 @@ def reset(ctx: click.Context, platform: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the daemon's JSON.")
 @click.pass_context
 def health(ctx: click.Context, as_json: bool) -> None:
-    """Is the daemon up, its database writable? Exits 1 when not."""
+    """Daemon up, database and journal writable? Exits 1 when not."""
     data = _call(ctx, lambda c: c.health())
     db = data["database"]
+    # A daemon older than the journal's health reports none.
+    journal = data.get("journal") or {"writable": True}
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
@@ -189,10 +191,17 @@ def health(ctx: click.Context, as_json: bool) -> None:
         if db.get("snapshot_error"):
             click.echo(f"          snapshots failing: {db['snapshot_error']}")
         click.echo(f"snapshot  last written {db['last_snapshot_at'] or 'never'}")
+        if "path" in journal:
+            state = (click.style("writable", fg="green") if journal["writable"]
+                     else click.style("WRITE FAILED", fg="red"))
+            click.echo(f"journal   {journal['path']} {state}")
+            if journal["error"]:
+                click.echo(f"          error: {journal['error']}; transitions are durable only once a snapshot "
+                           "is written")
         click.echo(f"breakers  {data['status']}")
         for warning in data.get("setting_warnings", []):
             click.echo(click.style(f"warning   {warning}", fg="yellow"))
-    if not (db["reachable"] and db["writable"]):
+    if not (db["reachable"] and db["writable"] and journal["writable"]):
         sys.exit(EXIT_FAILURE)
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Protocol
 
 from ratecared import __version__
 from ratecared import settings as settings_mod
@@ -13,12 +14,22 @@ from ratecared.settings import SettingsState
 from ratecared.store import SnapshotState
 
 
+class JournalView(Protocol):
+    """What health reads of the breaker journal (breaker_journal.BreakerJournal)."""
+
+    path: Path
+
+    def write_error(self) -> str | None: ...
+
+
 class Health:
     """Answers health from narrow views of the parts it reports on; runs on a worker thread."""
 
     def __init__(self, database: Database, snapshots: Callable[[], SnapshotState],
-                 settings: Callable[[], SettingsState], status_line: Callable[[], str], host: str) -> None:
+                 settings: Callable[[], SettingsState], status_line: Callable[[], str], host: str,
+                 journal: JournalView) -> None:
         self._db = database
+        self._journal = journal
         self._snapshots = snapshots
         self._settings = settings
         self._status_line = status_line
@@ -48,7 +59,13 @@ class Health:
             "host": self._host,
             "uptime_seconds": round(time.monotonic() - self._started, 1),
             "database": db,
+            "journal": self._journal_health(),
             "settings": settings_mod.as_dict(settings.settings),
             "setting_warnings": [str(w) for w in settings.warnings],
             "status": self._status_line(),
         }
+
+    def _journal_health(self) -> dict[str, Any]:
+        """The breaker journal: writable unless the disk refused its last write and no later one succeeded."""
+        error = self._journal.write_error()
+        return {"path": str(self._journal.path), "writable": error is None, "error": error}

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 import pytest
 
-from conftest import DaemonProcess, NotifySocket, ctl, fail, setting_in_effect, wait_for
+from conftest import DaemonProcess, NotifySocket, ctl, fail, fill_disk, setting_in_effect, wait_for, write_config
 from mariadb import MariaDB
 from ratecared.config import DatabaseConfig
 from ratecared.db import Database, migrations
@@ -300,6 +300,35 @@ def test_health_follows_a_replaced_sqlite_file_and_says_so(daemon: DaemonProcess
     health = daemon.client().health()["database"]
     assert (health["reachable"], health["writable"]) == (True, True)
     assert "was replaced by another file while ratecared ran" in health["notice"]
+
+
+def test_health_exits_1_while_the_breaker_journal_cannot_be_written(tiny_disk: Path, daemon_factory,
+                                                                   tmp_path: Path) -> None:
+    # The database and logs in tmp_path, the journal alone on a 64 KiB tmpfs.
+    daemon = daemon_factory(write_config(tmp_path, daemon={"state_dir": str(tiny_disk)}))
+    code, out, _ = ctl(daemon.socket, "health")
+    assert code == 0 and f"journal   {tiny_disk}/breakers.journal writable" in out, out
+    filler = fill_disk(tiny_disk, 512)
+    # Opening booking is a transition: its line needs a page the disk does not have.
+    fail(daemon)
+    assert {p["platform"]: p["state"] for p in daemon.client().status()["platforms"]}["booking"] == "open"
+    code, out, _ = ctl(daemon.socket, "health")
+    assert code == 1, out
+    assert "WRITE FAILED" in out and "No space left on device" in out, out
+    code, out, _ = ctl(daemon.socket, "health", "--json")
+    journal = json.loads(out)["journal"]
+    assert code == 1 and journal["writable"] is False and "No space left on device" in journal["error"]
+    # A snapshot holds `open` now; the disk is still full, and health still says so.
+    db = sqlite3.connect(tmp_path / "rc.db")
+    wait_for(lambda: db.execute("SELECT state FROM circuit_breaker_state WHERE platform = 'booking'").fetchall()
+             == [("open",)], what="a snapshot holding booking open")
+    db.close()
+    assert ctl(daemon.socket, "health")[0] == 1
+    filler.unlink()
+    # The next transition's line is written: the journal is writable again.
+    assert ctl(daemon.socket, "reset", "booking")[0] == 0
+    code, out, _ = ctl(daemon.socket, "health")
+    assert code == 0 and "writable" in out and "WRITE FAILED" not in out, out
 
 
 @pytest.mark.mariadb
