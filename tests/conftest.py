@@ -36,8 +36,10 @@ def write_config(directory: Path, url: str | None = None, **sections: dict[str, 
     # Unix socket paths are limited to 107 bytes; pytest's tmp_path can be longer.
     run_dir = Path(tempfile.mkdtemp(prefix="rc-", dir="/tmp"))
     base: dict[str, dict[str, Any]] = {
+        # The state directory too: a daemon on MariaDB would use the machine's /var/lib/ratecared.
         "daemon": {"socket": str(run_dir / "rc.sock"), "socket_group": "", "admin_group": "",
-                   "snapshot_interval": 0.5, "settings_refresh": 0.2, "timezone": "Europe/Istanbul"},
+                   "snapshot_interval": 0.5, "settings_refresh": 0.2, "timezone": "Europe/Istanbul",
+                   "state_dir": str(directory)},
         "database": {"url": url or f"sqlite:///{directory / 'rc.db'}", "auto_migrate": True},
         "logging": {"dir": str(directory / "logs"), "level": "info"},
     }
