@@ -17,6 +17,8 @@ only wires them and runs the loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import grp
 import logging
 import os
@@ -25,6 +27,7 @@ import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from ratecared import __version__, access, breaker_state, logs
@@ -46,6 +49,8 @@ from ratecared.store import Snapshots, StoreThread
 from ratecared.transitions import on_transitions
 
 EX_UNAVAILABLE = 69
+# In daemon.state_dir: whoever holds its flock owns the directory's journal.
+LOCK_FILE = "ratecared.lock"
 TICK = 1.0
 # How long the stop waits for a running job to reach its next chunk.
 JOB_STOP_WAIT = 8.0
@@ -76,9 +81,12 @@ class Daemon:
         self.store = StoreThread(self.snapshots, self.settings.refresh, self.config)
         self.runner = Runner(self.config, self.db, self.host, JOBS, settings=self.settings.current,
                              refresh_settings=self.settings.refresh)
-        self.health = Health(self.db, self.snapshots.state, self.settings.state, self.status_line, self.host)
+        self.health = Health(self.db, self.snapshots.state, self.settings.state, self.status_line, self.host,
+                             self.journal)
         self.reload = Reloader(self.config, self._apply, self._settings_reply, self.notify, self.status_line,
                                self.log)
+        # The flock on the state directory's lock file, held for the process's life.
+        self._state_lock = -1
 
     # -- start -------------------------------------------------------------------
 
@@ -87,6 +95,8 @@ class Daemon:
             return self._run()
         finally:
             self.journal.close()
+            if self._state_lock >= 0:
+                os.close(self._state_lock)
             self.db.close()
             self.logs.close()
 
@@ -99,6 +109,41 @@ class Daemon:
             return code
         self.logs.open_files()
         self.settings.refresh()
+        # The socket first: a daemon already serving on it is named as such,
+        # whatever state directory it uses.
+        try:
+            sock = bind_unix(config.daemon.socket, config.daemon.socket_group or None)
+        except SocketInUse as exc:
+            self.log.error("cannot bind the control socket", error=str(exc))
+            return 1
+        except KeyError:
+            self.log.error("socket group does not exist", key="daemon.socket_group",
+                           group=config.daemon.socket_group, config=str(config.path))
+            return EX_CONFIG
+        except OSError as exc:
+            self.log.error("cannot bind the control socket", path=str(config.daemon.socket), error=str(exc))
+            return 1
+        code = self._restore_breakers(config)
+        if code:
+            # Not served yet: the file is this process's own, and a dead end for clients.
+            sock.close()
+            with contextlib.suppress(OSError):
+                os.unlink(config.daemon.socket)
+            return code
+        return asyncio.run(self._serve(sock))
+
+    def _restore_breakers(self, config: Config) -> int:
+        """Hold the state directory, replay the journal over the snapshot: 0, or the exit code."""
+        try:
+            self._state_lock = lock_state_dir(config.daemon.state_dir)
+        except StateDirInUse:
+            self.log.error(f"another ratecared holds the state directory {config.daemon.state_dir}; exiting",
+                           key="daemon.state_dir", lock=str(config.daemon.state_dir / LOCK_FILE))
+            return 1
+        except OSError as exc:
+            self.log.error("cannot open the breaker journal", key="daemon.state_dir",
+                           path=str(config.daemon.state_dir / LOCK_FILE), config=str(config.path), error=str(exc))
+            return EX_CONFIG
         wall = datetime.now(timezone.utc)
         try:
             journaled = self.journal.open(wall)
@@ -113,19 +158,7 @@ class Daemon:
             self.log.error("cannot read breaker snapshots", error=str(exc))
             return EX_UNAVAILABLE
         self.registry.tick()
-        try:
-            sock = bind_unix(config.daemon.socket, config.daemon.socket_group or None)
-        except SocketInUse as exc:
-            self.log.error("cannot bind the control socket", error=str(exc))
-            return 1
-        except KeyError:
-            self.log.error("socket group does not exist", key="daemon.socket_group",
-                           group=config.daemon.socket_group, config=str(config.path))
-            return EX_CONFIG
-        except OSError as exc:
-            self.log.error("cannot bind the control socket", path=str(config.daemon.socket), error=str(exc))
-            return 1
-        return asyncio.run(self._serve(sock))
+        return 0
 
     def _open_database(self) -> int:
         config = self.config().database
@@ -276,6 +309,30 @@ def _log_request(request: Request, status: int, seconds: float) -> None:
         logs.get("ratecared.control").debug(
             "request", peer_uid=request.peer.uid, peer_pid=request.peer.pid, method=request.method,
             path=request.path, status=status, ms=round(seconds * 1000, 2))
+
+
+class StateDirInUse(OSError):
+    """Another process holds the state directory's lock."""
+
+
+def lock_state_dir(directory: Path) -> int:
+    """Take the state directory for this process: the open, flocked lock file's descriptor.
+
+    Two daemons on one journal would fold and rewrite each other's lines
+    away. The lock goes with the process, however it ends: kill -9 leaves no
+    stale lock behind. Raises StateDirInUse when another process holds it.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StateDirInUse(f"{directory / LOCK_FILE} is held by another process") from None
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def run(config: Config) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DaemonProcess, wait_for
+from conftest import DaemonProcess, ctl, wait_for, write_config
 from ratecared import breaker_journal
 
 # The kill -9 rounds: as many as fit in this much time, at least MIN_ROUNDS, at most ROUNDS.
@@ -77,6 +77,37 @@ def test_the_journal_holds_a_transition_until_a_snapshot_does_and_a_clean_stop_l
     client.close()
     assert daemon.stop() == 0
     assert journal.read_bytes() == b""
+
+
+def test_a_second_daemon_on_the_same_state_directory_exits_1_and_the_first_keeps_serving(
+        config_factory, daemon_factory, tmp_path: Path) -> None:
+    first = daemon_factory(config_factory(database={"connect_timeout": 1}))
+    journal = tmp_path / breaker_journal.FILE
+    lock = sqlite3.connect(tmp_path / "rc.db", isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    try:
+        # No snapshot can fold it: `open` stays in the journal while the second daemon starts.
+        open_booking(first)
+        before = journal.read_bytes()
+        assert b'"state":"open"' in before
+        other = tmp_path / "other"
+        other.mkdir()
+        # Its own socket and logs, the same database and state directory.
+        second = daemon_factory(write_config(other, f"sqlite:///{tmp_path / 'rc.db'}",
+                                             daemon={"state_dir": str(tmp_path)}), wait=False)
+        assert second.proc.wait(60) == 1
+        output = second.read_output()
+        assert f"another ratecared holds the state directory {tmp_path}" in output, output
+        assert not Path(second.socket).exists()
+        assert journal.read_bytes() == before
+        decision = first.client().acquire("booking")
+        assert (decision.allowed, decision.state) == (False, "open")
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    code, out, _ = ctl(first.socket, "health")
+    assert code == 0, out
+    assert first.stop() == 0
 
 
 def decide_while(daemon: DaemonProcess, log: Path, until: str) -> tuple[float, int]:
