@@ -17,8 +17,9 @@ so a database that is down for days costs a few kilobytes here.
 A line the process died writing is a transition nobody was told of: replay
 skips it and cuts it off, so that the next line starts on a line of its own.
 When the disk refuses a write, the reply goes out all the same (the breakers
-must keep answering) and the error is logged; the lines wait for the next
-write or the next snapshot, whichever comes first.
+must keep answering: a held reply is released as for a write that worked)
+and the error is logged; the lines wait for the next write or the next
+snapshot, whichever comes first.
 """
 
 from __future__ import annotations
@@ -53,18 +54,26 @@ class BreakerJournal:
     """
 
     def __init__(self, directory: Path, host: str, database: str, log: Any,
-                 wall: Callable[[], datetime] = _utc_now) -> None:
+                 wall: Callable[[], datetime] = _utc_now,
+                 fdatasync: Callable[[int], None] = os.fdatasync) -> None:
         self.path = Path(directory) / FILE
         self._host = host
         self._database = database
         self._log = log
         self._wall = wall
+        self._fdatasync = fdatasync
         self._lock = threading.Lock()
         # Under _lock: the last breaker view appended per platform and not yet
         # written, with its sequence number and wall time; how far each goes.
         self._pending: dict[str, tuple[int, BreakerView, datetime]] = {}
         self._appended = 0
         self._synced = 0
+        # Under _lock: who waits for a sequence number to be synced, and the
+        # writer thread that syncs for them (started by the first).
+        self._callbacks: list[tuple[int, Callable[[], None]]] = []
+        self._wake = threading.Condition(self._lock)
+        self._writer: threading.Thread | None = None
+        self._closed = False
         self._io = threading.Lock()
         # Under _io: the file, its size and lines, and the last line written
         # for each platform with its sequence number (0: an earlier process's).
@@ -115,6 +124,12 @@ class BreakerJournal:
             return None
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            writer = self._writer
+            self._wake.notify_all()
+        if writer is not None:
+            writer.join(5.0)
         with self._io:
             if self._fd >= 0:
                 os.close(self._fd)
@@ -130,7 +145,54 @@ class BreakerJournal:
             for view in views:
                 # Only a breaker's last state matters: a newer view replaces one not yet written.
                 self._pending[view.platform] = (self._appended, view, wall)
+            if self._writer is not None:
+                self._wake.notify()
             return self._appended
+
+    def synced(self, seq: int) -> bool:
+        """Whether everything appended up to `seq` is on disk, or the disk has refused it; no lock, no I/O."""
+        # `_synced` only grows, so a stale read only answers False too early.
+        return self._synced >= seq
+
+    def on_synced(self, seq: int, callback: Callable[[], None]) -> None:
+        """Call `callback` once `synced(seq)`: at once if it is, else from the thread that syncs it.
+
+        For the event loop, which must not wait for a disk: the journal's
+        writer thread writes what is waiting, so the loop goes on answering
+        everything that does not need it.
+        """
+        with self._lock:
+            if self._synced < seq and not self._closed:
+                self._callbacks.append((seq, callback))
+                if self._writer is None:
+                    self._writer = threading.Thread(target=self._write_forever, name="breaker-journal",
+                                                    daemon=True)
+                    self._writer.start()
+                self._wake.notify()
+                return
+        callback()
+
+    def _write_forever(self) -> None:
+        """The writer thread: sync whatever is appended and not yet synced, in batches, until close."""
+        while True:
+            with self._lock:
+                while self._synced >= self._appended and not self._closed:
+                    self._wake.wait()
+                if self._closed:
+                    due, self._callbacks = self._callbacks, []
+                    upto = -1
+                else:
+                    upto = self._appended
+            if upto < 0:
+                for callback in due:
+                    callback()
+                return
+            try:
+                self.sync(upto)
+            except Exception as exc:  # noqa: BLE001 - a held reply must be answered whatever went wrong
+                self._log.error("cannot write the breaker journal; transitions are durable only once a "
+                                "snapshot is written", path=str(self.path), error=repr(exc))
+                self._advance(upto)
 
     def sync(self, seq: int) -> None:
         """Return once everything appended up to `seq` is on disk, or the disk has refused it."""
@@ -152,8 +214,19 @@ class BreakerJournal:
                     for entry in batch:
                         # Unless a newer view of the breaker came in meanwhile.
                         self._pending.setdefault(entry[1].platform, entry)
-            with self._lock:
-                self._synced = upto
+            self._advance(upto)
+
+    def _advance(self, upto: int) -> None:
+        """Everything up to `upto` is on disk or refused: say so, and call back who waited for it."""
+        with self._lock:
+            self._synced = max(self._synced, upto)
+            if not self._callbacks:
+                return
+            due = [callback for seq, callback in self._callbacks if seq <= self._synced]
+            if due:
+                self._callbacks = [entry for entry in self._callbacks if entry[0] > self._synced]
+        for callback in due:
+            callback()
 
     def _write(self, batch: list[tuple[int, BreakerView, datetime]]) -> bool:
         """Append the batch and fdatasync it; False, logged, when the disk refuses. Under _io."""
@@ -169,7 +242,7 @@ class BreakerJournal:
         for seq, platform, line in lines:
             self._last[platform] = (seq, line)
         try:
-            os.fdatasync(self._fd)
+            self._fdatasync(self._fd)
         except OSError as exc:
             self._refused(exc)
             return False

@@ -266,17 +266,19 @@ def test_every_call_that_answers_with_a_new_state_syncs_it_before_the_listeners_
         assert events[i - 1][0] == "sync" and events[i - 2][0] == "append"
 
 
-def test_a_call_after_a_transition_of_another_waits_for_it_on_disk() -> None:
+def test_a_call_after_a_transition_of_another_waits_for_it_on_disk_when_it_shows_that_breaker() -> None:
     events: list[tuple[str, Any]] = []
     registry = Registry(("booking", "expedia"), Policy(failure_threshold=1), clock=FakeClock(),
                         journal=Recorder(events))
     decision = registry.acquire("booking", UID)
     registry.report("booking", decision.permit, False, UID)
     events.clear()
-    # No transition of its own, but it shows booking open: it must not run ahead of booking's line.
-    registry.acquire("expedia", UID)
+    # No transition of its own, but it shows booking open: it must not run ahead of booking's line. An
+    # answer about expedia shows nothing of booking, so it waits for no line of booking's.
+    registry.acquire("booking", UID)
     registry.status()
-    assert events == [("sync", 1), ("sync", 1)]
+    registry.acquire("expedia", UID)
+    assert events == [("sync", 1), ("sync", 1), ("sync", 0)]
 
 
 def test_a_snapshot_folds_the_journal_and_a_restart_replays_what_is_newer(tmp_path: Path, database) -> None:

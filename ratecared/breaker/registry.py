@@ -13,6 +13,15 @@ call returns to be answered, `journal.sync` waits until it is; then
 `on_transition` hears of the changes. So neither the disk nor a slow
 listener (a log file, the snapshot writer) holds up a decision of another
 thread, and no reply runs ahead of the disk.
+
+The event loop must not wait for a disk at all: it calls the `*_later`
+forms, which return a `Later` (the answer, how far the journal must be on
+disk for it, the changes) without waiting; `settled` says whether it may go
+out now, and `on_settled` calls back when it may (control/api.py holds the
+reply until then). How far is per breaker: an answer about one platform
+waits only for that platform's last transition, so one breaker's fsync
+does not hold up decisions on the others; status, which shows them all,
+waits for all.
 """
 
 from __future__ import annotations
@@ -21,7 +30,8 @@ import os
 import threading
 import time
 from array import array
-from typing import Callable, Iterable, Iterator, Protocol
+from dataclasses import dataclass
+from typing import Callable, Generic, Iterable, Iterator, Protocol, TypeVar
 
 from ratecared.breaker.machine import Breaker, BreakerView, Decision, Leases, Outcome, Policy, Transition
 
@@ -46,6 +56,13 @@ class Journal(Protocol):
         """Return once everything appended up to `seq` is on disk."""
 
 
+    def synced(self, seq: int) -> bool:
+        """Whether `sync(seq)` would return at once; no I/O."""
+
+    def on_synced(self, seq: int, callback: Callable[[], None]) -> None:
+        """Call `callback` once everything up to `seq` is on disk, maybe from another thread."""
+
+
 class MemoryOnly:
     """No journal: transitions live in memory until the snapshot (tests, tools)."""
 
@@ -54,6 +71,24 @@ class MemoryOnly:
 
     def sync(self, seq: int) -> None:
         pass
+
+    def synced(self, seq: int) -> bool:
+        return True
+
+    def on_synced(self, seq: int, callback: Callable[[], None]) -> None:
+        callback()
+
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Later(Generic[T]):
+    """An answer made under the lock that may go out once the journal holds `seq`; then `changes` are heard."""
+
+    value: T
+    seq: int
+    changes: list[Transition]
 
 
 class RandomTags:
@@ -87,8 +122,9 @@ class Registry:
         self._lock = threading.Lock()
         self.on_transition = on_transition
         self._journal: Journal = journal or MemoryOnly()
-        # The sequence number of the last transitions handed to the journal.
+        # The sequence number of the last transitions handed to the journal, in all and per platform.
         self._seq = 0
+        self._seq_of: dict[str, int] = {}
         self._policy = policy
         self._leases = Leases(tags=RandomTags())
         now = clock()
@@ -109,18 +145,46 @@ class Registry:
         except KeyError as exc:
             raise UnknownPlatform(exc.args[0]) from None
 
-    def _record(self, changes: list[Transition], now: float) -> int:
-        """Hand the changed breakers to the journal; return how far it must be on disk. Under the lock."""
+    def _record(self, changes: list[Transition], now: float, shown: list[Breaker] | None = None) -> int:
+        """Hand the changed breakers to the journal; return how far it must be on disk for an answer
+        showing the breakers `shown` (None: all of them). Under the lock."""
         if changes:
             changed = dict.fromkeys(change.platform for change in changes)
             self._seq = self._journal.append([self._breakers[name].view(now) for name in changed])
-        return self._seq
+            for name in changed:
+                self._seq_of[name] = self._seq
+        if shown is None:
+            return self._seq
+        seq_of = self._seq_of
+        if len(shown) == 1:
+            return seq_of.get(shown[0].platform, 0)
+        return max((seq_of.get(breaker.platform, 0) for breaker in shown), default=0)
 
     def _settle(self, changes: list[Transition], seen: int) -> None:
         """After the lock, before the answer: what this call saw is on disk, then the listeners hear of it."""
         self._journal.sync(seen)
         if changes:
             self.on_transition(changes)
+
+    def _settled(self, later: "Later[T]") -> T:
+        self._settle(later.changes, later.seq)
+        return later.value
+
+    def settled(self, later: Later[T]) -> bool:
+        """Whether `later` may go out now; if so its changes are heard first. No I/O."""
+        if not self._journal.synced(later.seq):
+            return False
+        self.heard(later)
+        return True
+
+    def on_settled(self, later: Later[T], callback: Callable[[], None]) -> None:
+        """Call `callback` (maybe from another thread) once `later` may go out; then call `heard`."""
+        self._journal.on_synced(later.seq, callback)
+
+    def heard(self, later: Later[T]) -> None:
+        """The listeners hear of `later`'s changes: once it is on disk."""
+        if later.changes:
+            self.on_transition(later.changes)
 
     def acquire(self, platform: str, uid: int) -> Decision:
         return self.acquire_many([platform], uid)[0]
@@ -130,6 +194,10 @@ class Registry:
 
     def acquire_many(self, platforms: list[str], uid: int) -> list[Decision]:
         """acquire() for each platform, for peer `uid`, under one lock and one clock read."""
+        return self._settled(self.acquire_many_later(platforms, uid))
+
+    def acquire_many_later(self, platforms: list[str], uid: int) -> Later[list[Decision]]:
+        """acquire_many without waiting for the journal (see `Later`)."""
         out: list[Decision] = []
         changes: list[Transition] = []
         with self._lock:
@@ -139,12 +207,15 @@ class Registry:
                 decision, more = breaker.acquire(now, uid)
                 out.append(decision)
                 changes.extend(more)
-            seen = self._record(changes, now)
-        self._settle(changes, seen)
-        return out
+            seen = self._record(changes, now, breakers)
+        return Later(out, seen, changes)
 
     def report_many(self, reports: list[tuple[str, str, bool]], uid: int) -> list[Outcome]:
         """report() for each (platform, permit, success), from peer `uid`, under one lock and one clock read."""
+        return self._settled(self.report_many_later(reports, uid))
+
+    def report_many_later(self, reports: list[tuple[str, str, bool]], uid: int) -> Later[list[Outcome]]:
+        """report_many without waiting for the journal (see `Later`)."""
         out: list[Outcome] = []
         changes: list[Transition] = []
         with self._lock:
@@ -154,12 +225,15 @@ class Registry:
                 outcome, more = breaker.report(permit, success, now, uid)
                 out.append(outcome)
                 changes.extend(more)
-            seen = self._record(changes, now)
-        self._settle(changes, seen)
-        return out
+            seen = self._record(changes, now, breakers)
+        return Later(out, seen, changes)
 
     def reset(self, platform: str | None = None, reason: str = "reset by operator") -> list[str]:
         """Close one breaker or all; return the platforms reset."""
+        return self._settled(self.reset_later(platform, reason))
+
+    def reset_later(self, platform: str | None = None, reason: str = "reset by operator") -> Later[list[str]]:
+        """reset without waiting for the journal (see `Later`)."""
         changes: list[Transition] = []
         with self._lock:
             names = [platform] if platform is not None else list(self._breakers)
@@ -167,9 +241,8 @@ class Registry:
             now = self._clock()
             for breaker in breakers:
                 changes.extend(breaker.reset(now, reason))
-            seen = self._record(changes, now)
-        self._settle(changes, seen)
-        return names
+            seen = self._record(changes, now, breakers)
+        return Later(names, seen, changes)
 
     def tick(self) -> None:
         """Let time-driven transitions happen even when no caller asks."""
@@ -179,7 +252,10 @@ class Registry:
             for breaker in self._breakers.values():
                 changes.extend(breaker.advance(now))
             seen = self._record(changes, now)
-        self._settle(changes, seen)
+        # It answers no one: it waits for the disk only for its own changes' listeners, not for others'
+        # transitions (it runs on the event loop).
+        if changes:
+            self._settle(changes, seen)
 
     def apply_policy(self, policy: Policy) -> None:
         """Take a new policy live: state, counters and open deadlines survive."""
@@ -210,6 +286,12 @@ class Registry:
 
     def snapshot(self) -> tuple[list[BreakerView], int]:
         """Every breaker as it stands now, and the journal's sequence number these views contain."""
+        later = self.status_later()
+        self._settled(later)
+        return later.value, later.seq
+
+    def status_later(self) -> Later[list[BreakerView]]:
+        """status without waiting for the journal (see `Later`)."""
         out: list[BreakerView] = []
         changes: list[Transition] = []
         with self._lock:
@@ -218,8 +300,7 @@ class Registry:
                 changes.extend(breaker.advance(now))
             seen = self._record(changes, now)
             out = [breaker.view(now) for breaker in self._breakers.values()]
-        self._settle(changes, seen)
-        return out, seen
+        return Later(out, seen, changes)
 
     def restore(self, saved: Iterable[BreakerView]) -> list[BreakerView]:
         """Take over breakers an earlier process saved; return them as restored.

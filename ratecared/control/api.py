@@ -2,7 +2,10 @@
 
 Breaker calls are answered on the event loop (they take microseconds);
 anything that touches the database or the disk runs on a worker thread, so a
-dead database slows `health` down, never `acquire`.
+dead database slows `health` down, never `acquire`. Nor does the breaker
+journal's fdatasync run here: an answer that shows a transition not yet on
+disk is held (the registry's `Later`) until the journal's writer thread has
+written it, and only that connection waits; the others are answered on.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from urllib.parse import parse_qs, unquote
 
 from ratecared import logs
 from ratecared.breaker.machine import Decision, Outcome, State
-from ratecared.breaker.registry import Registry, UnknownPlatform
+from ratecared.breaker.registry import Later, Registry, UnknownPlatform
 from ratecared.control.server import Peer, Request, Response, error_response
 from ratecared.db import DatabaseError
 from ratecared.jobs import JOBS
@@ -149,6 +152,8 @@ class Api:
         self._platforms: frozenset[str] = frozenset()
         self._hot: dict[tuple[str, str], Callable[[Request], Any]] = {}
         self._platform_routes()
+        # Answers held for the journal, by the sequence number they wait for: one future each, on the loop.
+        self._held: dict[int, asyncio.Future[None]] = {}
 
     def _platform_routes(self) -> dict[tuple[str, str], Callable[[Request], Any]]:
         """The hot per-platform routes, resolved by one dict lookup instead of split + lambda per request.
@@ -265,11 +270,46 @@ class Api:
 
     # -- breakers ------------------------------------------------------------
 
-    def _status(self, request: Request) -> Response:
+    def _when_settled(self, later: Later[Any], answer: Callable[[Any], Response]) -> Response | Awaitable[Response]:
+        """The answer now when what it shows is on disk; otherwise once the journal's writer has it there."""
+        if self.registry.settled(later):
+            return answer(later.value)
+        return self._held_answer(later, answer)
+
+    async def _held_answer(self, later: Later[Any], answer: Callable[[Any], Response]) -> Response:
+        waiting = self._held.get(later.seq)
+        if waiting is None:
+            loop = asyncio.get_running_loop()
+            waiting = self._held[later.seq] = loop.create_future()
+            seq = later.seq
+
+            def settled() -> None:
+                # From the journal's writer thread.
+                try:
+                    loop.call_soon_threadsafe(self._release, seq)
+                except RuntimeError:
+                    pass  # the loop is closed: nobody is left to answer
+
+            self.registry.on_settled(later, settled)
+        # Shielded: the future is shared by every answer waiting for this number.
+        await asyncio.shield(waiting)
+        self.registry.heard(later)
+        return answer(later.value)
+
+    def _release(self, seq: int) -> None:
+        waiting = self._held.pop(seq, None)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
+
+    def _status(self, request: Request) -> Response | Awaitable[Response]:
+        return self._when_settled(self.registry.status_later(), self._status_answer)
+
+    @staticmethod
+    def _status_answer(views: list[Any]) -> Response:
         platforms = []
         counts = {state: 0 for state in State}
         total_requests = total_failures = 0
-        for s in self.registry.status():
+        for s in views:
             counts[s.state] += 1
             total_requests += s.total_requests
             total_failures += s.total_failures
@@ -284,21 +324,29 @@ class Api:
             "platforms": platforms,
         })
 
-    def _reset(self, request: Request) -> Response:
+    def _reset(self, request: Request) -> Response | Awaitable[Response]:
         self._require_admin(request, "reset")
         platform = self._body(request).get("platform")
         if platform is not None:
             self._known(platform)
         who = f"uid {request.peer.uid} pid {request.peer.pid}"
-        reset = self.registry.reset(platform, reason=f"reset by operator ({who})")
-        self.breaker_log.info("breakers reset", platforms=reset, peer_uid=request.peer.uid, peer_pid=request.peer.pid)
-        return success({"reset": reset})
+        later = self.registry.reset_later(platform, reason=f"reset by operator ({who})")
+        self.breaker_log.info("breakers reset", platforms=later.value, peer_uid=request.peer.uid,
+                              peer_pid=request.peer.pid)
+        return self._when_settled(later, lambda reset: success({"reset": reset}))
 
-    def _acquire(self, platform: str, request: Request) -> Response:
+    @staticmethod
+    def _decision_answer(decisions: list[Decision]) -> Response:
+        return success_raw(decision_text(decisions[0]))
+
+    def _acquire(self, platform: str, request: Request) -> Response | Awaitable[Response]:
         try:
-            return success_raw(decision_text(self.registry.acquire(platform, request.peer.uid)))
+            later = self.registry.acquire_many_later([platform], request.peer.uid)
         except UnknownPlatform as exc:
             raise ApiError(404, "unknown_platform", str(exc)) from None
+        if self.registry.settled(later):
+            return success_raw(decision_text(later.value[0]))
+        return self._held_answer(later, self._decision_answer)
 
     def _acquire_batch(self, request: Request) -> Response:
         names = self._body(request).get("platforms")
@@ -308,9 +356,10 @@ class Api:
             self._known(name)
         # One answer per platform, keyed by name: a name asked twice is asked once.
         names = list(dict.fromkeys(names))
-        decisions = self.registry.acquire_many(names, request.peer.uid)
-        return success_raw("{" + ",".join(_quote(name) + ":" + decision_text(d)
-                                          for name, d in zip(names, decisions)) + "}")
+        return self._when_settled(
+            self.registry.acquire_many_later(names, request.peer.uid),
+            lambda decisions: success_raw("{" + ",".join(_quote(name) + ":" + decision_text(d)
+                                                         for name, d in zip(names, decisions)) + "}"))
 
     @staticmethod
     def _parse_report(item: Any) -> tuple[str, bool]:
@@ -325,14 +374,21 @@ class Api:
             raise ApiError(400, "invalid_request", '"duration_ms" must be a non-negative number')
         return permit, ok
 
-    def _report(self, platform: str, request: Request) -> Response:
+    def _report(self, platform: str, request: Request) -> Response | Awaitable[Response]:
         permit, ok = self._parse_report(self._body(request))
         try:
-            outcome = self.registry.report(platform, permit, ok, request.peer.uid)
+            later = self.registry.report_many_later([(platform, permit, ok)], request.peer.uid)
         except UnknownPlatform as exc:
             raise ApiError(404, "unknown_platform", str(exc)) from None
+        if self.registry.settled(later):
+            return self._outcome_answer(later.value)
+        return self._held_answer(later, self._outcome_answer)
+
+    @staticmethod
+    def _outcome_answer(outcomes: list[Outcome]) -> Response:
+        outcome = outcomes[0]
         if outcome.reason == "unknown":
-            raise ApiError(409, "unknown_permit", _UNKNOWN_PERMIT)
+            return error_response(409, "unknown_permit", _UNKNOWN_PERMIT)
         return success_raw(outcome_text(outcome))
 
     def _report_batch(self, request: Request) -> Response:
@@ -343,9 +399,10 @@ class Api:
         for item in reports:
             permit, ok = self._parse_report(item)
             parsed.append((self._known(item.get("platform")), permit, ok))
-        outcomes = self.registry.report_many(parsed, request.peer.uid)
-        return success_raw("[" + ",".join(outcome_text(o, platform)
-                                          for (platform, _, _), o in zip(parsed, outcomes)) + "]")
+        return self._when_settled(
+            self.registry.report_many_later(parsed, request.peer.uid),
+            lambda outcomes: success_raw("[" + ",".join(outcome_text(o, platform)
+                                                        for (platform, _, _), o in zip(parsed, outcomes)) + "]"))
 
     # -- daemon ----------------------------------------------------------------
 
