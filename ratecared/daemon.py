@@ -227,9 +227,10 @@ class Daemon:
                 self.log.critical("a thread of the daemon died; exiting", threads=dead)
                 code = 1
                 break
-            self.registry.tick()
+            # Both may wait for the journal's fdatasync: off the event loop, which answers clients.
+            await asyncio.to_thread(self.registry.tick)
             self.logs.repeats.flush()
-            status = self.status_line()
+            status = await asyncio.to_thread(self.status_line)
             if status != shown:
                 self.notify(f"STATUS={status}")
                 shown = status
