@@ -29,6 +29,21 @@ def test_a_sparse_chunk_does_not_grow_the_next_one() -> None:
     assert asked == [1000, 1000, 1000, 1000]
 
 
+def test_windows_that_are_all_sparse_and_slow_shrink_to_the_target() -> None:
+    policy = ChunkPolicy(target_seconds=0.1, pause_ratio=0, initial=1000, smallest=100, largest=100_000)
+    clock = {"now": 0.0}
+    asked: list[int] = []
+
+    def chunk(size: int) -> tuple[int, bool]:
+        # Every id window is 40% expired, and costs what it scans: 0.3 ms an id.
+        asked.append(size)
+        clock["now"] += size * 0.0003
+        return int(size * 0.4), len(asked) == 4
+
+    delete_in_chunks(chunk, threading.Event(), policy, clock=lambda: clock["now"])
+    assert asked == [1000, 333, 333, 333]
+
+
 def test_growth_is_at_most_a_quarter_per_chunk_and_a_slow_chunk_shrinks_the_next_to_the_target() -> None:
     policy = ChunkPolicy(target_seconds=0.1, pause_ratio=0, initial=1000, smallest=100, largest=100_000)
     assert sizes_for([1.0] * 4, seconds_per_row=0.00001, policy=policy) == [1000, 1250, 1562, 1952]

@@ -98,10 +98,11 @@ def delete_in_chunks(
         observed = elapsed / size
         # A sparse chunk says nothing about how long a full one takes
         # (growing on it made the next, dense chunk overshoot): it may only
-        # slow the plan down.
+        # slow the plan down, also before any dense chunk was seen (a table
+        # 30-50% expired, walked by id, has no dense window at all).
         dense = deleted >= size / 2
         if per_unit is None:
-            per_unit = observed if dense else None
+            per_unit = observed if dense or elapsed > policy.target_seconds else None
         elif observed > per_unit:
             per_unit = observed
         elif dense:
