@@ -17,7 +17,6 @@ only wires them and runs the loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import grp
 import logging
@@ -37,7 +36,7 @@ from ratecared.breaker.registry import Registry
 from ratecared.breaker_journal import BreakerJournal
 from ratecared.config import EX_CONFIG, Config, CurrentConfig
 from ratecared.control.api import Api
-from ratecared.control.server import ControlServer, Request, SocketInUse, bind_unix
+from ratecared.control.server import ControlServer, Request, SocketInUse, bind_unix, check_unix
 from ratecared.db import Database, DatabaseError, migrations
 from ratecared.health import Health
 from ratecared.jobs import JOBS
@@ -95,8 +94,8 @@ class Daemon:
             return self._run()
         finally:
             self.journal.close()
-            if self._state_lock >= 0:
-                os.close(self._state_lock)
+            # The state directory's lock stays taken: a thread that outlived
+            # its join may still fold the journal. The process's exit drops it.
             self.db.close()
             self.logs.close()
 
@@ -109,8 +108,21 @@ class Daemon:
             return code
         self.logs.open_files()
         self.settings.refresh()
-        # The socket first: a daemon already serving on it is named as such,
-        # whatever state directory it uses.
+        # A daemon already serving on the socket is named as such, before the
+        # state directory's lock would name it as holding that. The socket is
+        # bound only once the breakers are restored: a client that connects
+        # is answered, never held in the backlog of a daemon that may yet refuse to start.
+        try:
+            check_unix(config.daemon.socket)
+        except SocketInUse as exc:
+            self.log.error("cannot bind the control socket", error=str(exc))
+            return 1
+        except OSError as exc:
+            self.log.error("cannot bind the control socket", path=str(config.daemon.socket), error=str(exc))
+            return 1
+        code = self._restore_breakers(config)
+        if code:
+            return code
         try:
             sock = bind_unix(config.daemon.socket, config.daemon.socket_group or None)
         except SocketInUse as exc:
@@ -123,13 +135,6 @@ class Daemon:
         except OSError as exc:
             self.log.error("cannot bind the control socket", path=str(config.daemon.socket), error=str(exc))
             return 1
-        code = self._restore_breakers(config)
-        if code:
-            # Not served yet: the file is this process's own, and a dead end for clients.
-            sock.close()
-            with contextlib.suppress(OSError):
-                os.unlink(config.daemon.socket)
-            return code
         return asyncio.run(self._serve(sock))
 
     def _restore_breakers(self, config: Config) -> int:
@@ -141,8 +146,9 @@ class Daemon:
                            key="daemon.state_dir", lock=str(config.daemon.state_dir / LOCK_FILE))
             return 1
         except OSError as exc:
-            self.log.error("cannot open the breaker journal", key="daemon.state_dir",
-                           path=str(config.daemon.state_dir / LOCK_FILE), config=str(config.path), error=str(exc))
+            self.log.error("cannot use the state directory: its lock file cannot be opened",
+                           key="daemon.state_dir", path=str(config.daemon.state_dir / LOCK_FILE),
+                           config=str(config.path), error=str(exc))
             return EX_CONFIG
         wall = datetime.now(timezone.utc)
         try:
@@ -221,6 +227,8 @@ class Daemon:
             except asyncio.TimeoutError:
                 pass
             dead = [t.name for t in (self.runner, self.store) if not t.is_alive()]
+            if not self.journal.alive():
+                dead.append("breaker-journal")
             if dead and not stop_requested.is_set():
                 # A daemon without its scheduler or snapshots only looks healthy:
                 # exit non-zero so systemd restarts it and the journal says why.
@@ -243,7 +251,7 @@ class Daemon:
 
     def _threads_alive(self) -> bool:
         stale = time.monotonic() - self.store.heartbeat()
-        return (self.store.is_alive() and self.runner.is_alive()
+        return (self.store.is_alive() and self.runner.is_alive() and self.journal.alive()
                 and stale < 60 + self.config().database.connect_timeout)
 
     async def _stop(self, server: ControlServer, executor: ThreadPoolExecutor) -> None:

@@ -368,4 +368,4 @@ def test_a_state_directory_the_daemon_cannot_write_stops_it_with_78(config_facto
     daemon = daemon_factory(config_factory(daemon={"state_dir": str(tmp_path / "not-a-directory")}), wait=False)
     assert daemon.proc.wait(60) == 78
     daemon.read_output()
-    assert "cannot open the breaker journal" in daemon.output and "key=daemon.state_dir" in daemon.output
+    assert "cannot use the state directory" in daemon.output and "key=daemon.state_dir" in daemon.output

@@ -199,27 +199,36 @@ def _groups_from_database(uid: int, gid: int) -> frozenset[int]:
     return frozenset({gid, *(g.gr_gid for g in grp.getgrall() if name in g.gr_mem)})
 
 
+def check_unix(path: Path) -> bool:
+    """Whether a dead daemon's socket file is at `path` (True) or nothing is (False); touches nothing.
+
+    Raises SocketInUse when a process listens there or the file is not a socket.
+    """
+    if not os.path.lexists(path):
+        return False
+    if not stat.S_ISSOCK(os.lstat(path).st_mode):
+        raise SocketInUse(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise
+        return exc.errno == errno.ECONNREFUSED
+    finally:
+        probe.close()
+    raise SocketInUse(f"another process is listening on {path}")
+
+
 def bind_unix(path: Path, group: str | None, mode: int = 0o660) -> socket.socket:
     """Bind the control socket, replacing a dead daemon's file but never a live one.
 
     Raises KeyError for a group that does not exist, before any file is touched.
     """
     gid = grp.getgrnam(group).gr_gid if group else None
-    if os.path.lexists(path):
-        if not stat.S_ISSOCK(os.lstat(path).st_mode):
-            raise SocketInUse(f"{path} exists and is not a socket; refusing to replace it")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        probe.settimeout(1.0)
-        try:
-            probe.connect(str(path))
-        except OSError as exc:
-            if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
-                raise
-            os.unlink(path)
-        else:
-            raise SocketInUse(f"another process is listening on {path}")
-        finally:
-            probe.close()
+    if check_unix(path):
+        os.unlink(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     # The file is born 0600 so no one outside the group ever sees it open.
