@@ -35,6 +35,8 @@ from ratecared import breaker_state
 from ratecared.breaker.machine import BreakerView
 
 FILE = "breakers.journal"
+# What a probe of a disk that refused a write asks it for (BreakerJournal.probe).
+PROBE_BYTES = 4096
 # Past this the file is rewritten with one line per platform; a line is about 450 bytes.
 MAX_BYTES = 64 * 1024
 
@@ -130,6 +132,9 @@ class BreakerJournal:
             self._wake.notify_all()
         if writer is not None:
             writer.join(5.0)
+            if writer.is_alive():
+                # It holds _io through a disk that does not answer: the process's exit closes the file.
+                return
         with self._io:
             if self._fd >= 0:
                 os.close(self._fd)
@@ -165,34 +170,43 @@ class BreakerJournal:
             if self._synced < seq and not self._closed:
                 self._callbacks.append((seq, callback))
                 if self._writer is None:
-                    self._writer = threading.Thread(target=self._write_forever, name="breaker-journal",
-                                                    daemon=True)
-                    self._writer.start()
+                    writer = threading.Thread(target=self._write_forever, name="breaker-journal", daemon=True)
+                    # Set once started: if it cannot start, the next caller tries again.
+                    writer.start()
+                    self._writer = writer
                 self._wake.notify()
                 return
         callback()
 
+    def alive(self) -> bool:
+        """False when the writer thread has died while the journal is open: held replies would wait for a snapshot."""
+        writer = self._writer
+        return writer is None or writer.is_alive() or self._closed
+
     def _write_forever(self) -> None:
-        """The writer thread: sync whatever is appended and not yet synced, in batches, until close."""
+        """The writer thread: sync whatever is appended and not yet synced, in batches, until close.
+
+        At close it syncs what is still appended first, then answers whoever still waits.
+        """
         while True:
             with self._lock:
                 while self._synced >= self._appended and not self._closed:
                     self._wake.wait()
-                if self._closed:
-                    due, self._callbacks = self._callbacks, []
-                    upto = -1
-                else:
-                    upto = self._appended
-            if upto < 0:
-                for callback in due:
-                    callback()
-                return
+                upto = self._appended
+                closing = self._closed
             try:
                 self.sync(upto)
             except Exception as exc:  # noqa: BLE001 - a held reply must be answered whatever went wrong
+                self._write_error = repr(exc)
                 self._log.error("cannot write the breaker journal; transitions are durable only once a "
                                 "snapshot is written", path=str(self.path), error=repr(exc))
                 self._advance(upto)
+            if closing:
+                with self._lock:
+                    due, self._callbacks = self._callbacks, []
+                for callback in due:
+                    callback()
+                return
 
     def sync(self, seq: int) -> None:
         """Return once everything appended up to `seq` is on disk, or the disk has refused it."""
@@ -209,11 +223,16 @@ class BreakerJournal:
                 batch = sorted(self._pending.values(), key=lambda entry: entry[0])
                 self._pending = {}
                 upto = self._appended
-            if not self._write(batch):
-                with self._lock:
-                    for entry in batch:
-                        # Unless a newer view of the breaker came in meanwhile.
-                        self._pending.setdefault(entry[1].platform, entry)
+            written = False
+            try:
+                written = self._write(batch)
+            finally:
+                if not written:
+                    # Refused or raised: the lines wait for the next write, unless a newer view of
+                    # the breaker came in meanwhile.
+                    with self._lock:
+                        for entry in batch:
+                            self._pending.setdefault(entry[1].platform, entry)
             self._advance(upto)
 
     def _advance(self, upto: int) -> None:
@@ -254,8 +273,37 @@ class BreakerJournal:
     # Why the disk refused the last write, until a later one succeeds; read by health.
     _write_error: str | None = None
 
-    def write_error(self) -> str | None:
-        """Why the disk refused the journal's last write, while no later write has succeeded; else None."""
+    def probe(self) -> str | None:
+        """After a refused write, try the disk again: write the lines still waiting, or, when a snapshot
+        has taken them all, ask the disk for a page. Return the error that remains, or None.
+
+        Writes happen only on transitions: without this, a disk that had room
+        again would be reported as refusing until the next one.
+        """
+        if self._write_error is None:
+            return None
+        with self._io:
+            if self._fd < 0:
+                return self._write_error
+            with self._lock:
+                batch = sorted(self._pending.values(), key=lambda entry: entry[0])
+                self._pending = {}
+            if batch:
+                written = False
+                try:
+                    written = self._write(batch)
+                finally:
+                    if not written:
+                        with self._lock:
+                            for entry in batch:
+                                self._pending.setdefault(entry[1].platform, entry)
+            else:
+                try:
+                    os.posix_fallocate(self._fd, self._size, PROBE_BYTES)
+                    os.ftruncate(self._fd, self._size)
+                    self._write_error = None
+                except OSError as exc:
+                    self._write_error = str(exc)
         return self._write_error
 
     def _refused(self, exc: OSError) -> None:
@@ -314,7 +362,7 @@ class BreakerJournal:
         try:
             if os.write(fd, data) != len(data):
                 raise OSError("short write: the disk is full")
-            os.fdatasync(fd)
+            self._fdatasync(fd)
             os.replace(temporary, self.path)
         except OSError as exc:
             os.close(fd)

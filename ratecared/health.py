@@ -19,7 +19,7 @@ class JournalView(Protocol):
 
     path: Path
 
-    def write_error(self) -> str | None: ...
+    def probe(self) -> str | None: ...
 
 
 class Health:
@@ -66,6 +66,6 @@ class Health:
         }
 
     def _journal_health(self) -> dict[str, Any]:
-        """The breaker journal: writable unless the disk refused its last write and no later one succeeded."""
-        error = self._journal.write_error()
+        """The breaker journal: writable unless the disk refused its last write and refuses it again now."""
+        error = self._journal.probe()
         return {"path": str(self._journal.path), "writable": error is None, "error": error}

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from conftest import wait_for
 
 from ratecared import breaker_journal
 from ratecared.breaker.machine import Policy
@@ -79,6 +80,11 @@ class Served:
     gate: Gate
     log: Log
     journal: BreakerJournal
+    registry: Registry
+
+    def rejected(self, platform: str) -> int:
+        """How many acquires the breaker has refused: read without waiting for the journal."""
+        return next(view.total_rejected for view in self.registry.status_later().value if view.platform == platform)
 
 
 @pytest.fixture
@@ -106,7 +112,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
     thread.start()
     assert ready.wait(WAIT)
     try:
-        yield Served(str(path), gate, log, journal)
+        yield Served(str(path), gate, log, journal, registry)
     finally:
         gate.opened.set()
         asyncio.run_coroutine_threadsafe(server.close(), loop).result(WAIT)
@@ -186,7 +192,8 @@ def test_a_transition_reply_waits_for_the_fsync_and_nobody_else_does(served: Ser
     c.sendall(post("circuit-breaker/booking/acquire"))
     b.sendall(b"GET /api/v1/circuit-breaker/status HTTP/1.1\r\nHost: x\r\n\r\n")
     b.sendall(post("circuit-breaker/expedia/acquire"))
-    # The loop is alive (b was answered) and none of the held ones has gone out.
+    # The daemon has decided c's acquire (refused: booking is open), and none of the held ones has gone out.
+    wait_for(lambda: served.rejected("booking") == 1, WAIT, what="c's acquire decided")
     assert ra.nothing_yet() and rc.nothing_yet()
     assert served.journal.path.read_text().count("\n") == 1  # written, not yet synced, is held all the same
 

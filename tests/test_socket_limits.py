@@ -15,8 +15,6 @@ import pwd
 import resource
 import select
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable

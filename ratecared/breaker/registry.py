@@ -253,7 +253,7 @@ class Registry:
                 changes.extend(breaker.advance(now))
             seen = self._record(changes, now)
         # It answers no one: it waits for the disk only for its own changes' listeners, not for others'
-        # transitions (it runs on the event loop).
+        # transitions (the serve loop calls it from a thread).
         if changes:
             self._settle(changes, seen)
 

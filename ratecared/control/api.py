@@ -292,8 +292,11 @@ class Api:
 
             self.registry.on_settled(later, settled)
         # Shielded: the future is shared by every answer waiting for this number.
-        await asyncio.shield(waiting)
-        self.registry.heard(later)
+        try:
+            await asyncio.shield(waiting)
+        finally:
+            # Also when the answer is cancelled (a stop): the listeners still hear of the transition.
+            self.registry.heard(later)
         return answer(later.value)
 
     def _release(self, seq: int) -> None:
@@ -331,9 +334,14 @@ class Api:
             self._known(platform)
         who = f"uid {request.peer.uid} pid {request.peer.pid}"
         later = self.registry.reset_later(platform, reason=f"reset by operator ({who})")
-        self.breaker_log.info("breakers reset", platforms=later.value, peer_uid=request.peer.uid,
-                              peer_pid=request.peer.pid)
-        return self._when_settled(later, lambda reset: success({"reset": reset}))
+
+        def answer(reset: list[str]) -> Response:
+            # Logged once on disk, as the answer: a kill -9 before would leave the breaker as it was.
+            self.breaker_log.info("breakers reset", platforms=reset, peer_uid=request.peer.uid,
+                                  peer_pid=request.peer.pid)
+            return success({"reset": reset})
+
+        return self._when_settled(later, answer)
 
     @staticmethod
     def _decision_answer(decisions: list[Decision]) -> Response:
