@@ -125,6 +125,8 @@ def test_a_failing_app_stops_the_run_early(database: Database, app_factory) -> N
                                          concurrency=1, max_consecutive_failures=3))
     assert result.status == "failed" and "keeps failing" in result.error
     assert (result.details["warmed"], result.details["failed"], result.details["skipped"]) == (0, 3, 5)
+    # The app that is down was asked no more than that: the pool does not run ahead of the count.
+    assert len(app.seen) == 3
 
 
 def test_a_request_that_outlives_its_timeout_fails(database: Database, app_factory) -> None:
