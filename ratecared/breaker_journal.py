@@ -217,23 +217,30 @@ class BreakerJournal:
         if self._synced >= seq:
             return
         with self._io:
-            with self._lock:
-                if self._synced >= seq:
-                    return
-                batch = sorted(self._pending.values(), key=lambda entry: entry[0])
-                self._pending = {}
-                upto = self._appended
-            written = False
-            try:
-                written = self._write(batch)
-            finally:
-                if not written:
-                    # Refused or raised: the lines wait for the next write, unless a newer view of
-                    # the breaker came in meanwhile.
-                    with self._lock:
-                        for entry in batch:
-                            self._pending.setdefault(entry[1].platform, entry)
+            if self._synced >= seq:
+                return
+            upto, _ = self._write_pending()
             self._advance(upto)
+
+    def _write_pending(self) -> tuple[int, bool]:
+        """Write the lines waiting; (how far that covers, whether any waited). Under _io."""
+        with self._lock:
+            batch = sorted(self._pending.values(), key=lambda entry: entry[0])
+            self._pending = {}
+            upto = self._appended
+        if not batch:
+            return upto, False
+        written = False
+        try:
+            written = self._write(batch)
+        finally:
+            if not written:
+                # Refused or raised: the lines wait for the next write, unless a newer view of
+                # the breaker came in meanwhile.
+                with self._lock:
+                    for entry in batch:
+                        self._pending.setdefault(entry[1].platform, entry)
+        return upto, True
 
     def _advance(self, upto: int) -> None:
         """Everything up to `upto` is on disk or refused: say so, and call back who waited for it."""
@@ -285,19 +292,8 @@ class BreakerJournal:
         with self._io:
             if self._fd < 0:
                 return self._write_error
-            with self._lock:
-                batch = sorted(self._pending.values(), key=lambda entry: entry[0])
-                self._pending = {}
-            if batch:
-                written = False
-                try:
-                    written = self._write(batch)
-                finally:
-                    if not written:
-                        with self._lock:
-                            for entry in batch:
-                                self._pending.setdefault(entry[1].platform, entry)
-            else:
+            _, waited = self._write_pending()
+            if not waited:
                 try:
                     os.posix_fallocate(self._fd, self._size, PROBE_BYTES)
                     os.ftruncate(self._fd, self._size)
