@@ -86,10 +86,16 @@ class Daemon:
                                self.log)
         # The flock on the state directory's lock file, held for the process's life.
         self._state_lock = -1
+        self._stop_asked = False
 
     # -- start -------------------------------------------------------------------
 
     def run(self) -> int:
+        # A stop asked for while starting (systemctl stop, Ctrl-C) is kept and
+        # carried out once serving, instead of killing a daemon in the middle
+        # of its start-up; the event loop's own handlers take over in _serve.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._stop_while_starting)
         try:
             return self._run()
         finally:
@@ -98,6 +104,9 @@ class Daemon:
             # its join may still fold the journal. The process's exit drops it.
             self.db.close()
             self.logs.close()
+
+    def _stop_while_starting(self, signum: int, frame: object) -> None:
+        self._stop_asked = True
 
     def _run(self) -> int:
         config = self.config()
@@ -209,9 +218,11 @@ class Daemon:
             on_error=lambda request: self.log.exception("request failed", method=request.method, path=request.path),
             on_answer=_log_request,
         )
-        await server.start(sock)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop_requested.set)
+        if self._stop_asked:
+            stop_requested.set()
+        await server.start(sock)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(executor, self.reload, None))
         self.store.start()
         self.runner.start()

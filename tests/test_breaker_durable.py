@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import sqlite3
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -173,10 +175,9 @@ def test_decisions_and_transitions_stay_fast_with_mariadb_killed(
     wait_for(lambda: "snapshots resumed" in log.read_text(), what="snapshots resumed")
 
 
-@pytest.mark.mariadb
-def test_the_socket_opens_only_once_the_breakers_are_restored(mariadb, mysql_url: str, config_factory,
-                                                              daemon_factory) -> None:
-    config = config_factory(url=mysql_url)
+@contextlib.contextmanager
+def restore_held(mariadb, mysql_url: str, config: Path, daemon_factory) -> Iterator[DaemonProcess]:
+    """A daemon started while the test holds the snapshot table locked: it waits in its restore."""
     assert daemon_factory(config).stop() == 0   # the tables exist now
     name = mysql_url.split("?")[0].rsplit("/", 1)[1]
     lock = mariadb.root_connect()
@@ -191,10 +192,26 @@ def test_the_socket_opens_only_once_the_breakers_are_restored(mariadb, mysql_url
                 return cursor.fetchone()[0] > 0
 
         wait_for(restore_waiting, what="the daemon's restore waiting for the locked snapshot table")
-        # A client could connect now and be held, or be dropped if the start then fails: there is no socket yet.
-        assert not Path(daemon.socket).exists()
+        yield daemon
     finally:
         lock.cursor().execute("UNLOCK TABLES")
         lock.close()
+
+
+@pytest.mark.mariadb
+def test_the_socket_opens_only_once_the_breakers_are_restored(mariadb, mysql_url: str, config_factory,
+                                                              daemon_factory) -> None:
+    with restore_held(mariadb, mysql_url, config_factory(url=mysql_url), daemon_factory) as daemon:
+        # A client could connect now and be held, or be dropped if the start then fails: there is no socket yet.
+        assert not Path(daemon.socket).exists()
     daemon.wait_ready()
     assert len(daemon.client().status()["platforms"]) == 7
+
+
+@pytest.mark.mariadb
+def test_a_stop_asked_for_while_starting_is_a_clean_stop_once_started(mariadb, mysql_url: str, config_factory,
+                                                                      daemon_factory) -> None:
+    with restore_held(mariadb, mysql_url, config_factory(url=mysql_url), daemon_factory) as daemon:
+        daemon.send(signal.SIGTERM)
+    assert daemon.stop() == 0
+    assert "stopped" in daemon.output and "Traceback" not in daemon.output, daemon.output
