@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal as signals
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -264,6 +266,18 @@ def tiny_disk() -> Iterator[Path]:
     finally:
         subprocess.run(["umount", str(mount)], check=True)
         mount.rmdir()
+
+
+@contextlib.contextmanager
+def sqlite_locked(path: Path) -> Iterator[None]:
+    """Another process's write transaction on the SQLite file `path`: the daemon can read it but not write it."""
+    lock = sqlite3.connect(path, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
 
 
 def fill_disk(disk: Path, block: int) -> Path:

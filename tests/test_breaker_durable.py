@@ -5,14 +5,13 @@ from __future__ import annotations
 import contextlib
 import random
 import signal
-import sqlite3
 import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from conftest import DaemonProcess, ctl, wait_for, write_config
+from conftest import DaemonProcess, ctl, sqlite_locked, wait_for, write_config
 from ratecared import breaker_journal
 
 # The kill -9 rounds: as many as fit in this much time, at least MIN_ROUNDS, at most ROUNDS.
@@ -62,15 +61,10 @@ def test_the_journal_holds_a_transition_until_a_snapshot_does_and_a_clean_stop_l
         config_factory, daemon_factory, tmp_path: Path) -> None:
     daemon = daemon_factory(config_factory(database={"connect_timeout": 1}))
     journal = tmp_path / breaker_journal.FILE
-    lock = sqlite3.connect(tmp_path / "rc.db", isolation_level=None)
-    lock.execute("BEGIN IMMEDIATE")
-    try:
+    with sqlite_locked(tmp_path / "rc.db"):
         open_booking(daemon)
         # No snapshot can be written: the journal is where `open` is.
         assert b'"state":"open"' in journal.read_bytes()
-    finally:
-        lock.execute("ROLLBACK")
-        lock.close()
     wait_for(lambda: journal.read_bytes() == b"", what="the journal folded into a snapshot")
     client = daemon.client()
     client.request("POST", "/api/v1/circuit-breaker/reset", {"platform": "booking"})
@@ -83,9 +77,7 @@ def test_a_second_daemon_on_the_same_state_directory_exits_1_and_the_first_keeps
         config_factory, daemon_factory, tmp_path: Path) -> None:
     first = daemon_factory(config_factory(database={"connect_timeout": 1}))
     journal = tmp_path / breaker_journal.FILE
-    lock = sqlite3.connect(tmp_path / "rc.db", isolation_level=None)
-    lock.execute("BEGIN IMMEDIATE")
-    try:
+    with sqlite_locked(tmp_path / "rc.db"):
         # No snapshot can fold it: `open` stays in the journal while the second daemon starts.
         open_booking(first)
         before = journal.read_bytes()
@@ -102,9 +94,6 @@ def test_a_second_daemon_on_the_same_state_directory_exits_1_and_the_first_keeps
         assert journal.read_bytes() == before
         decision = first.client().acquire("booking")
         assert (decision.allowed, decision.state) == (False, "open")
-    finally:
-        lock.execute("ROLLBACK")
-        lock.close()
     code, out, _ = ctl(first.socket, "health")
     assert code == 0, out
     assert first.stop() == 0
@@ -144,14 +133,9 @@ def test_decisions_and_transitions_stay_fast_while_another_process_holds_the_dat
         config_factory, daemon_factory, tmp_path: Path) -> None:
     daemon = daemon_factory(config_factory(database={"connect_timeout": 1}))
     log = tmp_path / "logs" / "ratecared.log"
-    lock = sqlite3.connect(tmp_path / "rc.db", isolation_level=None)
-    lock.execute("BEGIN IMMEDIATE")
-    try:
+    with sqlite_locked(tmp_path / "rc.db"):
         slowest, transitions = decide_while(daemon, log, "snapshot failed")
         status = daemon.client().status()
-    finally:
-        lock.execute("ROLLBACK")
-        lock.close()
     assert slowest < SLOW, f"a decision took {slowest * 1000:.0f} ms with the database locked"
     assert status["total_platforms"] == 7
     wait_for(lambda: "snapshots resumed" in log.read_text(), what="snapshots resumed")

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 import pytest
 
-from conftest import DaemonProcess, NotifySocket, ctl, fail, fill_disk, setting_in_effect, wait_for, write_config
+from conftest import (DaemonProcess, NotifySocket, ctl, fail, fill_disk, setting_in_effect, sqlite_locked, wait_for,
+                      write_config)
 from mariadb import MariaDB
 from ratecared.config import DatabaseConfig
 from ratecared.db import Database, migrations
@@ -76,14 +77,9 @@ def test_sigterm_while_another_process_holds_the_database_locked_exits_within_10
         config_factory, daemon_factory, tmp_path: Path) -> None:
     daemon = daemon_factory(config_factory())
     fail(daemon)
-    lock = sqlite3.connect(tmp_path / "rc.db", isolation_level=None)
-    lock.execute("BEGIN IMMEDIATE")
-    try:
+    with sqlite_locked(tmp_path / "rc.db"):
         # The promise is 10 s, inside systemd's 30 s stop timeout; the daemon's own waits add up to under 4 s.
         assert daemon.stop(signal.SIGTERM, timeout=10) == 0
-    finally:
-        lock.execute("ROLLBACK")
-        lock.close()
     assert "stopped final_snapshot=\"timed out: the database did not answer\"" in daemon.output
 
 
