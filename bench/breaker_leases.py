@@ -31,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from floors import judged
 from process_metrics import RssSampler, rss_kb, stop_process, wait_ready
 
 PLATFORMS = ("booking", "expedia", "agoda", "hotels", "trivago", "tripadvisor", "google")
@@ -194,10 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench] error: {exc}", file=sys.stderr)
         return 1
     checks = floors(result)
-    passed = all(ok for *_, ok in checks)
+    verdict = judged(result, checks)
+    passed = verdict["pass"]
     if args.json:
-        print(json.dumps({**result, "floors": [{"check": n, "value": v, "pass": ok} for n, v, ok in checks],
-                          "pass": passed}))
+        print(json.dumps(verdict))
     else:
         print(f"{result['permits']:,} permits never reported, acquired in {result['flood_s']:g} s "
               f"({result['permits_per_s']:,}/s) by {result['clients']} clients: RSS idle {result['idle_rss_mb']} MB, "

@@ -79,6 +79,7 @@ import time
 from array import array
 from pathlib import Path
 
+from floors import judged
 from process_metrics import RSS_INTERVAL, RssSampler, rss_kb, stop_process, wait_ready
 
 PLATFORMS = ("booking", "expedia", "agoda", "hotels", "trivago", "tripadvisor", "google")
@@ -988,11 +989,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench] error: {exc}", file=sys.stderr)
         return 1
     checks = floors(result)
-    passed = all(ok for *_, ok in checks)
+    verdict = judged(result, checks)
+    passed = verdict["pass"]
     if args.json:
-        result["floors"] = [{"check": name, "value": value, "pass": ok} for name, value, ok in checks]
-        result["pass"] = passed
-        print(json.dumps(result, indent=None, separators=(",", ":")))
+        print(json.dumps(verdict, indent=None, separators=(",", ":")))
     else:
         print(report_text(result, checks))
     if args.cprofile:
