@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from floors import judged
+from floors import judged, verdict_lines
 from process_metrics import RssSampler, rss_kb, stop_process, wait_ready
 
 PLATFORMS = ("booking", "expedia", "agoda", "hotels", "trivago", "tripadvisor", "google")
@@ -203,9 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{result['permits']:,} permits never reported, acquired in {result['flood_s']:g} s "
               f"({result['permits_per_s']:,}/s) by {result['clients']} clients: RSS idle {result['idle_rss_mb']} MB, "
               f"peak {result['peak_rss_mb']} MB, {LEASE_SECONDS:g} s later {result['after_rss_mb']} MB")
-        for name, value, ok in checks:
-            print(f"  {name:<36} {value:>10}   {'PASS' if ok else 'FAIL'}")
-        print(f"result: {'PASS' if passed else 'FAIL'}")
+        print("\n".join(verdict_lines(checks)))
     return 0 if passed else 1
 
 
