@@ -92,6 +92,8 @@ deb-deps:
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python bench/breaker_socket.py
+	$(VENV)/bin/python bench/breaker_leases.py
+	$(VENV)/bin/python bench/breaker_kill9.py
 	$(VENV)/bin/python bench/jobs.py
 
 clean:
