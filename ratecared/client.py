@@ -60,9 +60,13 @@ class DaemonError(ClientError):
 class BreakerOpen(ClientError):
     """The breaker refused the call; `retry_after` says for how many seconds."""
 
-    def __init__(self, platform: str, state: str, retry_after: float | None) -> None:
-        after = f"; retry in {retry_after:g} s" if retry_after is not None else ""
-        super().__init__(f"circuit breaker for {platform} is {state}{after}")
+    def __init__(self, platform: str, state: str, retry_after: float | None, unreachable: str | None = None) -> None:
+        if unreachable is not None:
+            message = f"calls to {platform} are refused: {unreachable}, and when_unreachable is 'closed'"
+        else:
+            after = f"; retry in {retry_after:g} s" if retry_after is not None else ""
+            message = f"circuit breaker for {platform} is {state}{after}"
+        super().__init__(message)
         self.platform, self.state, self.retry_after = platform, state, retry_after
 
 
@@ -73,8 +77,9 @@ class Decision:
     state: str
     permit: str | None
     retry_after: float | None
-    # True when the daemon was unreachable and the caller's policy decided.
+    # True when the daemon was unreachable and the caller's policy decided; `unreachable` says why.
     degraded: bool = False
+    unreachable: str | None = None
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -220,7 +225,7 @@ class Client:
         if self.when_unreachable == "raise":
             raise exc
         allowed = self.when_unreachable == "open"
-        return Decision(platform, allowed, "unknown", None, None, degraded=True)
+        return Decision(platform, allowed, "unknown", None, None, degraded=True, unreachable=str(exc))
 
     def acquire(self, platform: str) -> Decision:
         """Ask whether `platform` may be called now."""
@@ -270,7 +275,7 @@ class Client:
         """Acquire, run the block, report: an exception in the block is a failure."""
         decision = self.acquire(platform)
         if not decision.allowed:
-            raise BreakerOpen(platform, decision.state, decision.retry_after)
+            raise BreakerOpen(platform, decision.state, decision.retry_after, decision.unreachable)
         started = time.monotonic()
         try:
             yield decision

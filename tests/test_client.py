@@ -186,9 +186,12 @@ def test_unreachable_daemon_follows_the_callers_choice(tmp_path: Path, policy: s
         with client.call("booking"):
             pass
     else:
-        with pytest.raises(BreakerOpen):
+        with pytest.raises(BreakerOpen) as info:
             with client.call("booking"):
                 pass
+        # Not "circuit breaker for booking is unknown": the daemon is what failed.
+        assert str(info.value) == (f"calls to booking are refused: cannot reach ratecared at {tmp_path / 'none.sock'}:"
+                                   " No such file or directory, and when_unreachable is 'closed'")
 
 
 def test_unreachable_daemon_raises_by_default(tmp_path: Path) -> None:
