@@ -1,17 +1,19 @@
 """ratecarectl: talk to ratecared over its control socket.
 
-Exit codes: 0 ok, 1 the daemon reported a failure, 2 usage, 3 daemon
-unreachable, 4 permission denied.
+Exit codes: 0 ok, 1 the daemon reported a failure (and `status --check`:
+a breaker is not closed), 2 usage, 3 daemon unreachable, 4 permission denied.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any, Callable, NoReturn
 
 import click
 
+from ratecared import __version__
 from ratecared.client import (DEFAULT_SOCKET, Client, ClientError, ConnectionDropped, DaemonBusy, DaemonError,
                               DaemonUnreachable, PermissionDenied)
 
@@ -108,6 +110,7 @@ def _not_empty(ctx: click.Context, param: click.Parameter, value: str) -> str:
 
 
 @click.group()
+@click.version_option(__version__, prog_name="ratecarectl", message="%(prog)s %(version)s")
 @click.option("--socket", "socket_path", envvar="RATECARE_SOCKET", default=DEFAULT_SOCKET, callback=_not_empty,
               show_default=True, help="Control socket [env RATECARE_SOCKET].")
 @click.option("--timeout", default=5.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
@@ -115,15 +118,22 @@ def _not_empty(ctx: click.Context, param: click.Parameter, value: str) -> str:
                    "run --wait until the run ends.")
 @click.pass_context
 def main(ctx: click.Context, socket_path: str, timeout: float) -> None:
-    """Inspect and control the ratecared daemon."""
+    """Inspect and control the ratecared daemon.
+
+    Colours only on a terminal, and not when NO_COLOR is set (no-color.org).
+    """
+    if os.environ.get("NO_COLOR"):
+        ctx.color = False
     ctx.obj = Client(socket_path, timeout=timeout)
 
 
 @main.command()
 @click.argument("platform", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the daemon's JSON.")
+@click.option("--check", is_flag=True,
+              help="Exit 0 only when every breaker shown is closed (or has no breaker), 1 otherwise: for scripts.")
 @click.pass_context
-def status(ctx: click.Context, platform: str | None, as_json: bool) -> None:
+def status(ctx: click.Context, platform: str | None, as_json: bool, check: bool) -> None:
     """Circuit breaker state of every platform, or of one."""
     data = _call(ctx, lambda c: c.status())
     platforms = data["platforms"]
@@ -131,9 +141,16 @@ def status(ctx: click.Context, platform: str | None, as_json: bool) -> None:
         platforms = [p for p in platforms if p["platform"] == platform]
         if not platforms:
             _fail(f"unknown platform {platform!r}", EXIT_FAILURE)
+    all_closed = all(p["state"] == "closed" or not p.get("guarded", True) for p in platforms)
     if as_json:
         click.echo(json.dumps(platforms[0] if platform else data, indent=2))
-        return
+    else:
+        _status_table(data, platforms, platform is None)
+    if check and not all_closed:
+        sys.exit(EXIT_FAILURE)
+
+
+def _status_table(data: dict[str, Any], platforms: list[dict[str, Any]], totals: bool) -> None:
     rows = [["PLATFORM", "STATE", "FAILURES", "SUCCESS", "REQUESTS", "REJECTED", "RETRY IN", "SINCE", "REASON"]]
     for p in platforms:
         state = p["state"] if p.get("guarded", True) else "unguarded"
@@ -146,7 +163,7 @@ def status(ctx: click.Context, platform: str | None, as_json: bool) -> None:
             p.get("last_reason", ""),
         ])
     _table(rows, lambda col, text: STATE_COLOURS.get(text.split(" ")[0]) if col == 1 else None)
-    if platform is None:
+    if totals:
         click.echo(
             f"\n{data['total_platforms']} platforms: {data['closed']} closed, {data['open']} open, "
             f"{data['half_open']} half-open; {data['total_requests']} calls, {data['total_failures']} failed"
@@ -222,8 +239,9 @@ RESULT_COLOURS = {"success": "green", "failed": "red", "interrupted": "yellow", 
                   "queued": "cyan"}
 
 
-def _when(iso: str | None) -> str:
-    return iso[:16].replace("T", " ") if iso else "-"
+def _when(iso: str | None, seconds: bool = False) -> str:
+    """A local ISO time as a table shows it: to the minute, or to the second."""
+    return iso[:19 if seconds else 16].replace("T", " ") if iso else "-"
 
 
 def _detail(value: Any) -> str:
@@ -307,7 +325,7 @@ def history(ctx: click.Context, job: str, limit: int, as_json: bool) -> None:
         return
     rows = [["STARTED", "TRIGGER", "SLOT", "RESULT", "DURATION", "ROWS", "HOST", "RUN", "ERROR"]]
     for r in data:
-        rows.append([_when(r["started_at"]), r["trigger"], _when(r["slot"]), r["status"],
+        rows.append([_when(r["started_at"], seconds=True), r["trigger"], _when(r["slot"]), r["status"],
                      _seconds(r["duration_seconds"]), str(r["rows"]), r["host"], r["run_id"], r["error"] or ""])
     if len(rows) == 1:
         click.echo(f"{job}: no runs yet")

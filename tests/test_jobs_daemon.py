@@ -118,6 +118,9 @@ def test_jobs_run_and_history_from_ratecarectl(daemon: DaemonProcess) -> None:
     assert [(r["trigger"], r["status"], r["slot"]) for r in runs] == [("manual", "success", None)]
     code, out, _ = ctl(daemon.socket, "history", "aggregate_statistics")
     assert code == 0 and "manual" in out and "success" in out and out.endswith("\ntimes in Europe/Istanbul\n")
+    # The start to the second, in the daemon's zone, as the JSON has it.
+    started = runs[0]["started_at"][:19].replace("T", " ")
+    assert out.splitlines()[1].startswith(started + "  manual"), out
     code, out, _ = ctl(daemon.socket, "jobs", "--json")
     assert json.loads(out)[0]["last_run"]["status"] == "success"
 

@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import DaemonProcess, ctl, fail, wait_for
+from ratecared import __version__
 from jobhelpers import HangingWidgets, days_of_requests, enable_warming
 from ratecared.client import DEFAULT_SOCKET
 from ratecared.config import DatabaseConfig
@@ -71,6 +72,33 @@ def test_state_colours_on_a_terminal(daemon: DaemonProcess) -> None:
     result = CliRunner().invoke(main, ["--socket", daemon.socket, "status"], color=True)
     assert result.exit_code == 0
     assert "\x1b[31m\x1b[1mopen" in result.output and "\x1b[32mclosed" in result.output
+
+
+def test_no_color_turns_the_colours_off_on_a_terminal(daemon: DaemonProcess) -> None:
+    fail(daemon)
+    result = CliRunner().invoke(main, ["--socket", daemon.socket, "status"], color=True, env={"NO_COLOR": "1"})
+    assert result.exit_code == 0 and "open" in result.output
+    assert "\x1b[" not in result.output
+
+
+def test_status_check_exits_1_while_a_breaker_is_not_closed(daemon: DaemonProcess) -> None:
+    assert ctl(daemon.socket, "status", "--check")[0] == 0
+    fail(daemon)
+    code, out, _ = ctl(daemon.socket, "status", "--check")
+    assert code == 1 and "1 open" in out
+    assert ctl(daemon.socket, "status", "--check", "--json")[0] == 1
+    assert ctl(daemon.socket, "status", "expedia", "--check")[0] == 0
+    assert ctl(daemon.socket, "status", "booking", "--check")[0] == 1
+    # Without --check, status reports and exits 0 whatever the states.
+    assert ctl(daemon.socket, "status")[0] == 0
+    ctl(daemon.socket, "reset", "booking")
+    assert ctl(daemon.socket, "status", "--check")[0] == 0
+
+
+def test_version(tmp_path: Path) -> None:
+    # No daemon needed: it is ratecarectl's own version, which the package's daemon shares.
+    code, out, _ = ctl(str(tmp_path / "none.sock"), "--version")
+    assert (code, out) == (0, f"ratecarectl {__version__}\n")
 
 
 def test_reset_health_reload(daemon: DaemonProcess) -> None:
