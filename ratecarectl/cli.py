@@ -207,7 +207,9 @@ def health(ctx: click.Context, as_json: bool) -> None:
             click.echo(click.style(f"          {db['notice']}", fg="yellow"))
         if db.get("snapshot_error"):
             click.echo(f"          snapshots failing: {db['snapshot_error']}")
-        click.echo(f"snapshot  last written {db['last_snapshot_at'] or 'never'}")
+        written = _when(db["last_snapshot_at"], seconds=True) if db["last_snapshot_at"] else "never"
+        zone = f" ({data['timezone']})" if db["last_snapshot_at"] and "timezone" in data else ""
+        click.echo(f"snapshot  last written {written}{zone}")
         if "path" in journal:
             state = (click.style("writable", fg="green") if journal["writable"]
                      else click.style("WRITE FAILED", fg="red"))

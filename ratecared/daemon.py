@@ -81,7 +81,7 @@ class Daemon:
         self.runner = Runner(self.config, self.db, self.host, JOBS, settings=self.settings.current,
                              refresh_settings=self.settings.refresh)
         self.health = Health(self.db, self.snapshots.state, self.settings.state, self.status_line, self.host,
-                             self.journal)
+                             self.journal, config.daemon.tz)
         self.reload = Reloader(self.config, self._apply, self._settings_reply, self.notify, self.status_line,
                                self.log)
         # The flock on the state directory's lock file, held for the process's life.

@@ -6,6 +6,7 @@ import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
+from zoneinfo import ZoneInfo
 
 from ratecared import __version__
 from ratecared import settings as settings_mod
@@ -27,8 +28,10 @@ class Health:
 
     def __init__(self, database: Database, snapshots: Callable[[], SnapshotState],
                  settings: Callable[[], SettingsState], status_line: Callable[[], str], host: str,
-                 journal: JournalView) -> None:
+                 journal: JournalView, tz: ZoneInfo) -> None:
         self._db = database
+        # Times are shown in the daemon's zone, as the jobs' are (daemon.timezone: a restart applies it).
+        self._tz = tz
         self._journal = journal
         self._snapshots = snapshots
         self._settings = settings
@@ -48,7 +51,7 @@ class Health:
             engine=self._db.name,
             url=self._db.describe(),
             latency_ms=round((time.monotonic() - started) * 1000, 1),
-            last_snapshot_at=snapshot.last_at.isoformat() if snapshot.last_at else None,
+            last_snapshot_at=snapshot.last_at.astimezone(self._tz).isoformat() if snapshot.last_at else None,
             snapshot_error=snapshot.error,
             settings_error=settings.error,
         )
@@ -58,6 +61,7 @@ class Health:
             "pid": os.getpid(),
             "host": self._host,
             "uptime_seconds": round(time.monotonic() - self._started, 1),
+            "timezone": self._tz.key,
             "database": db,
             "journal": self._journal_health(),
             "settings": settings_mod.as_dict(settings.settings),

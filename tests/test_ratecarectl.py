@@ -95,6 +95,21 @@ def test_status_check_exits_1_while_a_breaker_is_not_closed(daemon: DaemonProces
     assert ctl(daemon.socket, "status", "--check")[0] == 0
 
 
+def test_health_shows_the_last_snapshot_in_the_daemons_zone(config_factory, daemon_factory) -> None:
+    daemon = daemon_factory(config_factory(daemon={"timezone": "Europe/Istanbul", "snapshot_interval": 1}))
+    wait_for(lambda: json.loads(ctl(daemon.socket, "health", "--json")[1])["database"]["last_snapshot_at"],
+             what="a snapshot written")
+    data = json.loads(ctl(daemon.socket, "health", "--json")[1])
+    written = datetime.fromisoformat(data["database"]["last_snapshot_at"])
+    assert data["timezone"] == "Europe/Istanbul" and written.utcoffset().total_seconds() == 3 * 3600
+    code, out, _ = ctl(daemon.socket, "health")
+    line = next(line for line in out.splitlines() if line.startswith("snapshot"))
+    # The time as the zone's clock shows it, to the second, and the zone named.
+    shown = datetime.strptime(line.split("last written ")[1].split(" (")[0], "%Y-%m-%d %H:%M:%S")
+    assert abs((shown.replace(tzinfo=ZoneInfo("Europe/Istanbul")) - written).total_seconds()) < 120, line
+    assert line.endswith("(Europe/Istanbul)") and code == 0
+
+
 def test_version(tmp_path: Path) -> None:
     # No daemon needed: it is ratecarectl's own version, which the package's daemon shares.
     code, out, _ = ctl(str(tmp_path / "none.sock"), "--version")
