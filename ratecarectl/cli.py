@@ -175,10 +175,15 @@ def _status_table(data: dict[str, Any], platforms: list[dict[str, Any]], totals:
 @click.pass_context
 def reset(ctx: click.Context, platform: str | None) -> None:
     """Close one platform's breaker, or every breaker."""
-    names = _call(ctx, lambda c: c.reset(platform),
-                  when_dropped="ratecared closed the connection before answering; the reset may or may not have"
-                               " been done: see `ratecarectl status`")
-    click.echo(f"reset: {', '.join(names)}")
+    names, changed = _call(ctx, lambda c: c.reset_changed(platform),
+                           when_dropped="ratecared closed the connection before answering; the reset may or may"
+                                        " not have been done: see `ratecarectl status`")
+    closed = [name for name in names if name not in changed]
+    if not changed:
+        click.echo(f"{platform}: already closed; nothing to reset" if platform
+                   else "every breaker was already closed; nothing to reset")
+        return
+    click.echo(f"reset: {', '.join(changed)}" + (f"; already closed: {', '.join(closed)}" if closed else ""))
 
 
 @main.command()

@@ -290,8 +290,14 @@ class Client:
         return self.request("GET", "/api/v1/circuit-breaker/status")
 
     def reset(self, platform: str | None = None) -> list[str]:
+        """The breakers the reset covered; reset_changed says which of them it closed."""
+        return self.reset_changed(platform)[0]
+
+    def reset_changed(self, platform: str | None = None) -> tuple[list[str], list[str]]:
+        """(the breakers the reset covered, those of them it closed: the others were closed already)."""
         body = {"platform": platform} if platform else {}
-        return self.request("POST", "/api/v1/circuit-breaker/reset", body)["reset"]
+        data = self.request("POST", "/api/v1/circuit-breaker/reset", body)
+        return data["reset"], data.get("changed", data["reset"])
 
     def jobs(self) -> list[dict[str, Any]]:
         return self.request("GET", "/api/v1/jobs", timeout=max(self.timeout, 10.0))

@@ -120,8 +120,16 @@ def test_reset_health_reload(daemon: DaemonProcess) -> None:
     fail(daemon)
     assert ctl(daemon.socket, "reset", "booking")[:2] == (0, "reset: booking\n")
     assert daemon.client().acquire("booking").allowed
+    # A reset that changes nothing says so, here and in the log.
+    assert ctl(daemon.socket, "reset", "booking")[:2] == (0, "booking: already closed; nothing to reset\n")
+    assert ctl(daemon.socket, "reset")[:2] == (0, "every breaker was already closed; nothing to reset\n")
+    fail(daemon, "agoda")
     code, out, _ = ctl(daemon.socket, "reset")
-    assert code == 0 and out.startswith("reset: booking, expedia")
+    assert (code, out) == (0, "reset: agoda; already closed: booking, expedia, hotels, trivago, tripadvisor, google\n")
+    log = Path(daemon.config).parent / "logs" / "circuit-breaker.log"
+    resets = [line for line in map(json.loads, log.read_text().splitlines()) if line["event"] == "breakers reset"]
+    assert [(r["changed"], len(r["already_closed"])) for r in resets] == [(["booking"], 0), ([], 1), ([], 7),
+                                                                          (["agoda"], 6)]
     code, out, _ = ctl(daemon.socket, "health")
     assert code == 0 and "reachable" in out
     code, out, _ = ctl(daemon.socket, "health", "--json")

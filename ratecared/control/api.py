@@ -336,10 +336,13 @@ class Api:
         later = self.registry.reset_later(platform, reason=f"reset by operator ({who})")
 
         def answer(reset: list[str]) -> Response:
+            # Only an open or half-open breaker changes; a closed one just has its failure count cleared.
+            changed = [t.platform for t in later.changes]
+            already_closed = [name for name in reset if name not in changed]
             # Logged once on disk, as the answer: a kill -9 before would leave the breaker as it was.
-            self.breaker_log.info("breakers reset", platforms=reset, peer_uid=request.peer.uid,
-                                  peer_pid=request.peer.pid)
-            return success({"reset": reset})
+            self.breaker_log.info("breakers reset", changed=changed, already_closed=already_closed,
+                                  peer_uid=request.peer.uid, peer_pid=request.peer.pid)
+            return success({"reset": reset, "changed": changed})
 
         return self._when_settled(later, answer)
 
