@@ -93,6 +93,17 @@ def _complete_job(ctx: click.Context, param: click.Parameter, incomplete: str) -
     return [name for name in _job_names() if name.startswith(incomplete)]
 
 
+def _complete_platform(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """The daemon's platforms, when it answers within a second (completion must not hang); none otherwise."""
+    path = ctx.find_root().params.get("socket_path") or DEFAULT_SOCKET
+    try:
+        with Client(path, timeout=1.0) as client:
+            names = [p["platform"] for p in client.status()["platforms"]]
+    except ClientError:
+        return []
+    return [name for name in names if name.startswith(incomplete)]
+
+
 class _JobCommand(click.Command):
     """A command on one JOB: its help ends with the names of the jobs."""
 
@@ -128,7 +139,7 @@ def main(ctx: click.Context, socket_path: str, timeout: float) -> None:
 
 
 @main.command()
-@click.argument("platform", required=False)
+@click.argument("platform", required=False, shell_complete=_complete_platform)
 @click.option("--json", "as_json", is_flag=True, help="Print the daemon's JSON.")
 @click.option("--check", is_flag=True,
               help="Exit 0 only when every breaker shown is closed (or has no breaker), 1 otherwise: for scripts.")
@@ -171,7 +182,7 @@ def _status_table(data: dict[str, Any], platforms: list[dict[str, Any]], totals:
 
 
 @main.command()
-@click.argument("platform", required=False)
+@click.argument("platform", required=False, shell_complete=_complete_platform)
 @click.pass_context
 def reset(ctx: click.Context, platform: str | None) -> None:
     """Close one platform's breaker, or every breaker."""

@@ -328,6 +328,28 @@ def test_bash_completes_job_names() -> None:
     assert completions == {"run ''": list(JOBS), "history wa": ["warm_cache"]}
 
 
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_bash_completes_platform_names_from_the_daemon(daemon: DaemonProcess, tmp_path: Path) -> None:
+    script = source_file("packaging/bash-completion/ratecarectl")
+    program = Path(sys.executable).parent / "ratecarectl"
+    if not program.exists():
+        pytest.skip("ratecarectl is not installed beside this Python")
+
+    def complete(words: str, cword: int, socket_path: str) -> list[str]:
+        result = subprocess.run(
+            ["bash", "-c", f'source {script}; COMP_WORDS=(ratecarectl {words}); COMP_CWORD={cword}; '
+                           f'_ratecarectl_completion {program}; printf "%s\\n" "${{COMPREPLY[@]}}"'],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "RATECARE_SOCKET": socket_path})
+        return result.stdout.split()
+
+    assert complete("status b", 2, daemon.socket) == ["booking"]
+    assert complete("reset t", 2, daemon.socket) == ["trivago", "tripadvisor"]
+    assert complete(f"--socket {daemon.socket} status ''", 4, "/nonexistent.sock") == [
+        "booking", "expedia", "agoda", "hotels", "trivago", "tripadvisor", "google"]
+    # No daemon: nothing to offer, and no error on the terminal.
+    assert complete("status b", 2, str(tmp_path / "none.sock")) == []
+
+
 def open_socket_dir(daemon: DaemonProcess) -> None:
     os.chmod(Path(daemon.socket).parent, 0o755)
 
