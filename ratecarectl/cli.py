@@ -28,8 +28,16 @@ ROWS_HELP = (
 )
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"ratecarectl: {message}", err=True)
+# Set on the root context by --json: errors then come as JSON too.
+JSON_KEY = "ratecarectl.json"
+
+
+def _fail(message: str, code: int, error: str = "failed") -> NoReturn:
+    """Say why and exit `code`: on stderr for people, or under --json as the daemon's error envelope on stdout."""
+    if click.get_current_context().find_root().meta.get(JSON_KEY):
+        click.echo(json.dumps({"status": "error", "error": {"code": error, "message": message}}, indent=2))
+    else:
+        click.echo(f"ratecarectl: {message}", err=True)
     sys.exit(code)
 
 
@@ -43,20 +51,34 @@ def _call(ctx: click.Context, action: Callable[[Client], Any], when_dropped: str
     try:
         return action(client)
     except PermissionDenied as exc:
-        _fail(str(exc), EXIT_DENIED)
+        _fail(str(exc), EXIT_DENIED, "permission_denied")
     except DaemonBusy as exc:
         # It is running and answered: a failure to retry, not "is ratecared running?".
-        _fail(str(exc), EXIT_FAILURE)
+        _fail(str(exc), EXIT_FAILURE, "busy")
     except DaemonUnreachable as exc:
         if when_dropped and isinstance(exc, ConnectionDropped):
-            _fail(when_dropped, EXIT_FAILURE)
+            _fail(when_dropped, EXIT_FAILURE, "connection_dropped")
         # systemd runs only the package's daemon; any other socket is a daemon of one's own.
         hint = "; systemctl status ratecared" if client.socket_path == DEFAULT_SOCKET else ""
-        _fail(f"{exc} (is ratecared running?{hint})", EXIT_UNREACHABLE)
+        _fail(f"{exc} (is ratecared running?{hint})", EXIT_UNREACHABLE, "unreachable")
     except DaemonError as exc:
-        _fail(exc.message, EXIT_FAILURE)
+        _fail(exc.message, EXIT_FAILURE, exc.code)
     finally:
         client.close()
+
+
+
+def _json_wanted(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    """--json, remembered on the root context so that errors, wherever raised, come as JSON too."""
+    if value:
+        ctx.find_root().meta[JSON_KEY] = True
+    return value
+
+
+def json_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The --json every command takes."""
+    return click.option("--json", "as_json", is_flag=True, callback=_json_wanted, is_eager=True,
+                        help="Print JSON for programs: the daemon's answer, or its error envelope.")(command)
 
 
 def _table(rows: list[list[str]], colour: Callable[[int, str], str | None] = lambda col, text: None) -> None:
@@ -140,7 +162,7 @@ def main(ctx: click.Context, socket_path: str, timeout: float) -> None:
 
 @main.command()
 @click.argument("platform", required=False, shell_complete=_complete_platform)
-@click.option("--json", "as_json", is_flag=True, help="Print the daemon's JSON.")
+@json_option
 @click.option("--check", is_flag=True,
               help="Exit 0 only when every breaker shown is closed (or has no breaker), 1 otherwise: for scripts.")
 @click.pass_context
@@ -151,7 +173,7 @@ def status(ctx: click.Context, platform: str | None, as_json: bool, check: bool)
     if platform is not None:
         platforms = [p for p in platforms if p["platform"] == platform]
         if not platforms:
-            _fail(f"unknown platform {platform!r}", EXIT_FAILURE)
+            _fail(f"unknown platform {platform!r}", EXIT_FAILURE, "unknown_platform")
     all_closed = all(p["state"] == "closed" or not p.get("guarded", True) for p in platforms)
     if as_json:
         click.echo(json.dumps(platforms[0] if platform else data, indent=2))
@@ -183,12 +205,16 @@ def _status_table(data: dict[str, Any], platforms: list[dict[str, Any]], totals:
 
 @main.command()
 @click.argument("platform", required=False, shell_complete=_complete_platform)
+@json_option
 @click.pass_context
-def reset(ctx: click.Context, platform: str | None) -> None:
+def reset(ctx: click.Context, platform: str | None, as_json: bool) -> None:
     """Close one platform's breaker, or every breaker."""
     names, changed = _call(ctx, lambda c: c.reset_changed(platform),
                            when_dropped="ratecared closed the connection before answering; the reset may or may"
                                         " not have been done: see `ratecarectl status`")
+    if as_json:
+        click.echo(json.dumps({"reset": names, "changed": changed}, indent=2))
+        return
     closed = [name for name in names if name not in changed]
     if not changed:
         click.echo(f"{platform}: already closed; nothing to reset" if platform
@@ -198,7 +224,7 @@ def reset(ctx: click.Context, platform: str | None) -> None:
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the daemon's JSON.")
+@json_option
 @click.pass_context
 def health(ctx: click.Context, as_json: bool) -> None:
     """Daemon up, database and journal writable? Exits 1 when not."""
@@ -241,10 +267,14 @@ def health(ctx: click.Context, as_json: bool) -> None:
 
 
 @main.command()
+@json_option
 @click.pass_context
-def reload(ctx: click.Context) -> None:
+def reload(ctx: click.Context, as_json: bool) -> None:
     """Re-read the config and the settings table, reopen the log files."""
     data = _call(ctx, lambda c: c.reload())
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
     applied = data.get("applied") or []
     click.echo(f"reloaded: applied {', '.join(applied)}" if applied else "reloaded: the config file is unchanged")
     for warning in data.get("setting_warnings", []):
@@ -274,7 +304,7 @@ def _detail(value: Any) -> str:
 
 
 @main.command(help="Schedule, next and last run of each job.\n\nTimes are the daemon's local time.\n\n" + ROWS_HELP)
-@click.option("--json", "as_json", is_flag=True, help="Print the daemon's JSON.")
+@json_option
 @click.pass_context
 def jobs(ctx: click.Context, as_json: bool) -> None:
     data = _call(ctx, lambda c: c.jobs())
@@ -302,8 +332,9 @@ def jobs(ctx: click.Context, as_json: bool) -> None:
 @click.option("--wait", is_flag=True,
               help="Wait for the end; exit 0 when the run succeeded or was skipped (job disabled), 1 when it "
                    "failed, was interrupted or never started.")
+@json_option
 @click.pass_context
-def run(ctx: click.Context, job: str, wait: bool) -> None:
+def run(ctx: click.Context, job: str, wait: bool, as_json: bool) -> None:
     """Run a job now, through the same claim and lock as the schedule.
 
     With --wait, print the run's result and exit 0 when the run succeeded or
@@ -313,10 +344,19 @@ def run(ctx: click.Context, job: str, wait: bool) -> None:
     dropped = (f"ratecared closed the connection while waiting for {job} to finish" if wait else
                f"ratecared closed the connection before answering; {job} may or may not have been queued")
     result = _call(ctx, lambda c: c.run_job(job, wait), when_dropped=f"{dropped}: see `ratecarectl history {job}`")
-    if not wait:
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    elif not wait:
         queued = "already queued" if result.get("already_queued") else "queued"
         click.echo(f"{job}: {queued} as run {result['run_id']}; see `ratecarectl history {job}`")
-        return
+    else:
+        _print_run(job, result)
+    # A skip with an error is a run that never started (the daemon stopped first), not a disabled job.
+    if wait and (result["status"] not in ("success", "skipped") or result.get("error")):
+        sys.exit(EXIT_FAILURE)
+
+
+def _print_run(job: str, result: dict[str, Any]) -> None:
     line = f"{job}: {result['status']} (run {result['run_id']}, {result['rows']} rows"
     duration = result.get("details", {}).get("duration_seconds")
     click.echo(line + (f", {_seconds(duration)})" if duration is not None else ")"))
@@ -325,16 +365,13 @@ def run(ctx: click.Context, job: str, wait: bool) -> None:
             click.echo(f"  {key}: {_detail(value)}")
     if result.get("error"):
         click.echo(f"  error: {result['error']}", err=True)
-    # A skip with an error is a run that never started (the daemon stopped first), not a disabled job.
-    if result["status"] not in ("success", "skipped") or result.get("error"):
-        sys.exit(EXIT_FAILURE)
 
 
 @main.command(cls=_JobCommand, help="Recent runs of a job, newest first.\n\n" + ROWS_HELP)
 @click.argument("job", shell_complete=_complete_job)
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1, max=1000),
               help="How many runs, newest first.")
-@click.option("--json", "as_json", is_flag=True, help="Print the daemon's JSON.")
+@json_option
 @click.pass_context
 def history(ctx: click.Context, job: str, limit: int, as_json: bool) -> None:
     data = _call(ctx, lambda c: c.job_runs(job, limit))

@@ -110,6 +110,26 @@ def test_health_shows_the_last_snapshot_in_the_daemons_zone(config_factory, daem
     assert line.endswith("(Europe/Istanbul)") and code == 0
 
 
+def test_every_command_takes_json_and_errors_come_as_the_envelope(daemon: DaemonProcess, tmp_path: Path) -> None:
+    fail(daemon)
+    code, out, _ = ctl(daemon.socket, "reset", "booking", "--json")
+    assert (code, json.loads(out)) == (0, {"reset": ["booking"], "changed": ["booking"]})
+    code, out, _ = ctl(daemon.socket, "reload", "--json")
+    assert code == 0 and json.loads(out)["applied"] == []
+    code, out, _ = ctl(daemon.socket, "run", "cleanup_expired_cache", "--json")
+    assert code == 0 and json.loads(out)["status"] == "queued"
+    code, out, _ = ctl(daemon.socket, "run", "aggregate_statistics", "--wait", "--json")
+    run = json.loads(out)
+    assert code == 0 and (run["job"], run["status"]) == ("aggregate_statistics", "success")
+    # Errors: the envelope on stdout, nothing for people on stderr, the same exit codes.
+    code, out, err = ctl(daemon.socket, "status", "nosuch", "--json")
+    assert (code, json.loads(out)["error"]["code"], err) == (1, "unknown_platform", "")
+    code, out, err = ctl(daemon.socket, "run", "nosuch", "--json")
+    assert (code, json.loads(out)["error"]["code"], err) == (1, "unknown_job", "")
+    code, out, err = ctl(str(tmp_path / "none.sock"), "health", "--json")
+    assert (code, json.loads(out)["status"], json.loads(out)["error"]["code"], err) == (3, "error", "unreachable", "")
+
+
 def test_version(tmp_path: Path) -> None:
     # No daemon needed: it is ratecarectl's own version, which the package's daemon shares.
     code, out, _ = ctl(str(tmp_path / "none.sock"), "--version")
