@@ -21,7 +21,6 @@ Exit status: 0 when every round came back open, 1 otherwise.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import shutil
 import signal
@@ -31,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from floors import judged, verdict_lines
+from floors import run_and_report
 from process_metrics import stop_process, wait_ready
 from ratecared.client import Client
 
@@ -112,20 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(f"[bench] {message}", file=sys.stderr, flush=True)
 
-    try:
-        result = bench(args, log)
-    except Exception as exc:  # noqa: BLE001
-        print(f"[bench] error: {exc}", file=sys.stderr)
-        return 1
-    checks = floors(result)
-    verdict = judged(result, checks)
-    if args.json:
-        print(json.dumps(verdict))
-    else:
-        print(f"{result['rounds']} kill -9 rounds in {result['seconds']:g} s: came back "
-              + ", ".join(f"{state} {count}" for state, count in sorted(result["came_back"].items())))
-        print("\n".join(verdict_lines(checks)))
-    return 0 if verdict["pass"] else 1
+    def summary(r: dict) -> str:
+        came_back = ", ".join(f"{state} {count}" for state, count in sorted(r["came_back"].items()))
+        return f"{r['rounds']} kill -9 rounds in {r['seconds']:g} s: came back {came_back}"
+
+    return run_and_report(lambda: bench(args, log), floors, summary, args.json)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from floors import judged, verdict_lines
+from floors import run_and_report
 from process_metrics import RssSampler, rss_kb, stop_process, wait_ready
 
 PLATFORMS = ("booking", "expedia", "agoda", "hotels", "trivago", "tripadvisor", "google")
@@ -189,22 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(f"[bench] {message}", file=sys.stderr, flush=True)
 
-    try:
-        result = bench(args, log)
-    except Exception as exc:  # noqa: BLE001
-        print(f"[bench] error: {exc}", file=sys.stderr)
-        return 1
-    checks = floors(result)
-    verdict = judged(result, checks)
-    passed = verdict["pass"]
-    if args.json:
-        print(json.dumps(verdict))
-    else:
-        print(f"{result['permits']:,} permits never reported, acquired in {result['flood_s']:g} s "
-              f"({result['permits_per_s']:,}/s) by {result['clients']} clients: RSS idle {result['idle_rss_mb']} MB, "
-              f"peak {result['peak_rss_mb']} MB, {LEASE_SECONDS:g} s later {result['after_rss_mb']} MB")
-        print("\n".join(verdict_lines(checks)))
-    return 0 if passed else 1
+    def summary(r: dict) -> str:
+        return (f"{r['permits']:,} permits never reported, acquired in {r['flood_s']:g} s ({r['permits_per_s']:,}/s)"
+                f" by {r['clients']} clients: RSS idle {r['idle_rss_mb']} MB, peak {r['peak_rss_mb']} MB,"
+                f" {LEASE_SECONDS:g} s later {r['after_rss_mb']} MB")
+
+    return run_and_report(lambda: bench(args, log), floors, summary, args.json)
 
 
 if __name__ == "__main__":
