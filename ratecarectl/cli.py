@@ -314,9 +314,12 @@ def jobs(ctx: click.Context, as_json: bool) -> None:
     rows = [["JOB", "SCHEDULE", "NEXT RUN", "LAST RUN", "RESULT", "DURATION", "ROWS"]]
     notes = []
     for job in data:
+        # LAST RUN and its figures are one run's: the one under way (rows so far), else the latest finished.
+        # A queued run has no figures yet; it is the next run.
         last = job["last_run"] or {}
-        result = "running" if job["running"] else "queued" if job.get("queued_run_id") else last.get("status", "-")
-        rows.append([job["name"], job["schedule"], _when(job["next_run"]), _when(last.get("started_at")), result,
+        next_run = "queued" if job.get("queued_run_id") else _when(job["next_run"])
+        result = "running" if job["running"] else last.get("status", "-")
+        rows.append([job["name"], job["schedule"], next_run, _when(last.get("started_at")), result,
                      _seconds(last.get("duration_seconds")), str(last.get("rows", "-"))])
         if job["next_run_note"]:
             notes.append(f"{job['name']}: {job['next_run_note']}")

@@ -24,7 +24,7 @@ from ratecared.client import DEFAULT_SOCKET
 from ratecared.config import DatabaseConfig
 from ratecared.db import Database
 from ratecared.jobs import JOBS
-from ratecarectl.cli import main
+from ratecarectl.cli import _seconds, main
 from test_client import ScriptedDaemon
 
 NOBODY = pwd.getpwnam("nobody")
@@ -236,6 +236,34 @@ def test_run_wait_exits_1_when_the_daemon_stops_before_the_run_ends(config_facto
     assert waiting[0].returncode == 1 and running.startswith("warm_cache: interrupted (run "), running_err
     assert waiting[1].returncode == 1 and queued.startswith("aggregate_statistics: skipped (run ")
     assert "the daemon stopped before the run started" in queued_err
+
+
+def test_jobs_shows_a_queued_run_as_the_next_and_a_running_one_with_its_own_figures(config_factory,
+                                                                                    daemon_factory) -> None:
+    widgets = HangingWidgets()
+    daemon = daemon_factory(config_factory(jobs__warm_cache={"url": widgets.url, "concurrency": 1}))
+    db = database_of(daemon)
+    enable_warming(db, "Europe/Istanbul")
+    try:
+        assert ctl(daemon.socket, "run", "aggregate_statistics", "--wait")[0] == 0
+        assert ctl(daemon.socket, "run", "warm_cache")[0] == 0
+        assert widgets.reached.wait(60)
+        assert ctl(daemon.socket, "run", "aggregate_statistics")[0] == 0
+        code, out, _ = ctl(daemon.socket, "jobs")
+        rows = {line.split()[0]: line.split() for line in out.splitlines()[1:] if line.split()}
+        finished = json.loads(ctl(daemon.socket, "history", "aggregate_statistics", "--json")[1])
+    finally:
+        widgets.close()
+        db.close()
+    assert code == 0
+    # Queued: NEXT RUN says so; LAST RUN, RESULT, DURATION and ROWS stay the finished run's.
+    aggregate = rows["aggregate_statistics"]
+    done = finished[0]
+    assert aggregate[-6] == "queued" and aggregate[-3:] == [
+        "success", _seconds(done["duration_seconds"]), str(done["rows"])], aggregate
+    assert " ".join(aggregate[-5:-3]) == done["started_at"][:16].replace("T", " ")
+    # Running: the run under way, with its own figures so far.
+    assert rows["warm_cache"][-3] == "running", rows["warm_cache"]
 
 
 @pytest.mark.parametrize("name", ["warm cache", "warm_cache?wait=1", "warm_cache/../x", "warm\ncache", ""])
