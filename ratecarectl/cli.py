@@ -317,11 +317,15 @@ def jobs(ctx: click.Context, as_json: bool) -> None:
         # LAST RUN and its figures are one run's: the one under way (rows so far), else the latest finished.
         # A queued run has no figures yet; it is the next run.
         last = job["last_run"] or {}
-        next_run = "queued" if job.get("queued_run_id") else _when(job["next_run"])
+        next_run = "queued" if job.get("queued_run_id") else "disabled" if job.get("disabled") else _when(
+            job["next_run"])
         result = "running" if job["running"] else last.get("status", "-")
         rows.append([job["name"], job["schedule"], next_run, _when(last.get("started_at")), result,
                      _seconds(last.get("duration_seconds")), str(last.get("rows", "-"))])
-        if job["next_run_note"]:
+        if job.get("disabled"):
+            notes.append(f"{job['name']}: disabled ({job['disabled']}): its scheduled runs, next at "
+                         f"{_when(job['next_run'])}, are skipped")
+        elif job["next_run_note"]:
             notes.append(f"{job['name']}: {job['next_run_note']}")
     _table(rows, lambda col, text: RESULT_COLOURS.get(text) if col == 4 else None)
     if data:

@@ -39,7 +39,7 @@ from ratecared.control.api import Api
 from ratecared.control.server import ControlServer, Request, SocketInUse, bind_unix, check_unix
 from ratecared.db import Database, DatabaseError, migrations
 from ratecared.health import Health
-from ratecared.jobs import JOBS
+from ratecared.jobs import DISABLED_BY, JOBS
 from ratecared.notify import Notifier, status_text
 from ratecared.reload import Reloader
 from ratecared.scheduler.runner import Runner
@@ -79,7 +79,7 @@ class Daemon:
                                      self._apply_breaker_policy, self.log)
         self.store = StoreThread(self.snapshots, self.settings.refresh, self.config)
         self.runner = Runner(self.config, self.db, self.host, JOBS, settings=self.settings.current,
-                             refresh_settings=self.settings.refresh)
+                             refresh_settings=self.settings.refresh, disabled_by=DISABLED_BY)
         self.health = Health(self.db, self.snapshots.state, self.settings.state, self.status_line, self.host,
                              self.journal, config.daemon.tz)
         self.reload = Reloader(self.config, self._apply, self._settings_reply, self.notify, self.status_line,

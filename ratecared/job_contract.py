@@ -137,3 +137,5 @@ class JobContext:
 
 
 Job = Callable[[JobContext], JobResult]
+# Why the settings turn a job off ("cache-warming-enabled is 0"), or None: its runs are then skipped.
+Disabled = Callable[[Settings], "str | None"]

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 import pytest
 
-from conftest import DaemonProcess, ctl, rewrite, wait_for
+from conftest import DaemonProcess, ctl, rewrite, setting_in_effect, wait_for
 from jobhelpers import HangingWidgets, enable_warming
 from mariadb import MariaDB
 from ratecared.config import DatabaseConfig
@@ -123,6 +123,23 @@ def test_jobs_run_and_history_from_ratecarectl(daemon: DaemonProcess) -> None:
     assert out.splitlines()[1].startswith(started + "  manual"), out
     code, out, _ = ctl(daemon.socket, "jobs", "--json")
     assert json.loads(out)[0]["last_run"]["status"] == "success"
+
+
+def test_jobs_shows_a_job_the_settings_turn_off_as_disabled(daemon: DaemonProcess) -> None:
+    # Warming is off by default (cache-warming-enabled = 0).
+    code, out, _ = ctl(daemon.socket, "jobs")
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:4]}
+    assert code == 0 and rows["warm_cache"][6] == "disabled" and rows["cleanup_expired_cache"][6] != "disabled"
+    assert "note: warm_cache: disabled (cache-warming-enabled is 0): its scheduled runs, next at " in out
+    listed = {job["name"]: job["disabled"] for job in json.loads(ctl(daemon.socket, "jobs", "--json")[1])}
+    assert listed == {"aggregate_statistics": None, "cleanup_expired_cache": None,
+                      "warm_cache": "cache-warming-enabled is 0"}
+    db = Database(DatabaseConfig(url=f"sqlite:///{Path(daemon.config).parent / 'rc.db'}"))
+    db.execute("UPDATE settings SET `value` = '0' WHERE `key` = 'cache-cleanup-enabled'")
+    db.close()
+    setting_in_effect(daemon, "cache-cleanup-enabled", False)
+    listed = {job["name"]: job["disabled"] for job in json.loads(ctl(daemon.socket, "jobs", "--json")[1])}
+    assert listed["cleanup_expired_cache"] == "cache-cleanup-enabled is 0"
 
 
 def test_unknown_job_exits_1_and_failed_run_exits_1(config_factory, daemon_factory) -> None:

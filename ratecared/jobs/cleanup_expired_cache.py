@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ratecared.db import Database, timestamp
 from ratecared.job_contract import Interrupted, JobContext, JobResult, RunStatus
+from ratecared.settings import Settings
 from ratecared.jobs.purge import PurgeStats, delete_before, delete_id_windows
 from ratecared.jobs.space import optimize_if_it_pays
 
@@ -30,9 +31,14 @@ def expired_share(db: Database, now: str, low: int, high: int) -> float:
     return expired / total if total else 0.0
 
 
+def disabled(settings: Settings) -> str | None:
+    return None if settings.cleanup_enabled else "cache-cleanup-enabled is 0"
+
+
 def run(ctx: JobContext) -> JobResult:
-    if not ctx.settings.cleanup_enabled:
-        return JobResult(RunStatus.SKIPPED, details={"reason": "cache-cleanup-enabled is 0"})
+    reason = disabled(ctx.settings)
+    if reason is not None:
+        return JobResult(RunStatus.SKIPPED, details={"reason": reason})
     db = ctx.database
     now = timestamp(ctx.now)
     low, high = db.query("SELECT MIN(id), MAX(id) FROM cache")[0]

@@ -25,6 +25,7 @@ from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.connection import HTTPConnection, HTTPSConnection
 
 from ratecared.job_contract import Interrupted, JobContext, JobResult, RunStatus
+from ratecared.settings import Settings
 
 WINDOW_DAYS = 7
 # Seconds: how long a stop may wait for a connection still being made (see _fetch).
@@ -140,9 +141,14 @@ def _fetch(session: requests.Session, url: str, widget: int, timeout: float,
         return None, monotonic() - started, f"{type(exc).__name__}: {exc}"
 
 
+def disabled(settings: Settings) -> str | None:
+    return None if settings.warming_enabled else "cache-warming-enabled is 0"
+
+
 def run(ctx: JobContext) -> JobResult:
-    if not ctx.settings.warming_enabled:
-        return JobResult(RunStatus.SKIPPED, details={"reason": "cache-warming-enabled is 0"})
+    reason = disabled(ctx.settings)
+    if reason is not None:
+        return JobResult(RunStatus.SKIPPED, details={"reason": reason})
     widgets = top_widgets(ctx)
     config = ctx.config
     url = config.url

@@ -38,7 +38,8 @@ from structlog.contextvars import bound_contextvars
 from ratecared import logs
 from ratecared.config import Config
 from ratecared.db import Database, DatabaseError, IntegrityError, parse_timestamp, timestamp
-from ratecared.job_contract import ChunkPolicy, Interrupted, Job, JobContext, JobResult, RunStatus, logger
+from ratecared.job_contract import (ChunkPolicy, Disabled, Interrupted, Job, JobContext, JobResult, RunStatus,
+                                    logger)
 from ratecared.scheduler import plan
 from ratecared.scheduler.cron import Schedule
 from ratecared.settings import Settings
@@ -145,12 +146,15 @@ class Runner(threading.Thread):
         settings: Callable[[], Settings],
         refresh_settings: Callable[[], None],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        disabled_by: Mapping[str, Disabled] | None = None,
     ) -> None:
         super().__init__(name="scheduler", daemon=True)
         self.config = config
         self.db = database
         self.host = host
         self.jobs = jobs
+        # What `jobs` shows as off: the runs still happen, and the job skips them.
+        self.disabled_by = disabled_by or {}
         self.settings = settings
         self.refresh_settings = refresh_settings
         self.clock = clock
@@ -530,6 +534,7 @@ class Runner(threading.Thread):
             running = self._current
             queued = {m.job: m.run_id for m in self._manual}
         out = []
+        settings = self.settings()
         for job, job_config in config.jobs.items():
             entry = planned.get(job)
             schedule = entry.schedule if entry is not None else Schedule(job_config.schedule, tz)
@@ -543,6 +548,7 @@ class Runner(threading.Thread):
                 "next_run_note": schedule.dst_note(nxt),
                 "running": running == job,
                 "queued_run_id": queued.get(job),
+                "disabled": self.disabled_by[job](settings) if job in self.disabled_by else None,
                 "last_run": last[0] if last else None,
             })
         return out
