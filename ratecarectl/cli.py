@@ -92,6 +92,11 @@ def _table(rows: list[list[str]], colour: Callable[[int, str], str | None] = lam
         click.echo("  ".join(cells).rstrip())
 
 
+def _cut(text: str, width: int) -> str:
+    """`text` in at most `width` characters: cut short with an ellipsis."""
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
 def _seconds(value: float | None) -> str:
     if value is None:
         return "-"
@@ -165,8 +170,9 @@ def main(ctx: click.Context, socket_path: str, timeout: float) -> None:
 @json_option
 @click.option("--check", is_flag=True,
               help="Exit 0 only when every breaker shown is closed (or has no breaker), 1 otherwise: for scripts.")
+@click.option("--wide", is_flag=True, help="Every column, and reasons in full (the table fits 80 columns without).")
 @click.pass_context
-def status(ctx: click.Context, platform: str | None, as_json: bool, check: bool) -> None:
+def status(ctx: click.Context, platform: str | None, as_json: bool, check: bool, wide: bool) -> None:
     """Circuit breaker state of every platform, or of one."""
     data = _call(ctx, lambda c: c.status())
     platforms = data["platforms"]
@@ -178,12 +184,17 @@ def status(ctx: click.Context, platform: str | None, as_json: bool, check: bool)
     if as_json:
         click.echo(json.dumps(platforms[0] if platform else data, indent=2))
     else:
-        _status_table(data, platforms, platform is None)
+        _status_table(data, platforms, platform is None, wide)
     if check and not all_closed:
         sys.exit(EXIT_FAILURE)
 
 
-def _status_table(data: dict[str, Any], platforms: list[dict[str, Any]], totals: bool) -> None:
+# The status table without --wide: these columns, and REASON cut to what is left of TABLE_WIDTH.
+NARROW = ("PLATFORM", "STATE", "FAILURES", "SUCCESS", "RETRY IN", "SINCE", "REASON")
+TABLE_WIDTH = 80
+
+
+def _status_table(data: dict[str, Any], platforms: list[dict[str, Any]], totals: bool, wide: bool) -> None:
     rows = [["PLATFORM", "STATE", "FAILURES", "SUCCESS", "REQUESTS", "REJECTED", "RETRY IN", "SINCE", "REASON"]]
     for p in platforms:
         state = p["state"] if p.get("guarded", True) else "unguarded"
@@ -195,6 +206,11 @@ def _status_table(data: dict[str, Any], platforms: list[dict[str, Any]], totals:
             str(p.get("rejected", 0)), _seconds(p.get("retry_after")), _seconds(p.get("seconds_in_state")),
             p.get("last_reason", ""),
         ])
+    if not wide:
+        keep = [rows[0].index(name) for name in NARROW]
+        rows = [[row[i] for i in keep] for row in rows]
+        room = TABLE_WIDTH - sum(max(len(row[i]) for row in rows) + 2 for i in range(len(NARROW) - 1))
+        rows = [row[:-1] + [_cut(row[-1], max(room, len("REASON")))] for row in rows]
     _table(rows, lambda col, text: STATE_COLOURS.get(text.split(" ")[0]) if col == 1 else None)
     if totals:
         click.echo(

@@ -67,6 +67,23 @@ def test_status_table_and_json(daemon: DaemonProcess) -> None:
     assert json.loads(out)["open"] == 1
 
 
+def test_the_status_table_fits_80_columns_and_wide_shows_everything(daemon: DaemonProcess) -> None:
+    fail(daemon, "trivago")
+    fail(daemon, "tripadvisor")
+    daemon.client().reset("tripadvisor")   # reason: "reset by operator (uid … pid …)"
+    code, out, _ = ctl(daemon.socket, "status")
+    assert code == 0 and max(len(line) for line in out.splitlines()) <= 80, out
+    lines = {line.split()[0]: line for line in out.splitlines()[1:8]}
+    assert lines["trivago"].endswith("5 consecutive failures")
+    assert lines["tripadvisor"].endswith("…") and "reset by" in lines["tripadvisor"]
+    code, out, _ = ctl(daemon.socket, "status", "--wide")
+    header, *rows = out.splitlines()
+    assert header.split() == ["PLATFORM", "STATE", "FAILURES", "SUCCESS", "REQUESTS", "REJECTED", "RETRY", "IN",
+                              "SINCE", "REASON"]
+    tripadvisor = next(row for row in rows if row.startswith("tripadvisor"))
+    assert tripadvisor.endswith(f"reset by operator (uid {os.getuid()} pid {os.getpid()})")
+
+
 def test_state_colours_on_a_terminal(daemon: DaemonProcess) -> None:
     fail(daemon)
     result = CliRunner().invoke(main, ["--socket", daemon.socket, "status"], color=True)
