@@ -1,7 +1,8 @@
 """ratecarectl: talk to ratecared over its control socket.
 
 Exit codes: 0 ok, 1 the daemon reported a failure (and `status --check`:
-a breaker is not closed), 2 usage, 3 daemon unreachable, 4 permission denied.
+a breaker is not closed), 2 usage, 3 daemon unreachable, 4 permission denied,
+130 interrupted by Ctrl-C (a run waited on carries on).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from ratecared import __version__
 from ratecared.client import (DEFAULT_SOCKET, Client, ClientError, ConnectionDropped, DaemonBusy, DaemonError,
                               DaemonUnreachable, PermissionDenied)
 
-EXIT_FAILURE, EXIT_UNREACHABLE, EXIT_DENIED = 1, 3, 4
+EXIT_FAILURE, EXIT_UNREACHABLE, EXIT_DENIED, EXIT_INTERRUPTED = 1, 3, 4, 130
 
 STATE_COLOURS = {"closed": "green", "open": "red", "half_open": "yellow"}
 
@@ -366,7 +367,16 @@ def run(ctx: click.Context, job: str, wait: bool, as_json: bool) -> None:
     """
     dropped = (f"ratecared closed the connection while waiting for {job} to finish" if wait else
                f"ratecared closed the connection before answering; {job} may or may not have been queued")
-    result = _call(ctx, lambda c: c.run_job(job, wait), when_dropped=f"{dropped}: see `ratecarectl history {job}`")
+    socket_path = ctx.obj.socket_path
+    try:
+        result = _call(ctx, lambda c: c.run_job(job, wait),
+                       when_dropped=f"{dropped}: see `ratecarectl history {job}`")
+    except KeyboardInterrupt:
+        # Only the waiting stops: the daemon carries on with the run.
+        run_id = _run_under_way(socket_path, job)
+        which = f"run {run_id} of {job}" if run_id else f"the run of {job}"
+        _fail(f"interrupted: {which} goes on in ratecared; see `ratecarectl history {job}`", EXIT_INTERRUPTED,
+              "interrupted")
     if as_json:
         click.echo(json.dumps(result, indent=2))
     elif not wait:
@@ -377,6 +387,18 @@ def run(ctx: click.Context, job: str, wait: bool, as_json: bool) -> None:
     # A skip with an error is a run that never started (the daemon stopped first), not a disabled job.
     if wait and (result["status"] not in ("success", "skipped") or result.get("error")):
         sys.exit(EXIT_FAILURE)
+
+
+def _run_under_way(socket_path: str, job: str) -> str | None:
+    """The run id of the job's manual run queued or running now, if the daemon says within a second."""
+    try:
+        with Client(socket_path, timeout=1.0) as client:
+            entry = next(j for j in client.request("GET", "/api/v1/jobs", timeout=1.0) if j["name"] == job)
+    except (ClientError, StopIteration):
+        return None
+    if entry.get("queued_run_id"):
+        return entry["queued_run_id"]
+    return (entry["last_run"] or {}).get("run_id") if entry["running"] else None
 
 
 def _print_run(job: str, result: dict[str, Any]) -> None:

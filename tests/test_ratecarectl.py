@@ -283,6 +283,27 @@ def test_jobs_shows_a_queued_run_as_the_next_and_a_running_one_with_its_own_figu
     assert rows["warm_cache"][-3] == "running", rows["warm_cache"]
 
 
+def test_ctrl_c_while_waiting_for_a_run_exits_130_and_the_run_goes_on(config_factory, daemon_factory) -> None:
+    widgets = HangingWidgets()
+    daemon = daemon_factory(config_factory(jobs__warm_cache={"url": widgets.url, "concurrency": 1}))
+    db = database_of(daemon)
+    enable_warming(db, "Europe/Istanbul")
+    try:
+        waiting = subprocess.Popen([sys.executable, "-m", "ratecarectl", "--socket", daemon.socket, "run",
+                                    "warm_cache", "--wait"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert widgets.reached.wait(60)
+        waiting.send_signal(signal.SIGINT)
+        out, err = waiting.communicate(timeout=30)
+        running = json.loads(ctl(daemon.socket, "history", "warm_cache", "--json")[1])[0]
+    finally:
+        widgets.close()
+        db.close()
+    assert (waiting.returncode, out) == (130, "")
+    assert err == (f"ratecarectl: interrupted: run {running['run_id']} of warm_cache goes on in ratecared; "
+                   "see `ratecarectl history warm_cache`\n")
+    assert running["status"] == "running"
+
+
 @pytest.mark.parametrize("name", ["warm cache", "warm_cache?wait=1", "warm_cache/../x", "warm\ncache", ""])
 def test_any_job_name_gets_the_daemons_answer(daemon: DaemonProcess, name: str) -> None:
     for command in ("run", "history"):
