@@ -134,7 +134,7 @@ def test_expect_100_continue_gets_continue_before_the_body(daemon: DaemonProcess
     assert read_response(s, buf, head_only=True)[0] == 100
     s.sendall(body)
     code, _, reply = read_response(s, buf)
-    assert (code, json.loads(reply)["data"]) == (200, {"reset": ["agoda"]})
+    assert (code, json.loads(reply)["data"]) == (200, {"reset": ["agoda"], "changed": []})
     # Too large: refused before the body is sent, and no 100 first.
     s.sendall(b"POST /api/v1/circuit-breaker/reset HTTP/1.1\r\nExpect: 100-continue\r\n"
               b"Content-Length: 999999\r\n\r\n")
