@@ -289,8 +289,13 @@ def test_ctrl_c_while_waiting_for_a_run_exits_130_and_the_run_goes_on(config_fac
     db = database_of(daemon)
     enable_warming(db, "Europe/Istanbul")
     try:
-        waiting = subprocess.Popen([sys.executable, "-m", "ratecarectl", "--socket", daemon.socket, "run",
-                                    "warm_cache", "--wait"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # Ctrl-C as at a terminal, even when the tests run where SIGINT is ignored (a background job):
+        # a Python started with SIGINT ignored never raises KeyboardInterrupt.
+        waiting = subprocess.Popen(
+            [sys.executable, "-c", "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler);"
+             f" sys.argv = ['ratecarectl', '--socket', {daemon.socket!r}, 'run', 'warm_cache', '--wait'];"
+             " runpy.run_module('ratecarectl', run_name='__main__')"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert widgets.reached.wait(60)
         waiting.send_signal(signal.SIGINT)
         out, err = waiting.communicate(timeout=30)
