@@ -5,7 +5,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
+# The booted Debian 12 gets the tests alone (/srv/tests), without the tree they document.
+pytestmark = pytest.mark.skipif(not (REPO / "README.md").exists(), reason="no README.md beside the tests")
 
 
 def test_every_relative_link_of_the_readme_resolves_in_the_repository() -> None:
