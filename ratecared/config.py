@@ -135,6 +135,20 @@ class BreakerConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    # "host:port" of a TCP listener serving GET /metrics only; "" for none.
+    listen: str = ""
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) to bind, the brackets of an IPv6 host taken off; None when off."""
+        if not self.listen:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     database: DatabaseConfig
@@ -142,6 +156,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     jobs: dict[str, JobConfig] = field(default_factory=dict)
     circuit_breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def masked(self) -> dict[str, Any]:
         """The effective config as plain data, with the database password hidden."""
@@ -175,6 +190,7 @@ class Config:
                 "platforms": list(self.circuit_breaker.platforms),
                 "permit_lease": self.circuit_breaker.permit_lease,
             },
+            "metrics": {"listen": self.metrics.listen},
         }
 
 
@@ -341,7 +357,8 @@ def load(path: Path | str | None = None) -> Config:
 
 def _parse(path: Path, raw: dict[str, Any]) -> Config:
     top = _Section(path, "", raw)
-    sections = {name: top.data.pop(name, {}) for name in ("daemon", "database", "logging", "jobs", "circuit_breaker")}
+    sections = {name: top.data.pop(name, {}) for name in ("daemon", "database", "logging", "jobs", "circuit_breaker",
+                                                         "metrics")}
     top.done()
 
     d = _Section(path, "daemon", sections["daemon"])
@@ -458,4 +475,14 @@ def _parse(path: Path, raw: dict[str, Any]) -> Config:
     )
     cb.done()
 
-    return Config(path=path, daemon=daemon, database=database, logging=logging_, jobs=jobs, circuit_breaker=breaker)
+    ms = _Section(path, "metrics", sections["metrics"])
+    metrics = MetricsConfig(listen=ms.string("listen", MetricsConfig.listen).strip())
+    ms.done()
+    if metrics.listen:
+        host, _, port = metrics.listen.rpartition(":")
+        if not host.strip("[]") or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ConfigError(path, "metrics.listen",
+                              f'must be "host:port" (e.g. "127.0.0.1:9187", "[::1]:9187"), not {metrics.listen!r}')
+
+    return Config(path=path, daemon=daemon, database=database, logging=logging_, jobs=jobs, circuit_breaker=breaker,
+                  metrics=metrics)

@@ -35,11 +35,12 @@ from ratecared.breaker.machine import State
 from ratecared.breaker.registry import Registry
 from ratecared.breaker_journal import BreakerJournal
 from ratecared.config import EX_CONFIG, Config, CurrentConfig
-from ratecared.control.api import Api
-from ratecared.control.server import ControlServer, Request, SocketInUse, bind_unix, check_unix
+from ratecared.control.api import Api, Scrapes, metrics_only
+from ratecared.control.server import ControlServer, Request, SocketInUse, bind_tcp, bind_unix, check_unix
 from ratecared.db import Database, DatabaseError, migrations
 from ratecared.health import Health
 from ratecared.jobs import DISABLED_BY, JOBS
+from ratecared.metrics import Collector, exposition
 from ratecared.notify import Notifier, status_text
 from ratecared.reload import Reloader
 from ratecared.scheduler.runner import Runner
@@ -132,6 +133,14 @@ class Daemon:
         code = self._restore_breakers(config)
         if code:
             return code
+        metrics_sock = None
+        if config.metrics.address is not None:
+            try:
+                metrics_sock = bind_tcp(*config.metrics.address)
+            except OSError as exc:
+                self.log.error("cannot open the metrics listener", key="metrics.listen", listen=config.metrics.listen,
+                               config=str(config.path), error=str(exc))
+                return 1
         try:
             sock = bind_unix(config.daemon.socket, config.daemon.socket_group or None)
         except SocketInUse as exc:
@@ -144,7 +153,7 @@ class Daemon:
         except OSError as exc:
             self.log.error("cannot bind the control socket", path=str(config.daemon.socket), error=str(exc))
             return 1
-        return asyncio.run(self._serve(sock))
+        return asyncio.run(self._serve(sock, metrics_sock))
 
     def _restore_breakers(self, config: Config) -> int:
         """Hold the state directory, replay the journal over the snapshot: 0, or the exit code."""
@@ -206,27 +215,39 @@ class Daemon:
 
     # -- serve -------------------------------------------------------------------
 
-    async def _serve(self, sock: socket.socket) -> int:
+    async def _serve(self, sock: socket.socket, metrics_sock: socket.socket | None) -> int:
         loop = asyncio.get_running_loop()
         stop_requested = asyncio.Event()
         executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="control-worker")
+        scrapes = Scrapes(exposition(Collector(self.registry.status, self.runner.figures, self.db.probe)), executor)
         api = Api(self.registry, self.runner, health=self.health, reload=self.reload,
-                  is_admin=lambda peer: access.is_admin(peer, self.config().daemon.admin_group), executor=executor)
-        server = ControlServer(
+                  is_admin=lambda peer: access.is_admin(peer, self.config().daemon.admin_group), executor=executor,
+                  scrapes=scrapes)
+
+        def on_error(request: Request) -> None:
+            self.log.exception("request failed", method=request.method, path=request.path)
+
+        servers = [ControlServer(
             api.handle, lambda: self.config().daemon,
             is_privileged=lambda peer: access.is_admin(peer, self.config().daemon.admin_group),
-            on_error=lambda request: self.log.exception("request failed", method=request.method, path=request.path),
-            on_answer=_log_request,
-        )
+            on_error=on_error, on_answer=_log_request,
+        )]
+        # Over TCP no peer is known, so none is privileged, and all share one uid's cap.
+        if metrics_sock is not None:
+            servers.append(ControlServer(metrics_only(scrapes), lambda: self.config().daemon, on_error=on_error,
+                                         on_answer=_log_request))
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop_requested.set)
         if self._stop_asked:
             stop_requested.set()
-        await server.start(sock)
+        await servers[0].start(sock)
+        if metrics_sock is not None:
+            await servers[1].start(metrics_sock)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(executor, self.reload, None))
         self.store.start()
         self.runner.start()
-        self.log.info("ready", socket=str(self.config().daemon.socket), platforms=len(self.registry.platforms))
+        self.log.info("ready", socket=str(self.config().daemon.socket), platforms=len(self.registry.platforms),
+                      **({"metrics": self.config().metrics.listen} if metrics_sock is not None else {}))
         self.notify("READY=1", f"STATUS={self.status_line()}", f"MAINPID={os.getpid()}")
         next_watchdog = 0.0
         tick = min(TICK, self.notify.watchdog_interval or TICK)
@@ -257,7 +278,7 @@ class Daemon:
             if interval and time.monotonic() >= next_watchdog and self._threads_alive():
                 self.notify("WATCHDOG=1")
                 next_watchdog = time.monotonic() + interval
-        await self._stop(server, executor)
+        await self._stop(servers, executor)
         return code
 
     def _threads_alive(self) -> bool:
@@ -265,12 +286,13 @@ class Daemon:
         return (self.store.is_alive() and self.runner.is_alive() and self.journal.alive()
                 and stale < 60 + self.config().database.connect_timeout)
 
-    async def _stop(self, server: ControlServer, executor: ThreadPoolExecutor) -> None:
+    async def _stop(self, servers: list[ControlServer], executor: ThreadPoolExecutor) -> None:
         self.notify("STOPPING=1", "STATUS=stopping")
         self.log.info("stopping")
         # No new clients; the open ones (a `run --wait`, the app's breaker
         # calls) are answered until the job has stopped and been recorded.
-        server.stop_accepting()
+        for server in servers:
+            server.stop_accepting()
         self.runner.stop()
         self.store.stop()
         await asyncio.to_thread(self.runner.join, JOB_STOP_WAIT)
@@ -278,7 +300,7 @@ class Daemon:
             self.log.warning("a job did not stop in time; its run shows as interrupted at the next start",
                              job=self.runner.current_job())
             self.runner.close_queue()
-        await server.close(grace=1.0)
+        await asyncio.gather(*(server.close(grace=1.0) for server in servers))
         # The store thread may be waiting on a locked database: the final
         # snapshot waits for neither it nor the database past its share.
         await asyncio.to_thread(self.store.join, 0.5)

@@ -3,7 +3,7 @@
 The new config replaces the old one whole, through the one reference every
 component reads, so each key is in effect when the reply comes. The few keys
 a running daemon cannot take (the socket path, the database, the host name,
-the time zone, the log directory) keep their old values in effect, and the
+the time zone, the log directory, the metrics listener) keep their old values in effect, and the
 reply names them as needing a restart. It never answers "reloaded" for a
 change it did not apply.
 """
@@ -19,7 +19,8 @@ from ratecared.config import Config, ConfigError, CurrentConfig, check_host, loa
 from ratecared.control.server import Peer
 
 # Dotted keys of Config.masked() that only a restart applies; a prefix covers its section.
-RESTART_KEYS = ("daemon.socket", "daemon.host", "daemon.timezone", "daemon.state_dir", "database.", "logging.dir")
+RESTART_KEYS = ("daemon.socket", "daemon.host", "daemon.timezone", "daemon.state_dir", "database.", "logging.dir",
+                "metrics.listen")
 
 
 def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -49,6 +50,7 @@ def in_effect(old: Config, new: Config) -> tuple[Config, list[str], list[str]]:
         daemon=dataclasses.replace(new.daemon, socket=old.daemon.socket, host=old.daemon.host,
                                    timezone=old.daemon.timezone, state_dir=old.daemon.state_dir),
         logging=dataclasses.replace(new.logging, dir=old.logging.dir),
+        metrics=old.metrics,
     )
     return kept, applied, restart
 

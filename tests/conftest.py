@@ -180,6 +180,26 @@ def setting_in_effect(daemon: "DaemonProcess", key: str, value: Any) -> None:
     wait_for(lambda: daemon.client().health()["settings"][key] == value, what=f"setting {key}={value!r} in effect")
 
 
+def debian_tool(command: str, package: str) -> str:
+    """The path of a Debian package's command a test runs; `make test` installs it and fails without it."""
+    import shutil
+
+    path = shutil.which(command) or shutil.which(command, path="/usr/sbin:/sbin")
+    if path is None:
+        message = f"{command} is missing: apt-get install {package} (make test installs it)"
+        if os.environ.get("RATECARED_REQUIRE_TOOLS") == "1":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 class NotifySocket:
     """systemd's side of sd_notify: a datagram socket that records messages."""
 

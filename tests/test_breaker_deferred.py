@@ -27,7 +27,7 @@ from ratecared import breaker_journal
 from ratecared.breaker.machine import Policy
 from ratecared.breaker.registry import Registry
 from ratecared.breaker_journal import BreakerJournal
-from ratecared.control.api import Api
+from ratecared.control.api import Api, Scrapes
 from ratecared.control.server import ControlServer, bind_unix
 
 WAIT = 10.0
@@ -95,7 +95,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
     registry = Registry(("booking", "expedia"), Policy(failure_threshold=1, open_seconds=600), journal=journal)
     executor = ThreadPoolExecutor(max_workers=1)
     api = Api(registry, None, health=lambda: {}, reload=lambda peer: {}, is_admin=lambda peer: True,  # type: ignore[arg-type]
-              executor=executor)
+              executor=executor, scrapes=Scrapes(lambda: b"", executor))
     path = tmp_path / "ratecared.sock"
     sock = bind_unix(path, None)
     loop = asyncio.new_event_loop()

@@ -237,7 +237,8 @@ def test_what_an_open_breaker_shows() -> None:
     assert breaker.view(112.3456) == BreakerView(
         platform="booking", state=State.OPEN, generation=1, failure_count=3, trip_count=1, total_successes=0,
         total_failures=3, total_rejected=2, retry_after=47.654, seconds_in_state=12.346,
-        last_reason="3 consecutive failures", guarded=True, enabled=True, trials_in_flight=0)
+        last_reason="3 consecutive failures", guarded=True, enabled=True, trials_in_flight=0,
+        transitions={State.CLOSED: 0, State.OPEN: 1, State.HALF_OPEN: 0})
     assert breaker.retry_after(159.5) == 0.5
 
 
@@ -290,6 +291,7 @@ def test_each_transition_names_its_platform_and_a_new_generation() -> None:
         Transition("booking", State.HALF_OPEN, State.CLOSED, "2 trial calls succeeded", 3),
     ]
     assert breaker.view(61.0).generation == 3
+    assert breaker.view(61.0).transitions == {State.CLOSED: 1, State.OPEN: 1, State.HALF_OPEN: 1}
 
 
 def test_every_trip_is_counted_and_every_refusal() -> None:
@@ -300,6 +302,14 @@ def test_every_trip_is_counted_and_every_refusal() -> None:
     breaker.acquire(61.0, UID)
     view = breaker.view(61.0)
     assert (view.trip_count, view.total_rejected, view.failure_count) == (2, 2, 4)
+    assert view.transitions == {State.CLOSED: 0, State.OPEN: 2, State.HALF_OPEN: 1}
+
+
+def test_transitions_are_counted_by_the_state_entered_and_a_reset_of_a_closed_breaker_is_none() -> None:
+    breaker = opened()
+    breaker.reset(1.0)
+    breaker.reset(2.0)
+    assert breaker.view(2.0).transitions == {State.CLOSED: 1, State.OPEN: 1, State.HALF_OPEN: 0}
 
 
 # -- platforms without a breaker ---------------------------------------------------
@@ -473,7 +483,8 @@ def test_restore_takes_over_what_was_saved_and_time_in_the_state_carries_on() ->
     breaker = Breaker("booking", POLICY)
     breaker.restore(saved(), now=1000.0)
     # One generation on, so no permit of the old process passes for a new one.
-    assert breaker.view(1000.0) == replace(saved(), generation=8)
+    # Transitions count from this process's start: none are taken over.
+    assert breaker.view(1000.0) == replace(saved(), generation=8, transitions=dict.fromkeys(State, 0))
     assert breaker.view(1001.5).seconds_in_state == 19.5
 
 

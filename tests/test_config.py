@@ -56,6 +56,11 @@ def test_defaults_fill_everything_but_the_url(tmp_path: Path) -> None:
         ("[database]\nurl = 'sqlite:////x.db'\n[logging]\nlevel = 'loud'\n", "logging.level", "must be"),
         ("[database]\nurl = 'sqlite:////x.db'\n[jobs.nosuch]\nschedule = '* * * * *'\n", "jobs.nosuch",
          "unknown key"),
+        ("[database]\nurl = 'sqlite:////x.db'\n[metrics]\nlisten = '9187'\n", "metrics.listen", "host:port"),
+        ("[database]\nurl = 'sqlite:////x.db'\n[metrics]\nlisten = '127.0.0.1:99999'\n", "metrics.listen",
+         "host:port"),
+        ("[database]\nurl = 'sqlite:////x.db'\n[metrics]\nlisten = ':9187'\n", "metrics.listen", "host:port"),
+        ("[database]\nurl = 'sqlite:////x.db'\n[metrics]\nport = 9187\n", "metrics.port", "unknown key"),
     ],
 )
 def test_errors_name_file_key_and_problem(tmp_path: Path, text: str, key: str, problem: str) -> None:
@@ -65,6 +70,14 @@ def test_errors_name_file_key_and_problem(tmp_path: Path, text: str, key: str, p
     assert info.value.key == key
     assert problem in info.value.problem
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("listen,address", [("", None), ("127.0.0.1:9187", ("127.0.0.1", 9187)),
+                                            ("[::1]:9187", ("::1", 9187)), ("localhost:80", ("localhost", 80))])
+def test_the_metrics_listener_is_off_by_default_and_takes_ipv4_ipv6_and_names(
+        tmp_path: Path, listen: str, address: tuple[str, int] | None) -> None:
+    config = load(write(tmp_path, f"[database]\nurl = 'sqlite:////x.db'\n[metrics]\nlisten = '{listen}'\n"))
+    assert config.metrics.address == address
 
 
 def test_broken_toml_and_missing_file(tmp_path: Path) -> None:

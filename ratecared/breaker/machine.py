@@ -126,6 +126,8 @@ class BreakerView:
     guarded: bool = True
     enabled: bool = True
     trials_in_flight: int = 0
+    # Transitions into each state since the daemon started (the snapshot keeps only trip_count).
+    transitions: dict[State, int] = field(default_factory=dict)
 
     @property
     def total_requests(self) -> int:
@@ -265,6 +267,8 @@ class Breaker:
     total_failures: int = 0
     total_rejected: int = 0
     last_reason: str = "started"
+    # Transitions into each state, by the state entered: what metrics count.
+    transitions: dict[State, int] = field(default_factory=lambda: dict.fromkeys(State, 0))
     # The calls admitted outside half-open; a registry shares one among its breakers.
     leases: Leases = field(default_factory=Leases)
     # Trials not reported and not run out, by tag, of this generation and
@@ -299,6 +303,7 @@ class Breaker:
             guarded=self.policy.guards(self.platform),
             enabled=self.policy.enabled,
             trials_in_flight=len(self._trials),
+            transitions=dict(self.transitions),
         )
 
     # -- commands ----------------------------------------------------------
@@ -440,6 +445,7 @@ class Breaker:
         """The one place a generation ends: new state, fresh counts, no trials."""
         old = self.state
         self.state = new
+        self.transitions[new] += 1
         self.generation += 1
         self.state_since = now
         self.last_reason = reason

@@ -23,9 +23,11 @@ from ratecared.breaker.registry import Later, Registry, UnknownPlatform
 from ratecared.control.server import Peer, Request, Response, error_response
 from ratecared.db import DatabaseError
 from ratecared.jobs import JOBS
+from ratecared.metrics import CONTENT_TYPE
 from ratecared.scheduler.runner import Stopping
 
 PREFIX = "/api/v1/"
+METRICS = "/metrics"
 MAX_BATCH = 100
 MAX_RUNS = 1000
 
@@ -127,11 +129,48 @@ def outcome_text(o: Outcome, platform: str | None = None) -> str:
     return f'{{"counted":{_JSON_BOOL[o.counted]},"state":"{o.state.value}"' + tail
 
 
+class Scrapes:
+    """`GET /metrics` answers: one scrape at a time on a worker thread, shared by every request that
+    comes while it runs, so a flood of scrapers takes one thread and one database probe."""
+
+    def __init__(self, render: Callable[[], bytes], executor: Executor) -> None:
+        self._render = render
+        self._executor = executor
+        self._running: asyncio.Future[bytes] | None = None
+
+    def answer(self, request: Request) -> Response | Awaitable[Response]:
+        if request.method == "OPTIONS":
+            return Response(200, b"", [("Allow", "GET, HEAD, OPTIONS")])
+        if request.method not in ("GET", "HEAD"):
+            return error_response(405, "method_not_allowed", f"use GET for {METRICS}",
+                                  [("Allow", "GET, HEAD, OPTIONS")])
+        return self._scraped()
+
+    async def _scraped(self) -> Response:
+        if self._running is None:
+            running = self._running = asyncio.get_running_loop().run_in_executor(self._executor, self._render)
+            running.add_done_callback(lambda _: setattr(self, "_running", None))
+        # Shielded: one scraper hanging up must not cancel the scrape the others wait for.
+        return Response(200, await asyncio.shield(self._running), content_type=CONTENT_TYPE)
+
+
+def metrics_only(scrapes: Scrapes) -> Callable[[Request], Response | Awaitable[Response]]:
+    """The handler of the `metrics.listen` TCP listener: GET /metrics and nothing else."""
+
+    def handle(request: Request) -> Response | Awaitable[Response]:
+        if request.path != METRICS:
+            return error_response(404, "not_found", f"only {METRICS} is served here")
+        return scrapes.answer(request)
+
+    return handle
+
+
 class Api:
     def __init__(self, registry: Registry, jobs: Jobs, *, health: Callable[[], dict[str, Any]],
                  reload: Callable[[Peer], dict[str, Any]], is_admin: Callable[[Peer], bool],
-                 executor: Executor) -> None:
+                 executor: Executor, scrapes: Scrapes) -> None:
         self.registry = registry
+        self.scrapes = scrapes
         self.jobs = jobs
         self.health = health
         self.reload = reload
@@ -175,6 +214,8 @@ class Api:
         try:
             if request.method == "OPTIONS" and request.path == "*":
                 return Response(200, b"", [("Allow", "GET, HEAD, POST, OPTIONS")])
+            if request.path == METRICS:
+                return self.scrapes.answer(request)
             if not request.path.startswith(PREFIX):
                 raise ApiError(404, "not_found", f"no such endpoint: {request.path}")
             route = request.path[len(PREFIX):].rstrip("/")

@@ -76,9 +76,12 @@ REASONS = {
 }
 
 
-def _head(status: int, reason: str) -> bytes:
+JSON = "application/json"
+
+
+def _head(status: int, reason: str, content_type: str = JSON) -> bytes:
     """Status line and fixed headers, up to the Content-Length value."""
-    return f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: ".encode("latin-1")
+    return f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: ".encode("latin-1")
 
 
 _HEADS = {status: _head(status, reason) for status, reason in REASONS.items()}
@@ -123,6 +126,7 @@ class Response:
     status: int
     body: bytes
     headers: list[tuple[str, str]] = field(default_factory=list)
+    content_type: str = JSON
 
 
 def error_response(status: int, code: str, message: str, headers: list[tuple[str, str]] | None = None) -> Response:
@@ -241,6 +245,23 @@ def bind_unix(path: Path, group: str | None, mode: int = 0o660) -> socket.socket
         os.chown(path, -1, gid)
     os.chmod(path, mode)
     sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def bind_tcp(host: str, port: int) -> socket.socket:
+    """Bind a TCP listener (the metrics one): IPv4 or IPv6, as `host` names it."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        # A restarted daemon binds again at once, whatever its last connections left in TIME_WAIT.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
     sock.setblocking(False)
     return sock
 
@@ -532,7 +553,10 @@ class _Connection(asyncio.BufferedProtocol):
 
     @staticmethod
     def _encode(response: Response, request: Request | None, close: bool) -> bytes:
-        head = _HEADS.get(response.status) or _head(response.status, "Unknown")
+        if response.content_type == JSON:
+            head = _HEADS.get(response.status) or _head(response.status, "Unknown")
+        else:
+            head = _head(response.status, REASONS.get(response.status, "Unknown"), response.content_type)
         body = response.body
         extra = "".join(f"\r\n{k}: {v}" for k, v in response.headers)
         if close:
@@ -550,7 +574,8 @@ class _Connection(asyncio.BufferedProtocol):
         if self.transport is None or self.closing:
             return
         close = request is None or not request.keep_alive
-        if close or response.headers or request.version != "1.1" or request.method == "HEAD":
+        if (close or response.headers or request.version != "1.1" or request.method == "HEAD"
+                or response.content_type != JSON):
             self.transport.write(self._encode(response, request, close))
         else:
             # Most answers: nothing but the fixed head and the body.
@@ -631,10 +656,13 @@ class ControlServer:
         self._sweep: asyncio.TimerHandle | None = None
         self._privileged: dict[tuple[int, int], tuple[float, bool]] = {}
         self.path: Path | None = None
+        self._unix = True
 
     async def start(self, sock: socket.socket) -> None:
+        """Serve on a bound, listening socket: Unix (peers known by SO_PEERCRED) or TCP (peers uid -1)."""
         self.loop = asyncio.get_running_loop()
-        self.path = Path(sock.getsockname())
+        self._unix = sock.family == socket.AF_UNIX
+        self.path = Path(sock.getsockname()) if self._unix else None
         self._listener = sock
         self.loop.add_reader(sock.fileno(), self._accept)
 
@@ -659,22 +687,26 @@ class ControlServer:
                     self.loop.remove_reader(self._listener.fileno())
                     self.loop.call_later(1.0, self._resume_accepting)
                 return
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
+            sock = socket.socket(self._listener.family, socket.SOCK_STREAM, 0, fd)
             sock.setblocking(False)
-            try:
-                _, uid, gid = _credentials(sock)
-            except OSError:
-                uid = gid = -1
+            uid = gid = -1
+            if self._unix:
+                try:
+                    _, uid, gid = _credentials(sock)
+                except OSError:
+                    pass
             # A reload's new limits hold from the next connection on.
             limits = self.limits()
             refusal = self._admit(sock, uid, gid, limits)
             if refusal is not None:
                 self._refuse(sock, refusal)
                 continue
-            try:
-                peer = peer_of(sock)
-            except OSError:
-                peer = Peer(-1, -1, -1)
+            peer = Peer(-1, -1, -1)
+            if self._unix:
+                try:
+                    peer = peer_of(sock)
+                except OSError:
+                    pass
             conn = _Connection(self, limits, peer)
             self.connections.add(conn)
             self.per_uid[peer.uid] = self.per_uid.get(peer.uid, 0) + 1

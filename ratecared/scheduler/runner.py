@@ -110,6 +110,17 @@ def _from_row(row: tuple[Any, ...]) -> RunRecord:
                      json.loads(details) if details else {}, error)
 
 
+@dataclass(frozen=True)
+class JobFigures:
+    """One job as metrics show it: this host's finished runs by status, and the job's last runs on any host."""
+
+    job: str
+    running: bool
+    runs: dict[RunStatus, int]
+    last: RunRecord | None
+    last_success_at: datetime | None
+
+
 @dataclass
 class _Manual:
     job: str
@@ -551,6 +562,27 @@ class Runner(threading.Thread):
                 "disabled": self.disabled_by[job](settings) if job in self.disabled_by else None,
                 "last_run": last[0] if last else None,
             })
+        return out
+
+    def figures(self) -> list[JobFigures]:
+        """Each job's figures for a scrape: counted from `job_runs`, so they survive restarts."""
+        with self._lock:
+            running = self._current
+        counted: dict[tuple[str, str], int] = {
+            (job, status): int(n) for job, status, n in self.db.query(
+                "SELECT job, status, COUNT(*) FROM job_runs WHERE host = ? AND status <> ? GROUP BY job, status",
+                (self.host, RunStatus.RUNNING.value))}
+        succeeded = {job: parse_timestamp(at) for job, at in self.db.query(
+            "SELECT job, MAX(finished_at) FROM job_runs WHERE status = ? GROUP BY job", (RunStatus.SUCCESS.value,))}
+        out = []
+        for job in self.config().jobs:
+            last = self.db.query(f"SELECT {_COLUMNS} FROM job_runs WHERE job = ? AND status <> ?"
+                                 " ORDER BY started_at DESC, id DESC LIMIT 1", (job, RunStatus.RUNNING.value))
+            out.append(JobFigures(
+                job, running == job,
+                {status: counted.get((job, status.value), 0)
+                 for status in RunStatus if status is not RunStatus.RUNNING},
+                _from_row(last[0]) if last else None, succeeded.get(job)))
         return out
 
     def runs(self, job: str, limit: int = 20) -> list[dict[str, Any]]:

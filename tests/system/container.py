@@ -29,7 +29,7 @@ MIRROR = "http://deb.debian.org/debian"
 RECIPE = "3"
 BASE = ["systemd", "systemd-sysv", "dbus", "ca-certificates", "python3", "apt", "logrotate", "procps", "man-db"]
 PRELOAD = ["mariadb-server", "python3-croniter", "python3-pymysql", "python3-requests", "python3-structlog",
-           "python3-click", "python3-sdnotify", "python3-httptools", "python3-pytest", "curl"]
+           "python3-click", "python3-sdnotify", "python3-httptools", "python3-prometheus-client", "python3-pytest", "curl"]
 HOST_TOOLS = {"debootstrap": "debootstrap", "systemd-nspawn": "systemd-container", "nsenter": "util-linux"}
 CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 LOCAL_CAS = Path("/usr/local/share/ca-certificates")

@@ -112,6 +112,19 @@ def test_systemctl_start_stop_reload_restart(box: Container) -> None:
     assert "aggregate_statistics" in status
 
 
+def test_the_sandboxed_unit_serves_metrics_on_its_tcp_listener(box: Container) -> None:
+    box.sh(f"sed -i 's/^listen = \"\"$/listen = \"127.0.0.1:9187\"/' {CONFIG} && systemctl restart ratecared")
+    try:
+        metrics = box.wait_for("curl -sf http://127.0.0.1:9187/metrics")
+        assert re.search(r'^ratecared_breaker_state\{platform="booking",state="open"\} [01]\.0$', metrics, re.M)
+        assert "ratecared_database_up 1.0" in metrics
+        # The breaker API is not on the TCP listener.
+        assert box.sh("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:9187/api/v1/circuit-breaker/status"
+                      ).stdout == "404"
+    finally:
+        box.sh(f"sed -i 's/^listen = \"127.0.0.1:9187\"$/listen = \"\"/' {CONFIG} && systemctl restart ratecared")
+
+
 def test_ratecarectl_exit_codes_per_user(box: Container) -> None:
     box.sh("id admin1 >/dev/null 2>&1 || useradd -M -G ratecare,ratecare-admin admin1; "
            "id app1 >/dev/null 2>&1 || useradd -M -G ratecare app1")
