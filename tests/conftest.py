@@ -175,9 +175,26 @@ def fail(daemon: "DaemonProcess", platform: str = "booking", times: int = 5) -> 
     client.close()
 
 
+def set_setting(db_path: Path, key: str, value: str) -> None:
+    """`UPDATE settings …` in a daemon's SQLite file, as an operator does; see setting_in_effect."""
+    conn = sqlite3.connect(db_path)
+    conn.execute("UPDATE settings SET value = ? WHERE key = ?", (value, key))
+    conn.commit()
+    conn.close()
+
+
 def setting_in_effect(daemon: "DaemonProcess", key: str, value: Any) -> None:
     """Wait until the daemon has re-read the settings table and applies `value` for `key`."""
     wait_for(lambda: daemon.client().health()["settings"][key] == value, what=f"setting {key}={value!r} in effect")
+
+
+def require(variable: str, missing: str | None) -> None:
+    """Skip a test that lacks what it needs (`missing` says what), or fail it where `make test` sets `variable`=1."""
+    if missing is None:
+        return
+    if os.environ.get(variable) == "1":
+        pytest.fail(f"{missing} (make test installs it)", pytrace=False)
+    pytest.skip(missing)
 
 
 class NotifySocket:
