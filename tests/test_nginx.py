@@ -82,7 +82,8 @@ class Nginx:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         try:
             payload = None if body is None else json.dumps(body)
-            conn.request(method, path, body=payload, headers={} if body is None else {"Content-Type": "application/json"})
+            headers = {} if body is None else {"Content-Type": "application/json"}
+            conn.request(method, path, body=payload, headers=headers)
             response = conn.getresponse()
             return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
         finally:

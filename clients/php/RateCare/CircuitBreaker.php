@@ -126,7 +126,8 @@ final class CircuitBreaker
         try {
             $data = $this->request('POST', '/api/v1/circuit-breaker/acquire', ['platforms' => $platforms]);
         } catch (DaemonUnreachable $unreachable) {
-            return array_combine($platforms, array_map(fn (string $p) => $this->degraded($p, $unreachable), $platforms));
+            return array_combine($platforms,
+                array_map(fn (string $p) => $this->degraded($p, $unreachable), $platforms));
         }
         $decisions = [];
         foreach ($data as $platform => $answer) {

@@ -103,7 +103,8 @@ final class CircuitBreakerTest extends TestCase
         }
         self::assertCount(7, array_unique(array_map(fn (Decision $d) => $d->permit, $decisions)));
 
-        $answers = $this->breaker->reportMany(array_map(fn (Decision $d) => [$d, true, 120.5], array_values($decisions)));
+        $answers = $this->breaker->reportMany(
+            array_map(fn (Decision $d) => [$d, true, 120.5], array_values($decisions)));
         self::assertSame(self::PLATFORMS, array_column($answers, 'platform'));
         self::assertSame(array_fill(0, 7, true), array_column($answers, 'counted'));
 
@@ -187,7 +188,8 @@ final class CircuitBreakerTest extends TestCase
         $decisions = $breaker->acquireMany(self::PLATFORMS);
         self::assertSame(array_fill_keys(self::PLATFORMS, true),
             array_map(fn (Decision $d) => $d->allowed, $decisions));
-        self::assertSame([], $breaker->reportMany(array_map(fn (Decision $d) => [$d, true, 1.0], array_values($decisions))));
+        self::assertSame([], $breaker->reportMany(
+            array_map(fn (Decision $d) => [$d, true, 1.0], array_values($decisions))));
         // Status and reset are the operator's: there is nothing to let through.
         $this->expectException(DaemonUnreachable::class);
         $breaker->status();
@@ -204,8 +206,8 @@ final class CircuitBreakerTest extends TestCase
             });
             self::fail('call() went through with no daemon and whenUnreachable closed');
         } catch (BreakerOpen $refused) {
-            self::assertSame("calls to booking are refused: cannot reach ratecared: no socket at {$breaker->socketPath}, "
-                . "and whenUnreachable is 'closed'", $refused->getMessage());
+            self::assertSame("calls to booking are refused: cannot reach ratecared: "
+                . "no socket at {$breaker->socketPath}, and whenUnreachable is 'closed'", $refused->getMessage());
         }
         self::assertFalse($ran);
         self::assertSame('unknown', $breaker->call('booking', fn () => 'rates',
