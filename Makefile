@@ -24,6 +24,10 @@ has_mariadb-server = command -v mariadbd || [ -x /usr/sbin/mariadbd ]
 has_debootstrap = [ -x /usr/sbin/debootstrap ]
 has_systemd-container = [ -x /usr/bin/systemd-nspawn ]
 has_prometheus = command -v promtool
+has_php-cli = command -v php
+has_php-curl = php -r 'exit(extension_loaded("curl") ? 0 : 1);'
+has_phpunit = command -v phpunit
+has_nginx-light = command -v nginx || [ -x /usr/sbin/nginx ]
 debian-deps = missing=""; \
 	$(foreach p,$(2),{ $(or $(has_$(p)),dpkg -s $(p)); } >/dev/null 2>&1 || missing="$$missing $(p)";) \
 	if [ -n "$$missing" ]; then \
@@ -55,21 +59,26 @@ run: run-deps $(VENV)/.installed
 	exec $(VENV)/bin/python -m ratecared.demo_app --config $(DEV_CONFIG) -- $(VENV)/bin/ratecared --config $(DEV_CONFIG)
 
 # What the tests need from Debian: MariaDB (started by the tests in a temp dir),
-# curl (the seed's own check), venv for the system Python, debootstrap and
-# systemd-nspawn to boot a Debian 12 for the system test, and Prometheus with
-# promtool to check and scrape the metrics.
+# curl (the seed's own check), venv for the system Python, PHP, phpunit and nginx
+# for the PHP client and the nginx example, Prometheus with promtool for the
+# metrics, and debootstrap and systemd-nspawn to boot a Debian 12 for the system test.
 system-deps:
-	@$(call debian-deps,make test,mariadb-server curl debootstrap systemd-container python3-venv prometheus)
+	@$(call debian-deps,make test,mariadb-server curl debootstrap systemd-container python3-venv \
+		php-cli php-curl phpunit nginx-light prometheus)
+
+# Set by make test, which installs what they need: these tests fail where it is missing, never skip.
+REQUIRE := RATECARED_REQUIRE_MARIADB=1 RATECARED_REQUIRE_PHP=1 RATECARED_REQUIRE_NGINX=1 \
+	RATECARED_REQUIRE_PROMETHEUS=1
 
 test: system-deps test-newest test-debian12 test-system
 
 test-newest: $(VENV)/.installed
 	@echo "== tests on the newest dependencies"
-	RATECARED_REQUIRE_MARIADB=1 RATECARED_REQUIRE_TOOLS=1 $(VENV)/bin/python -m pytest -q --ignore=tests/system
+	$(REQUIRE) $(VENV)/bin/python -m pytest -q --ignore=tests/system
 
 test-debian12: $(VENV_DEB12)/.installed
 	@echo "== tests on Debian 12's dependency versions"
-	RATECARED_REQUIRE_MARIADB=1 RATECARED_REQUIRE_TOOLS=1 $(VENV_DEB12)/bin/python -m pytest -q -p no:cacheprovider --ignore=tests/system
+	$(REQUIRE) $(VENV_DEB12)/bin/python -m pytest -q -p no:cacheprovider --ignore=tests/system
 
 # The .deb installed on a Debian 12 booted with systemd (root only; CI is root).
 test-system: $(VENV)/.installed deb

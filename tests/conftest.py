@@ -175,21 +175,35 @@ def fail(daemon: "DaemonProcess", platform: str = "booking", times: int = 5) -> 
     client.close()
 
 
+def set_setting(db_path: Path, key: str, value: str) -> None:
+    """`UPDATE settings …` in a daemon's SQLite file, as an operator does; see setting_in_effect."""
+    conn = sqlite3.connect(db_path)
+    conn.execute("UPDATE settings SET value = ? WHERE key = ?", (value, key))
+    conn.commit()
+    conn.close()
+
+
 def setting_in_effect(daemon: "DaemonProcess", key: str, value: Any) -> None:
     """Wait until the daemon has re-read the settings table and applies `value` for `key`."""
     wait_for(lambda: daemon.client().health()["settings"][key] == value, what=f"setting {key}={value!r} in effect")
 
 
-def debian_tool(command: str, package: str) -> str:
-    """The path of a Debian package's command a test runs; `make test` installs it and fails without it."""
+def require(variable: str, missing: str | None) -> None:
+    """Skip a test that lacks what it needs (`missing` says what), or fail it where `make test` sets `variable`=1."""
+    if missing is None:
+        return
+    if os.environ.get(variable) == "1":
+        pytest.fail(f"{missing} (make test installs it)", pytrace=False)
+    pytest.skip(missing)
+
+
+def debian_tool(command: str, package: str, variable: str) -> str:
+    """The path of a Debian package's command a test runs; see `require` for when it is missing."""
     import shutil
 
     path = shutil.which(command) or shutil.which(command, path="/usr/sbin:/sbin")
-    if path is None:
-        message = f"{command} is missing: apt-get install {package} (make test installs it)"
-        if os.environ.get("RATECARED_REQUIRE_TOOLS") == "1":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+    require(variable, None if path else f"{command} is missing: apt-get install {package}")
+    assert path is not None
     return path
 
 

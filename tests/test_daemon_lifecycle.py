@@ -13,18 +13,11 @@ import time
 from pathlib import Path
 import pytest
 
-from conftest import (DaemonProcess, NotifySocket, ctl, fail, fill_disk, setting_in_effect, sqlite_locked, wait_for,
-                      write_config)
+from conftest import (DaemonProcess, NotifySocket, ctl, fail, fill_disk, set_setting, setting_in_effect, sqlite_locked,
+                      wait_for, write_config)
 from mariadb import MariaDB
 from ratecared.config import DatabaseConfig
 from ratecared.db import Database, migrations
-
-
-def set_setting(db_path: Path, key: str, value: str) -> None:
-    conn = sqlite3.connect(db_path)
-    conn.execute("UPDATE settings SET value = ? WHERE key = ?", (value, key))
-    conn.commit()
-    conn.close()
 
 
 def log_events(path: Path) -> list[dict]:

@@ -74,7 +74,7 @@ def _python() -> str:
 
 
 def test_promtool_passes_the_output(daemon: DaemonProcess) -> None:
-    promtool = debian_tool("promtool", "prometheus")
+    promtool = debian_tool("promtool", "prometheus", "RATECARED_REQUIRE_PROMETHEUS")
     fail(daemon, "booking")
     assert ctl(daemon.socket, "run", "aggregate_statistics", "--wait")[0] == 0
     _, text = scrape(daemon)
@@ -189,7 +189,7 @@ def test_a_changed_listener_needs_a_restart_and_says_so(config_factory, daemon_f
 
 
 def test_prometheus_scrapes_the_listener_and_queries_the_breaker_state(config_factory, daemon_factory) -> None:
-    prometheus = debian_tool("prometheus", "prometheus")
+    prometheus = debian_tool("prometheus", "prometheus", "RATECARED_REQUIRE_PROMETHEUS")
     port = free_port()
     daemon = daemon_factory(config_factory(metrics={"listen": f"127.0.0.1:{port}"}))
     fail(daemon, "booking")
@@ -273,7 +273,7 @@ tests:
 
 @pytest.mark.skipif(not ALERTS.exists(), reason="runs from the source tree (examples/ is not beside tests/ here)")
 def test_the_example_alerts_fire_when_they_should_and_only_then(tmp_path: Path) -> None:
-    promtool = debian_tool("promtool", "prometheus")
+    promtool = debian_tool("promtool", "prometheus", "RATECARED_REQUIRE_PROMETHEUS")
     tests = tmp_path / "alerts_test.yml"
     tests.write_text(ALERT_TESTS.format(rules=json.dumps(str(ALERTS))))
     for args in (["check", "rules", str(ALERTS)], ["test", "rules", str(tests)]):
