@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+import textwrap
 from typing import Any, Callable, NoReturn
 
 import click
 
-from ratecared import __version__
+from ratecared import __version__, duration
 from ratecared.client import (DEFAULT_SOCKET, Client, ClientError, ConnectionDropped, DaemonBusy, DaemonError,
                               DaemonUnreachable, PermissionDenied)
 
@@ -199,6 +200,7 @@ def _status_table(data: dict[str, Any], platforms: list[dict[str, Any]], totals:
     rows = [["PLATFORM", "STATE", "FAILURES", "SUCCESS", "REQUESTS", "REJECTED", "RETRY IN", "SINCE", "REASON"]]
     for p in platforms:
         state = p["state"] if p.get("guarded", True) else "unguarded"
+        # A hold is in REASON ("held open by …") and on its own line below.
         if not p.get("enabled", True):
             state += " (disabled)"
         rate = "-" if p["success_rate"] is None else f"{p['success_rate']:.1f}%"
@@ -213,6 +215,11 @@ def _status_table(data: dict[str, Any], platforms: list[dict[str, Any]], totals:
         room = TABLE_WIDTH - sum(max(len(row[i]) for row in rows) + 2 for i in range(len(NARROW) - 1))
         rows = [row[:-1] + [_cut(row[-1], max(room, len("REASON")))] for row in rows]
     _table(rows, lambda col, text: STATE_COLOURS.get(text.split(" ")[0]) if col == 1 else None)
+    held = [p for p in platforms if p.get("hold")]
+    if held:
+        click.echo("")
+    for p in held:
+        click.echo(_hold_line(p))
     if totals:
         click.echo(
             f"\n{data['total_platforms']} platforms: {data['closed']} closed, {data['open']} open, "
@@ -238,6 +245,87 @@ def reset(ctx: click.Context, platform: str | None, as_json: bool) -> None:
                    else "every breaker was already closed; nothing to reset")
         return
     click.echo(f"reset: {', '.join(changed)}" + (f"; already closed: {', '.join(closed)}" if closed else ""))
+
+
+def _hold_line(entry: dict[str, Any]) -> str:
+    """A hold as people read it, in 80 columns: who and until when, then why."""
+    hold = entry["hold"]
+    head = (f"{entry['platform']}: held {hold['state']} until {_when(hold['until'], seconds=True)} "
+            f"({_seconds(hold['seconds_left'])} left) by {hold['by']}")
+    return "\n".join(textwrap.wrap(head, TABLE_WIDTH, subsequent_indent="  ")
+                     + textwrap.wrap(hold["reason"], TABLE_WIDTH, initial_indent="  ", subsequent_indent="  "))
+
+
+def _length(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    try:
+        return duration.seconds(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@main.command()
+@click.argument("platform", shell_complete=_complete_platform)
+@click.argument("state", type=click.Choice(["open", "closed"]))
+@click.option("--for", "seconds", required=True, callback=_length, metavar="DURATION",
+              help="How long: 90s, 30m, 2h, 1d, 1h30m (at most 30d).")
+@click.option("--reason", required=True, callback=_not_empty, help="Why, for status and the events.")
+@json_option
+@click.pass_context
+def hold(ctx: click.Context, platform: str, state: str, seconds: float, reason: str, as_json: bool) -> None:
+    """Hold a breaker open or closed for a while.
+
+    Open refuses every call, closed allows every call and nothing trips it. The hold ends by itself when its time is up, or with `release`; the breaker
+    then goes on from closed. Holds survive restarts.
+    """
+    entry = _call(ctx, lambda c: c.hold(platform, state, seconds, reason),
+                  when_dropped="ratecared closed the connection before answering; the hold may or may not have"
+                               " been set: see `ratecarectl status`")
+    click.echo(json.dumps(entry, indent=2) if as_json else _hold_line(entry))
+
+
+@main.command()
+@click.argument("platform", shell_complete=_complete_platform)
+@json_option
+@click.pass_context
+def release(ctx: click.Context, platform: str, as_json: bool) -> None:
+    """End a breaker's hold now.
+
+    The breaker goes on from closed.
+    """
+    entry = _call(ctx, lambda c: c.release(platform),
+                  when_dropped="ratecared closed the connection before answering; the hold may or may not have"
+                               " been released: see `ratecarectl status`")
+    click.echo(json.dumps(entry, indent=2) if as_json else f"{platform}: hold released; now {entry['state']}")
+
+
+@main.command()
+@click.argument("platform", required=False, shell_complete=_complete_platform)
+@click.option("--since", default="1d", show_default=True, metavar="WHEN",
+              help="A length back from now (2h, 7d) or a time (2026-12-01T09:00, the daemon's zone).")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1, max=1000),
+              help="At most this many, newest first.")
+@json_option
+@click.pass_context
+def events(ctx: click.Context, platform: str | None, since: str, limit: int, as_json: bool) -> None:
+    """Breaker transitions and operator actions.
+
+    Resets, holds, releases and settings changes, newest first, with who.
+    """
+    rows = _call(ctx, lambda c: c.events(platform, since, limit))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"no events since {since}" + (f" for {platform}" if platform else ""))
+        return
+    table = [["TIME", "PLATFORM", "ACTION", "CHANGE", "WHO", "REASON"]]
+    for e in rows:
+        change = f"{e['old_state']}>{e['new_state']}" if e["old_state"] != e["new_state"] else (e["new_state"] or "-")
+        table.append([_when(e["at"], seconds=True), e["platform"] or "-", e["action"], change,
+                      e["who"], e["reason"]])
+    room = TABLE_WIDTH - sum(max(len(row[i]) for row in table) + 2 for i in range(len(table[0]) - 1))
+    table = [row[:-1] + [_cut(row[-1], max(room, len("REASON")))] for row in table]
+    _table(table, lambda col, text: STATE_COLOURS.get(text.split(">")[-1]) if col == 3 else None)
 
 
 @main.command()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grp
 import os
+import pwd
 
 from ratecared.control.server import Peer
 
@@ -19,3 +20,11 @@ def is_admin(peer: Peer, admin_group: str) -> bool:
     except KeyError:
         return False
     return peer.gid == gid or gid in peer.groups
+
+
+def who(peer: Peer) -> str:
+    """The peer as the events and the log name it: "alice (uid 1000)", or "uid 1234" when it has no name."""
+    try:
+        return f"{pwd.getpwuid(peer.uid).pw_name} (uid {peer.uid})"
+    except (KeyError, OverflowError):
+        return f"uid {peer.uid}"

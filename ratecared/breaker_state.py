@@ -12,14 +12,14 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, Iterable, Mapping, Protocol, Sequence
 
-from ratecared.breaker.machine import BreakerView, State
+from ratecared.breaker.machine import BreakerView, Hold, State
 from ratecared.breaker.registry import Registry
 from ratecared.db import Database, parse_timestamp, timestamp
 
 COLUMNS = (
     "platform", "host", "state", "generation", "consecutive_failures", "trip_count", "opened_at",
     "open_until", "state_since", "total_requests", "total_successes", "total_failures", "total_rejected",
-    "last_reason", "updated_at",
+    "last_reason", "updated_at", "hold_state", "hold_until", "hold_reason", "hold_by",
 )
 
 
@@ -43,11 +43,16 @@ def row_of(view: BreakerView, host: str, wall: datetime) -> dict[str, Any]:
         "total_rejected": view.total_rejected,
         "last_reason": view.last_reason[:255],
         "updated_at": timestamp(wall),
+        "hold_state": view.hold.state.value if view.hold else None,
+        "hold_until": timestamp(wall + timedelta(seconds=view.hold_seconds_left or 0.0)) if view.hold else None,
+        "hold_reason": view.hold.reason[:255] if view.hold else None,
+        "hold_by": view.hold.by[:255] if view.hold else None,
     }
 
 
 _READ = ("platform", "state", "generation", "consecutive_failures", "trip_count", "open_until", "state_since",
-         "opened_at", "total_successes", "total_failures", "total_rejected", "last_reason")
+         "opened_at", "total_successes", "total_failures", "total_rejected", "last_reason", "hold_state",
+         "hold_until", "hold_reason", "hold_by")
 
 
 def view_of(row: Sequence[Any], wall: datetime) -> BreakerView:
@@ -60,6 +65,9 @@ def view_of_values(values: Mapping[str, Any], wall: datetime) -> BreakerView:
     until = parse_timestamp(values["open_until"])
     # Rows written before state_since existed know only when an open breaker opened.
     since = parse_timestamp(values["state_since"]) or parse_timestamp(values["opened_at"])
+    # Journal lines written before holds existed have no hold keys.
+    held = values.get("hold_state")
+    hold_until = parse_timestamp(values.get("hold_until"))
     return BreakerView(
         platform=values["platform"],
         state=State(values["state"]),
@@ -72,6 +80,8 @@ def view_of_values(values: Mapping[str, Any], wall: datetime) -> BreakerView:
         retry_after=(until - wall).total_seconds() if until else None,
         seconds_in_state=(wall - since).total_seconds() if since else 0.0,
         last_reason=values["last_reason"] or "restored",
+        hold=Hold(State(held), values.get("hold_reason") or "", values.get("hold_by") or "") if held else None,
+        hold_seconds_left=(hold_until - wall).total_seconds() if held and hold_until else None,
     )
 
 

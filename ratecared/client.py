@@ -24,7 +24,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 DEFAULT_SOCKET = "/run/ratecared/ratecared.sock"
 
@@ -298,6 +298,20 @@ class Client:
         body = {"platform": platform} if platform else {}
         data = self.request("POST", "/api/v1/circuit-breaker/reset", body)
         return data["reset"], data.get("changed", data["reset"])
+
+    def hold(self, platform: str, state: str, seconds: float, reason: str) -> dict[str, Any]:
+        """Keep a breaker open or closed for `seconds` (root or the admin group); its status entry, with the hold."""
+        return self.request("POST", f"/api/v1/circuit-breaker/{_segment(platform)}/hold",
+                            {"state": state, "seconds": seconds, "reason": reason})
+
+    def release(self, platform: str) -> dict[str, Any]:
+        """End a breaker's hold; its status entry."""
+        return self.request("POST", f"/api/v1/circuit-breaker/{_segment(platform)}/release", {})
+
+    def events(self, platform: str | None = None, since: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Transitions and operator actions, newest first; `since` a length back (1d, 2h) or a time."""
+        query = urlencode({k: v for k, v in (("platform", platform), ("since", since), ("limit", limit)) if v})
+        return self.request("GET", f"/api/v1/circuit-breaker/events?{query}", timeout=max(self.timeout, 10.0))
 
     def jobs(self) -> list[dict[str, Any]]:
         return self.request("GET", "/api/v1/jobs", timeout=max(self.timeout, 10.0))

@@ -38,6 +38,7 @@ from ratecared.config import EX_CONFIG, Config, CurrentConfig
 from ratecared.control.api import Api, Scrapes, metrics_only
 from ratecared.control.server import ControlServer, Request, SocketInUse, bind_tcp, bind_unix, check_unix
 from ratecared.db import Database, DatabaseError, migrations
+from ratecared.events import EventLog
 from ratecared.health import Health
 from ratecared.jobs import DISABLED_BY, JOBS
 from ratecared.metrics import Collector, exposition
@@ -45,7 +46,7 @@ from ratecared.notify import Notifier, status_text
 from ratecared.reload import Reloader
 from ratecared.scheduler.runner import Runner
 from ratecared.settings import LiveSettings
-from ratecared.store import Snapshots, StoreThread
+from ratecared.store import Snapshots, StoreThread, within
 from ratecared.transitions import on_transitions
 
 EX_UNAVAILABLE = 69
@@ -56,6 +57,7 @@ TICK = 1.0
 JOB_STOP_WAIT = 8.0
 # The final snapshot's share of systemd's stop timeout, when the database is slow or locked.
 FINAL_SNAPSHOT_WAIT = 3.0
+FINAL_EVENTS_WAIT = 1.0
 
 
 class Daemon:
@@ -68,17 +70,18 @@ class Daemon:
         self.db = Database(config.database)
         self.journal = BreakerJournal(config.daemon.state_dir, self.host, self.db.describe(),
                                       logs.get("ratecared.breaker"))
+        self.events = EventLog(self.db, self.host, logs.get("ratecared.breaker"))
         self.registry = Registry(
             config.circuit_breaker.platforms,
             settings_mod.breaker_policy(settings_mod.Settings(), config.circuit_breaker.permit_lease),
-            on_transition=on_transitions(logs.get("ratecared.breaker"), lambda: self.store.wake()),
+            on_transition=on_transitions(logs.get("ratecared.breaker"), lambda: self.store.wake(), self.events.record),
             journal=self.journal,
         )
         self.snapshots = Snapshots(
             lambda wall: breaker_state.save(self.db, self.registry, self.host, wall, self.journal), self.log)
         self.settings = LiveSettings(self.db, lambda: self.config().circuit_breaker.platforms,
                                      self._apply_breaker_policy, self.log)
-        self.store = StoreThread(self.snapshots, self.settings.refresh, self.config)
+        self.store = StoreThread(self.snapshots, self.settings.refresh, self.config, self._write_events)
         self.runner = Runner(self.config, self.db, self.host, JOBS, settings=self.settings.current,
                              refresh_settings=self.settings.refresh, disabled_by=DISABLED_BY)
         self.health = Health(self.db, self.snapshots.state, self.settings.state, self.status_line, self.host,
@@ -222,7 +225,7 @@ class Daemon:
         scrapes = Scrapes(exposition(Collector(self.registry.status, self.runner.figures, self.db.probe)), executor)
         api = Api(self.registry, self.runner, health=self.health, reload=self.reload,
                   is_admin=lambda peer: access.is_admin(peer, self.config().daemon.admin_group), executor=executor,
-                  scrapes=scrapes)
+                  scrapes=scrapes, events=self.events, tz=lambda: self.config().daemon.tz)
 
         def on_error(request: Request) -> None:
             self.log.exception("request failed", method=request.method, path=request.path)
@@ -305,9 +308,14 @@ class Daemon:
         # snapshot waits for neither it nor the database past its share.
         await asyncio.to_thread(self.store.join, 0.5)
         saved = await asyncio.to_thread(self.snapshots.write_within, FINAL_SNAPSHOT_WAIT)
+        await asyncio.to_thread(within, self.events.write, FINAL_EVENTS_WAIT)
         executor.shutdown(wait=False, cancel_futures=True)
         outcome = {True: "written", False: "failed", None: "timed out: the database did not answer"}[saved]
         self.log.info("stopped", final_snapshot=outcome)
+
+    def _write_events(self) -> None:
+        self.events.write()
+        self.events.trim(self.settings.current().events_retention_days, time.monotonic())
 
     def status_line(self) -> str:
         states = [s.state for s in self.registry.status()]

@@ -66,8 +66,12 @@ class Collector:
         retry = GaugeMetricFamily("ratecared_breaker_retry_after_seconds",
                                   "Seconds until a refused call may be tried again; 0 while calls are allowed.",
                                   labels=["platform"])
+        held = GaugeMetricFamily("ratecared_breaker_held", "1 while an operator holds the breaker in that state.",
+                                 labels=["platform", "state"])
         for view in views:
             name = view.platform
+            for each in (State.OPEN, State.CLOSED):
+                held.add_metric([name, each.value], int(view.hold is not None and view.hold.state is each))
             for each in State:
                 state.add_metric([name, each.value], int(view.state is each))
                 moves.add_metric([name, each.value], view.transitions.get(each, 0))
@@ -76,7 +80,7 @@ class Collector:
             refused.add_metric([name], view.total_rejected)
             failures.add_metric([name], view.failure_count)
             retry.add_metric([name], view.retry_after or 0.0)
-        yield from (state, calls, refused, moves, failures, retry)
+        yield from (state, held, calls, refused, moves, failures, retry)
 
     @staticmethod
     def _job_series(figures: list[JobFigures]) -> Iterator[Metric]:

@@ -27,6 +27,7 @@ class Settings:
     half_open_requests: int = 3
     # None means every configured platform.
     breaker_platforms: frozenset[str] | None = None
+    events_retention_days: int = 90
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ KEYS: dict[str, tuple[str, Callable[[str], object]]] = {
     "circuit-breaker-timeout-seconds": ("open_seconds", _integer(1, 86400)),
     "circuit-breaker-half-open-requests": ("half_open_requests", _integer(1, 1000)),
     "circuit-breaker-platforms": ("breaker_platforms", _platforms),
+    "circuit-breaker-events-retention-days": ("events_retention_days", _integer(1, 3650)),
 }
 
 

@@ -1,4 +1,4 @@
-"""The `store` thread: breaker snapshots and settings re-reads, on timers and on demand.
+"""The `store` thread: breaker snapshots, breaker events and settings re-reads, on timers and on demand.
 
 It owns how the last snapshot went; the event loop (STATUS=), `health` and
 the stop path read that through `Snapshots.state()`, under its lock. A write
@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from ratecared.config import Config
 from ratecared.db import DatabaseError
@@ -57,26 +57,36 @@ class Snapshots:
             return True
 
     def write_within(self, seconds: float) -> bool | None:
-        """Write a snapshot, waiting at most `seconds`; None when the database did not answer in time.
+        """Write a snapshot, waiting at most `seconds`; None when the database did not answer in time."""
+        return within(self.write, seconds)
 
-        For the stop: a database that another process holds locked must not
-        hold the daemon past systemd's stop timeout. The write goes on in a
-        daemon thread and dies with the process.
-        """
-        done: list[bool] = []
-        writer = threading.Thread(target=lambda: done.append(self.write()), name="final-snapshot", daemon=True)
-        writer.start()
-        writer.join(seconds)
-        return done[0] if done else None
+
+T = TypeVar("T")
+
+
+def within(write: Callable[[], T], seconds: float) -> T | None:
+    """`write()`, waiting at most `seconds` for it; None when the database did not answer in time.
+
+    For the stop: a database that another process holds locked must not
+    hold the daemon past systemd's stop timeout. The write goes on in a
+    daemon thread and dies with the process.
+    """
+    done: list[T] = []
+    writer = threading.Thread(target=lambda: done.append(write()), name="final-write", daemon=True)
+    writer.start()
+    writer.join(seconds)
+    return done[0] if done else None
 
 
 class StoreThread(threading.Thread):
-    """Writes snapshots every `snapshot_interval` and re-reads settings every `settings_refresh`."""
+    """Writes snapshots every `snapshot_interval`, re-reads settings every `settings_refresh`, and writes the
+    events recorded since it last went round (`write_events`, which may wait on the database)."""
 
     def __init__(self, snapshots: Snapshots, refresh_settings: Callable[[], Any],
-                 config: Callable[[], Config]) -> None:
+                 config: Callable[[], Config], write_events: Callable[[], None] = lambda: None) -> None:
         super().__init__(name="store", daemon=True)
         self._snapshots = snapshots
+        self._write_events = write_events
         self._refresh_settings = refresh_settings
         self._config = config
         self._wake = threading.Event()
@@ -109,6 +119,7 @@ class StoreThread(threading.Thread):
             if urgent or now >= last_snapshot + daemon.snapshot_interval:
                 self._snapshots.write()
                 last_snapshot = now
+            self._write_events()
             now = self._beat()
             due = min(last_snapshot + daemon.snapshot_interval, last_settings + daemon.settings_refresh, now + TICK)
             self._wake.wait(max(0.0, due - now))

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
+from zoneinfo import ZoneInfo
 
 import pytest
 from conftest import wait_for
@@ -29,6 +30,7 @@ from ratecared.breaker.registry import Registry
 from ratecared.breaker_journal import BreakerJournal
 from ratecared.control.api import Api, Scrapes
 from ratecared.control.server import ControlServer, bind_unix
+from ratecared.events import EventLog
 
 WAIT = 10.0
 
@@ -95,7 +97,8 @@ def served(tmp_path: Path) -> Iterator[Served]:
     registry = Registry(("booking", "expedia"), Policy(failure_threshold=1, open_seconds=600), journal=journal)
     executor = ThreadPoolExecutor(max_workers=1)
     api = Api(registry, None, health=lambda: {}, reload=lambda peer: {}, is_admin=lambda peer: True,  # type: ignore[arg-type]
-              executor=executor, scrapes=Scrapes(lambda: b"", executor))
+              executor=executor, scrapes=Scrapes(lambda: b"", executor),
+              events=EventLog(None, "web1", log), tz=lambda: ZoneInfo("UTC"))  # type: ignore[arg-type]
     path = tmp_path / "ratecared.sock"
     sock = bind_unix(path, None)
     loop = asyncio.new_event_loop()

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from ratecared.breaker.machine import (
-    MAX_LEASES, Breaker, BreakerView, Decision, Leases, Outcome, Policy, State, Transition,
+    MAX_HOLD_SECONDS, MAX_LEASES, Breaker, BreakerView, Decision, Hold, Leases, Outcome, Policy, State, Transition,
 )
 
 POLICY = Policy(failure_threshold=3, open_seconds=60, half_open_requests=2, lease_seconds=10)
@@ -247,7 +247,7 @@ def test_the_status_entry_keeps_the_seed_keys() -> None:
         "platform": "booking", "state": "open", "failure_count": 3, "success_rate": 0.0, "total_requests": 3,
         "total_successes": 0, "total_failures": 3, "rejected": 0, "retry_after": 30.0, "trip_count": 1,
         "trials_in_flight": 0, "seconds_in_state": 30.0, "last_reason": "3 consecutive failures",
-        "guarded": True, "enabled": True,
+        "guarded": True, "enabled": True, "hold": None,
     }
 
 
@@ -554,3 +554,115 @@ def test_a_lease_cut_short_by_new_settings_runs_out_behind_an_older_one() -> Non
     # Still in the table behind the older, longer lease, but run out.
     assert breaker.report(short.permit, False, 11.0, UID)[0].reason == "unknown"
     assert breaker.total_failures == 0
+
+
+# -- holds -------------------------------------------------------------------------
+
+
+def test_a_held_open_breaker_refuses_every_call_until_the_hold_ends_then_goes_on_closed() -> None:
+    breaker = Breaker("booking", POLICY)
+    changes = breaker.hold_for(State.OPEN, 7200, "booking maintenance", "alice (uid 1000)", now=100.0)
+    assert changes == [Transition("booking", State.CLOSED, State.OPEN,
+                                  "held open by alice (uid 1000): booking maintenance", 1, "hold", "alice (uid 1000)")]
+    # Past the open timeout and any lease: still refused, with the hold's time left.
+    hold = Hold(State.OPEN, "booking maintenance", "alice (uid 1000)")
+    assert breaker.acquire(100.0 + 3600, UID) == (Decision(False, State.OPEN, None, 3600.0, hold, 3600.0), [])
+    assert breaker.acquire(7299.5, UID)[0].retry_after == 0.5
+    assert breaker.view(7299.5).total_rejected == 2
+    decision, ended = breaker.acquire(7300.0, UID)
+    assert ended == [Transition("booking", State.OPEN, State.CLOSED, "hold ended", 2, "release", "daemon")]
+    assert (decision.allowed, decision.state, breaker.hold) == (True, State.CLOSED, None)
+
+
+def test_a_held_closed_breaker_allows_every_call_and_no_failure_trips_it() -> None:
+    breaker = opened()
+    breaker.hold_for(State.CLOSED, 60, "platform known good", "bob", now=1.0)
+    for _ in range(POLICY.failure_threshold * 3):
+        decision, _ = breaker.acquire(2.0, UID)
+        assert (decision.allowed, decision.state, decision.hold_seconds_left) == (True, State.CLOSED, 59.0)
+        assert decision.hold == Hold(State.CLOSED, "platform known good", "bob")
+        assert breaker.report(decision.permit, False, 2.0, UID)[0] == Outcome(True, State.CLOSED)
+    view = breaker.view(2.0)
+    assert (view.state, view.total_failures, view.failure_count) == (State.CLOSED, 3 + 9, 0)
+    # Once it ends, the breaker counts again from a clean streak.
+    breaker.advance(61.0)
+    for _ in range(POLICY.failure_threshold - 1):
+        decision, _ = breaker.acquire(62.0, UID)
+        breaker.report(decision.permit, False, 62.0, UID)
+    assert breaker.state is State.CLOSED
+    decision, _ = breaker.acquire(62.0, UID)
+    assert breaker.report(decision.permit, False, 62.0, UID)[0].state is State.OPEN
+
+
+def test_a_hold_is_a_new_generation_even_in_the_state_the_breaker_was_in() -> None:
+    breaker = Breaker("booking", POLICY)
+    before, _ = breaker.acquire(0.0, UID)
+    changes = breaker.hold_for(State.CLOSED, 60, "known good", "bob", now=1.0)
+    assert [(c.old, c.new, c.generation, c.kind) for c in changes] == [(State.CLOSED, State.CLOSED, 1, "hold")]
+    assert breaker.report(before.permit, True, 2.0, UID)[0] == Outcome(False, State.CLOSED, "stale")
+    # Entering the state it was in is no transition into it.
+    assert breaker.view(2.0).transitions == {State.CLOSED: 0, State.OPEN: 0, State.HALF_OPEN: 0}
+
+
+def test_a_new_hold_replaces_the_old_one() -> None:
+    breaker = Breaker("booking", POLICY)
+    breaker.hold_for(State.OPEN, 60, "maintenance", "alice", now=0.0)
+    breaker.hold_for(State.CLOSED, 600, "it is back", "bob", now=10.0)
+    view = breaker.view(10.0)
+    assert (view.state, view.hold, view.hold_seconds_left) == (State.CLOSED, Hold(State.CLOSED, "it is back", "bob"),
+                                                                600.0)
+    assert breaker.advance(70.0) == []
+
+
+def test_release_ends_the_hold_now_and_without_one_does_nothing() -> None:
+    breaker = Breaker("booking", POLICY)
+    assert breaker.release("alice", now=0.0) == []
+    breaker.hold_for(State.OPEN, 60, "maintenance", "alice", now=0.0)
+    assert breaker.release("bob", now=5.0) == [
+        Transition("booking", State.OPEN, State.CLOSED, "released by bob", 2, "release", "bob")]
+    assert breaker.hold is None and breaker.acquire(5.0, UID)[0].allowed
+
+
+def test_a_reset_ends_a_hold_too() -> None:
+    breaker = Breaker("booking", POLICY)
+    breaker.hold_for(State.CLOSED, 60, "known good", "bob", now=0.0)
+    assert [(c.kind, c.who) for c in breaker.reset(1.0, "reset by alice", "alice")] == [("reset", "alice")]
+    assert breaker.hold is None
+
+
+@pytest.mark.parametrize("state,seconds", [(State.HALF_OPEN, 60), (State.OPEN, 0), (State.OPEN, -1),
+                                           (State.CLOSED, MAX_HOLD_SECONDS + 1)])
+def test_a_hold_is_open_or_closed_for_up_to_a_month(state: State, seconds: float) -> None:
+    breaker = Breaker("booking", POLICY)
+    with pytest.raises(ValueError):
+        breaker.hold_for(state, seconds, "why", "alice", now=0.0)
+    assert breaker.hold is None and breaker.generation == 0
+
+
+def test_a_hold_of_exactly_a_month_is_taken() -> None:
+    breaker = Breaker("booking", POLICY)
+    breaker.hold_for(State.CLOSED, MAX_HOLD_SECONDS, "why", "alice", now=0.0)
+    assert breaker.view(0.0).hold_seconds_left == MAX_HOLD_SECONDS
+
+
+def test_the_status_entry_shows_the_hold() -> None:
+    breaker = Breaker("booking", POLICY)
+    breaker.hold_for(State.OPEN, 7200, "booking maintenance", "alice (uid 1000)", now=0.0)
+    assert breaker.view(1800.0).as_json()["hold"] == {
+        "state": "open", "seconds_left": 5400.0, "reason": "booking maintenance", "by": "alice (uid 1000)"}
+    assert breaker.view(1800.0).retry_after == 5400.0
+
+
+def test_restore_keeps_a_hold_for_its_time_left() -> None:
+    held = replace(saved(), hold=Hold(State.OPEN, "maintenance", "alice"), hold_seconds_left=100.0)
+    breaker = Breaker("booking", POLICY)
+    breaker.restore(held, now=1000.0)
+    assert breaker.acquire(1099.0, UID)[0] == Decision(False, State.OPEN, None, 1.0, held.hold, 1.0)
+    assert [(c.new, c.kind) for c in breaker.advance(1100.0)] == [(State.CLOSED, "release")]
+
+
+def test_a_hold_that_ran_out_while_no_daemon_ran_ends_at_the_first_advance() -> None:
+    held = replace(saved(), hold=Hold(State.OPEN, "maintenance", "alice"), hold_seconds_left=-5.0)
+    breaker = Breaker("booking", POLICY)
+    breaker.restore(held, now=1000.0)
+    assert [(c.old, c.new, c.reason) for c in breaker.advance(1000.0)] == [(State.OPEN, State.CLOSED, "hold ended")]

@@ -70,18 +70,19 @@ def test_status_table_and_json(daemon: DaemonProcess) -> None:
 def test_the_status_table_fits_80_columns_and_wide_shows_everything(daemon: DaemonProcess) -> None:
     fail(daemon, "trivago")
     fail(daemon, "tripadvisor")
-    daemon.client().reset("tripadvisor")   # reason: "reset by operator (uid … pid …)"
+    why = "the platform's maintenance window, announced by its account manager"
+    daemon.client().hold("tripadvisor", "closed", 3600, why)   # reason: "held closed by … (uid …): …"
     code, out, _ = ctl(daemon.socket, "status")
     assert code == 0 and max(len(line) for line in out.splitlines()) <= 80, out
     lines = {line.split()[0]: line for line in out.splitlines()[1:8]}
     assert lines["trivago"].endswith("5 consecutive failures")
-    assert lines["tripadvisor"].endswith("…") and "reset by" in lines["tripadvisor"]
+    assert lines["tripadvisor"].endswith("…") and "held closed by" in lines["tripadvisor"]
     code, out, _ = ctl(daemon.socket, "status", "--wide")
     header, *rows = out.splitlines()
     assert header.split() == ["PLATFORM", "STATE", "FAILURES", "SUCCESS", "REQUESTS", "REJECTED", "RETRY", "IN",
                               "SINCE", "REASON"]
     tripadvisor = next(row for row in rows if row.startswith("tripadvisor"))
-    assert tripadvisor.endswith(f"reset by operator (uid {os.getuid()} pid {os.getpid()})")
+    assert tripadvisor.endswith(f"held closed by {pwd.getpwuid(os.getuid()).pw_name} (uid {os.getuid()}): {why}")
 
 
 def test_state_colours_on_a_terminal(daemon: DaemonProcess) -> None:
@@ -463,6 +464,10 @@ def test_socket_group_members_read_but_admin_commands_exit_4(config_factory, dae
     assert ctl_as_nobody(daemon.socket, "health") == 0
     assert ctl_as_nobody(daemon.socket, "reset", "booking") == 4
     assert ctl_as_nobody(daemon.socket, "reload") == 4
+    assert ctl_as_nobody(daemon.socket, "hold", "booking", "closed", "--for", "1h", "--reason", "mine") == 4
+    assert ctl_as_nobody(daemon.socket, "release", "booking") == 4
+    assert ctl_as_nobody(daemon.socket, "events") == 0
+    assert daemon.client().status()["platforms"][0]["hold"] is None
     assert ctl(daemon.socket, "reset", "booking")[0] == 0
 
 
@@ -477,6 +482,13 @@ def test_admin_group_members_may_reset_and_reload(config_factory, daemon_factory
     assert ctl_as_nobody(daemon.socket, "reset", "booking") == 0
     assert ctl_as_nobody(daemon.socket, "reload") == 0
     assert daemon.client().acquire("booking").allowed
+    assert ctl_as_nobody(daemon.socket, "hold", "agoda", "open", "--for", "1h", "--reason", "agoda maintenance") == 0
+    hold = next(p for p in daemon.client().status()["platforms"] if p["platform"] == "agoda")["hold"]
+    assert (hold["state"], hold["by"], hold["reason"]) == ("open", "nobody (uid 65534)", "agoda maintenance")
+    assert ctl_as_nobody(daemon.socket, "release", "agoda") == 0
+    events = daemon.client().events("agoda")
+    assert [(e["action"], e["who"]) for e in events][:2] == [("release", "nobody (uid 65534)"),
+                                                             ("hold", "nobody (uid 65534)")]
 
 
 @pytest.mark.mariadb

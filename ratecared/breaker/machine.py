@@ -78,11 +78,30 @@ class Counts:
 
 @dataclass(frozen=True)
 class Transition:
+    """A new generation of one breaker: a change of state, or an operator's hold, release or reset."""
+
     platform: str
     old: State
     new: State
     reason: str
     generation: int
+    # What made it: "transition" (the breaker's own rules), "reset", "hold" or "release".
+    kind: str = "transition"
+    # Who: "daemon", or the operator as access.who names the peer.
+    who: str = "daemon"
+
+
+# The longest hold an operator may set: a month.
+MAX_HOLD_SECONDS = 30 * 86400.0
+
+
+@dataclass(frozen=True)
+class Hold:
+    """An operator's hold: the breaker kept `state` (OPEN or CLOSED) whatever the calls do, for a reason."""
+
+    state: State
+    reason: str
+    by: str
 
 
 @dataclass(frozen=True)
@@ -91,6 +110,9 @@ class Decision:
     state: State
     permit: str | None
     retry_after: float | None
+    # The operator's hold that decided, and its seconds left.
+    hold: Hold | None = None
+    hold_seconds_left: float | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +148,9 @@ class BreakerView:
     guarded: bool = True
     enabled: bool = True
     trials_in_flight: int = 0
+    hold: Hold | None = None
+    # Seconds until the hold ends by itself.
+    hold_seconds_left: float | None = None
     # Transitions into each state since the daemon started (the snapshot keeps only trip_count).
     transitions: dict[State, int] = field(default_factory=dict)
 
@@ -158,6 +183,9 @@ class BreakerView:
             "last_reason": self.last_reason,
             "guarded": self.guarded,
             "enabled": self.enabled,
+            "hold": None if self.hold is None else {
+                "state": self.hold.state.value, "seconds_left": self.hold_seconds_left, "reason": self.hold.reason,
+                "by": self.hold.by},
         }
 
 
@@ -269,6 +297,9 @@ class Breaker:
     last_reason: str = "started"
     # Transitions into each state, by the state entered: what metrics count.
     transitions: dict[State, int] = field(default_factory=lambda: dict.fromkeys(State, 0))
+    # An operator's hold, and when it ends by itself (monotonic).
+    hold: Hold | None = None
+    hold_until: float = 0.0
     # The calls admitted outside half-open; a registry shares one among its breakers.
     leases: Leases = field(default_factory=Leases)
     # Trials not reported and not run out, by tag, of this generation and
@@ -281,6 +312,8 @@ class Breaker:
     # -- queries -----------------------------------------------------------
 
     def retry_after(self, now: float) -> float | None:
+        if self.hold is not None and self.hold.state is State.OPEN:
+            return max(0.0, round(self.hold_until - now, 3))
         if self.state is State.OPEN:
             return max(0.0, round(self.open_until - now, 3))
         if self.state is State.HALF_OPEN and self.counts.trials >= self.policy.half_open_requests:
@@ -304,6 +337,8 @@ class Breaker:
             enabled=self.policy.enabled,
             trials_in_flight=len(self._trials),
             transitions=dict(self.transitions),
+            hold=self.hold,
+            hold_seconds_left=None if self.hold is None else max(0.0, round(self.hold_until - now, 3)),
         )
 
     # -- commands ----------------------------------------------------------
@@ -311,6 +346,11 @@ class Breaker:
     def advance(self, now: float) -> list[Transition]:
         """Apply what time alone decides: open timeout, expired leases."""
         changes: list[Transition] = []
+        if self.hold is not None:
+            if now < self.hold_until:
+                # Held: the state stays as the operator set it; no timer or lease of it runs.
+                return changes
+            changes.append(self._end_hold(now, "hold ended", "daemon"))
         if self.state is State.OPEN and now >= self.open_until:
             changes.append(self._move(State.HALF_OPEN, now, f"open for {self.policy.open_seconds:g} s"))
         if self.state is State.HALF_OPEN:
@@ -331,6 +371,13 @@ class Breaker:
             return Decision(True, State.CLOSED, None, None), []
         changes = self.advance(now)
         expires = now + self.policy.lease_seconds
+        if self.hold is not None:
+            left = max(0.0, round(self.hold_until - now, 3))
+            if self.hold.state is State.OPEN:
+                self.total_rejected += 1
+                return Decision(False, self.state, None, left, self.hold, left), changes
+            return Decision(True, self.state, self.leases.issue(self.platform, self.generation, expires, uid), None,
+                            self.hold, left), changes
         if not self.policy.enabled or self.state is State.CLOSED:
             return Decision(True, self.state, self.leases.issue(self.platform, self.generation, expires, uid),
                             None), changes
@@ -367,6 +414,13 @@ class Breaker:
                 # slot and no lease to expire once breakers are enabled again.
                 self.counts = self.counts.on_trial_returned()
             return Outcome(False, self.state, "disabled"), changes
+        if self.hold is not None:
+            # Held closed (a held-open breaker issues no permits): counted, and nothing trips it.
+            if success:
+                self.total_successes += 1
+            else:
+                self.total_failures += 1
+            return Outcome(True, self.state, None), changes
         if success:
             self.total_successes += 1
             self.counts = self.counts.on_success()
@@ -381,13 +435,36 @@ class Breaker:
                 changes.append(self._trip(now, f"{self.counts.consecutive_failures} consecutive failures"))
         return Outcome(True, self.state, None), changes
 
-    def reset(self, now: float, reason: str = "reset by operator") -> list[Transition]:
-        """Back to CLOSED with clean failure counts; totals are kept."""
-        if self.state is State.CLOSED:
+    def reset(self, now: float, reason: str = "reset by operator", who: str = "daemon") -> list[Transition]:
+        """Back to CLOSED with clean failure counts, ending any hold; totals are kept."""
+        if self.state is State.CLOSED and self.hold is None:
             # No new generation: the calls under way are still counted.
             self.counts = Counts()
             return []
-        return [self._move(State.CLOSED, now, reason)]
+        self.hold = None
+        return [self._move(State.CLOSED, now, reason, "reset", who)]
+
+    def hold_for(self, state: State, seconds: float, reason: str, who: str, now: float) -> list[Transition]:
+        """Keep the breaker `state` (OPEN or CLOSED) for `seconds`, whatever the calls do; replaces any hold.
+
+        Always a new generation, even in the state it was in: the hold must
+        reach the journal before the reply, and the journal keeps generations.
+        """
+        if state not in (State.OPEN, State.CLOSED):
+            raise ValueError(f"a hold keeps a breaker open or closed, not {state.value}")
+        if not 0 < seconds <= MAX_HOLD_SECONDS:
+            raise ValueError(f"a hold lasts more than 0 s and at most {MAX_HOLD_SECONDS:g} s")
+        changes = self.advance(now)
+        self.hold = Hold(state, reason, who)
+        self.hold_until = now + seconds
+        changes.append(self._move(state, now, f"held {state.value} by {who}: {reason}", "hold", who))
+        return changes
+
+    def release(self, who: str, now: float) -> list[Transition]:
+        """End the hold now; the breaker goes on from CLOSED. Nothing when there is no hold."""
+        if self.hold is None:
+            return []
+        return [self._end_hold(now, f"released by {who}", who)]
 
     def set_policy(self, policy: Policy, now: float) -> list[Transition]:
         """Adopt new settings, keeping state, counters and the open deadline's start."""
@@ -425,6 +502,9 @@ class Breaker:
         self._trials.clear()
         if saved.state is State.OPEN:
             self.open_until = now + min(max(saved.retry_after or 0.0, 0.0), self.policy.open_seconds)
+        # A hold whose time ran out while no daemon ran ends at the next advance, as a transition of its own.
+        self.hold = saved.hold
+        self.hold_until = now + min(max(saved.hold_seconds_left or 0.0, 0.0), MAX_HOLD_SECONDS)
 
     # -- internals -----------------------------------------------------------
 
@@ -441,14 +521,19 @@ class Breaker:
         self.open_until = now + self.policy.open_seconds
         return self._move(State.OPEN, now, reason)
 
-    def _move(self, new: State, now: float, reason: str) -> Transition:
+    def _end_hold(self, now: float, reason: str, who: str) -> Transition:
+        self.hold = None
+        return self._move(State.CLOSED, now, reason, "release", who)
+
+    def _move(self, new: State, now: float, reason: str, kind: str = "transition", who: str = "daemon") -> Transition:
         """The one place a generation ends: new state, fresh counts, no trials."""
         old = self.state
         self.state = new
-        self.transitions[new] += 1
+        if new is not old:
+            self.transitions[new] += 1
         self.generation += 1
         self.state_since = now
         self.last_reason = reason
         self.counts = self.counts.next_generation(new)
         self._trials.clear()
-        return Transition(self.platform, old, new, reason, self.generation)
+        return Transition(self.platform, old, new, reason, self.generation, kind, who)

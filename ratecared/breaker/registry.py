@@ -33,7 +33,7 @@ from array import array
 from dataclasses import dataclass
 from typing import Callable, Generic, Iterable, Iterator, Protocol, TypeVar
 
-from ratecared.breaker.machine import Breaker, BreakerView, Decision, Leases, Outcome, Policy, Transition
+from ratecared.breaker.machine import Breaker, BreakerView, Decision, Leases, Outcome, Policy, State, Transition
 
 
 class UnknownPlatform(KeyError):
@@ -41,6 +41,10 @@ class UnknownPlatform(KeyError):
 
     def __str__(self) -> str:
         return f"unknown platform {self.args[0]!r}"
+
+
+class Unguarded(ValueError):
+    """The platform has no breaker (circuit-breaker-platforms), so there is nothing to hold."""
 
 
 class Journal(Protocol):
@@ -228,11 +232,12 @@ class Registry:
             seen = self._record(changes, now, breakers)
         return Later(out, seen, changes)
 
-    def reset(self, platform: str | None = None, reason: str = "reset by operator") -> list[str]:
-        """Close one breaker or all; return the platforms reset."""
-        return self._settled(self.reset_later(platform, reason))
+    def reset(self, platform: str | None = None, reason: str = "reset by operator", who: str = "daemon") -> list[str]:
+        """Close one breaker or all, ending their holds; return the platforms reset."""
+        return self._settled(self.reset_later(platform, reason, who))
 
-    def reset_later(self, platform: str | None = None, reason: str = "reset by operator") -> Later[list[str]]:
+    def reset_later(self, platform: str | None = None, reason: str = "reset by operator",
+                    who: str = "daemon") -> Later[list[str]]:
         """reset without waiting for the journal (see `Later`)."""
         changes: list[Transition] = []
         with self._lock:
@@ -240,9 +245,37 @@ class Registry:
             breakers = self._breakers_of(names)
             now = self._clock()
             for breaker in breakers:
-                changes.extend(breaker.reset(now, reason))
+                changes.extend(breaker.reset(now, reason, who))
             seen = self._record(changes, now, breakers)
         return Later(names, seen, changes)
+
+    def hold_later(self, platform: str, state: State, seconds: float, reason: str,
+                   who: str) -> Later[BreakerView]:
+        """Hold one breaker open or closed (Breaker.hold_for); the answer is the breaker as held.
+
+        Raises UnknownPlatform, Unguarded, or ValueError for a state or a length no hold takes.
+        """
+        with self._lock:
+            breaker = self._breakers_of([platform])[0]
+            if not breaker.policy.guards(platform):
+                raise Unguarded(f"{platform} has no breaker (circuit-breaker-platforms), so it cannot be held")
+            now = self._clock()
+            changes = breaker.hold_for(state, seconds, reason, who, now)
+            seen = self._record(changes, now, [breaker])
+            view = breaker.view(now)
+        return Later(view, seen, changes)
+
+    def release_later(self, platform: str, who: str) -> Later[BreakerView | None]:
+        """End one breaker's hold; the answer is the breaker released, or None when it had no hold."""
+        with self._lock:
+            breaker = self._breakers_of([platform])[0]
+            now = self._clock()
+            changes = breaker.advance(now)
+            held = breaker.hold is not None
+            changes += breaker.release(who, now)
+            seen = self._record(changes, now, [breaker])
+            view = breaker.view(now) if held else None
+        return Later(view, seen, changes)
 
     def tick(self) -> None:
         """Let time-driven transitions happen even when no caller asks."""

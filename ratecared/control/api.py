@@ -13,15 +13,17 @@ from __future__ import annotations
 import asyncio
 import json
 from concurrent.futures import Executor, Future
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable, Protocol
 from urllib.parse import parse_qs, unquote
+from zoneinfo import ZoneInfo
 
-from ratecared import logs
-from ratecared.breaker.machine import Decision, Outcome, State
-from ratecared.breaker.registry import Later, Registry, UnknownPlatform
+from ratecared import access, duration, logs
+from ratecared.breaker.machine import MAX_HOLD_SECONDS, BreakerView, Decision, Hold, Outcome, State
+from ratecared.breaker.registry import Later, Registry, Unguarded, UnknownPlatform
 from ratecared.control.server import Peer, Request, Response, error_response
 from ratecared.db import DatabaseError
+from ratecared.events import Event
 from ratecared.jobs import JOBS
 from ratecared.metrics import CONTENT_TYPE
 from ratecared.scheduler.runner import Stopping
@@ -30,6 +32,8 @@ PREFIX = "/api/v1/"
 METRICS = "/metrics"
 MAX_BATCH = 100
 MAX_RUNS = 1000
+MAX_EVENTS = 1000
+MAX_REASON = 255
 
 _NOT_COUNTED = {
     "stale": "the call was admitted in an earlier state of the breaker, so it is not counted",
@@ -43,6 +47,15 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+
+
+class Events(Protocol):
+    """What the API needs from the audit trail (events.EventLog)."""
+
+    def record(self, events: list[Event]) -> None: ...
+
+    def query(self, platform: str | None, since: datetime | None, limit: int, tz: ZoneInfo) -> list[dict[str, Any]]:
+        ...
 
 
 class Jobs(Protocol):
@@ -112,10 +125,12 @@ def _quote(text: str) -> str:
 
 # Acquire and report answers are built as text: they are most of the
 # daemon's traffic, and json.dumps of a dict costs more than the decision.
-def decision_text(d: Decision) -> str:
+def decision_text(d: Decision, hold_json: Callable[[Hold, float], dict[str, Any]]) -> str:
     permit = "null" if d.permit is None else _quote(d.permit)
     retry = "null" if d.retry_after is None else _encode(d.retry_after)
-    return f'{{"allowed":{_JSON_BOOL[d.allowed]},"state":"{d.state.value}","permit":{permit},"retry_after":{retry}}}'
+    held = "" if d.hold is None else ',"hold":' + _encode(hold_json(d.hold, d.hold_seconds_left or 0.0))
+    return (f'{{"allowed":{_JSON_BOOL[d.allowed]},"state":"{d.state.value}","permit":{permit},"retry_after":{retry}'
+            + held + "}")
 
 
 def outcome_text(o: Outcome, platform: str | None = None) -> str:
@@ -168,9 +183,12 @@ def metrics_only(scrapes: Scrapes) -> Callable[[Request], Response | Awaitable[R
 class Api:
     def __init__(self, registry: Registry, jobs: Jobs, *, health: Callable[[], dict[str, Any]],
                  reload: Callable[[Peer], dict[str, Any]], is_admin: Callable[[Peer], bool],
-                 executor: Executor, scrapes: Scrapes) -> None:
+                 executor: Executor, scrapes: Scrapes, events: Events, tz: Callable[[], ZoneInfo]) -> None:
         self.registry = registry
         self.scrapes = scrapes
+        self.events = events
+        # The daemon's zone, for the wall times answers show (a hold's end, events).
+        self.tz = tz
         self.jobs = jobs
         self.health = health
         self.reload = reload
@@ -183,6 +201,7 @@ class Api:
             ("POST", "circuit-breaker/reset"): self._reset,
             ("POST", "circuit-breaker/acquire"): self._acquire_batch,
             ("POST", "circuit-breaker/report"): self._report_batch,
+            ("GET", "circuit-breaker/events"): self._events,
             ("GET", "health"): self._health,
             ("POST", "reload"): self._reload,
             ("GET", "jobs"): self._jobs,
@@ -256,13 +275,17 @@ class Api:
     def _dynamic(self, method: str, route: str) -> Callable[[Request], Any]:
         # Names arrive percent-encoded; decoding after the split keeps an encoded "/" inside its name.
         parts = [unquote(part) for part in route.split("/")]
-        if len(parts) == 3 and parts[0] == "circuit-breaker" and parts[2] in ("acquire", "report"):
-            platform = parts[1]
+        if len(parts) == 3 and parts[0] == "circuit-breaker" and parts[2] in ("acquire", "report", "hold", "release"):
+            platform, action = parts[1], parts[2]
             if method != "POST":
-                raise ApiError(405, "method_not_allowed", f"use POST for {parts[2]}")
-            if parts[2] == "acquire":
+                raise ApiError(405, "method_not_allowed", f"use POST for {action}")
+            if action == "acquire":
                 return lambda request: self._acquire(platform, request)
-            return lambda request: self._report(platform, request)
+            if action == "report":
+                return lambda request: self._report(platform, request)
+            if action == "hold":
+                return lambda request: self._hold(platform, request)
+            return lambda request: self._release(platform, request)
         if len(parts) == 3 and parts[0] == "jobs" and parts[2] in ("run", "runs"):
             job = parts[1]
             if job not in JOBS:
@@ -327,7 +350,7 @@ class Api:
             def settled() -> None:
                 # From the journal's writer thread.
                 try:
-                    loop.call_soon_threadsafe(self._release, seq)
+                    loop.call_soon_threadsafe(self._answer_held, seq)
                 except RuntimeError:
                     pass  # the loop is closed: nobody is left to answer
 
@@ -340,7 +363,7 @@ class Api:
             self.registry.heard(later)
         return answer(later.value)
 
-    def _release(self, seq: int) -> None:
+    def _answer_held(self, seq: int) -> None:
         waiting = self._held.pop(seq, None)
         if waiting is not None and not waiting.done():
             waiting.set_result(None)
@@ -348,8 +371,20 @@ class Api:
     def _status(self, request: Request) -> Response | Awaitable[Response]:
         return self._when_settled(self.registry.status_later(), self._status_answer)
 
-    @staticmethod
-    def _status_answer(views: list[Any]) -> Response:
+    def _hold_json(self, hold: Hold, seconds_left: float) -> dict[str, Any]:
+        """A hold as answers show it: its end as a wall time in the daemon's zone."""
+        until = datetime.now(self.tz()) + timedelta(seconds=seconds_left)
+        return {"state": hold.state.value, "until": until.isoformat(timespec="seconds"),
+                "seconds_left": seconds_left, "reason": hold.reason, "by": hold.by}
+
+    def _entry(self, view: BreakerView) -> dict[str, Any]:
+        """One breaker's status entry, its hold's end as a wall time."""
+        entry = view.as_json()
+        if view.hold is not None:
+            entry["hold"] = self._hold_json(view.hold, view.hold_seconds_left or 0.0)
+        return entry
+
+    def _status_answer(self, views: list[BreakerView]) -> Response:
         platforms = []
         counts = {state: 0 for state in State}
         total_requests = total_failures = 0
@@ -357,7 +392,7 @@ class Api:
             counts[s.state] += 1
             total_requests += s.total_requests
             total_failures += s.total_failures
-            platforms.append(s.as_json())
+            platforms.append(self._entry(s))
         return success({
             "total_platforms": len(platforms),
             "closed": counts[State.CLOSED],
@@ -373,23 +408,26 @@ class Api:
         platform = self._body(request).get("platform")
         if platform is not None:
             self._known(platform)
-        who = f"uid {request.peer.uid} pid {request.peer.pid}"
-        later = self.registry.reset_later(platform, reason=f"reset by operator ({who})")
+        who = access.who(request.peer)
+        later = self.registry.reset_later(platform, reason=f"reset by {who}", who=who)
 
         def answer(reset: list[str]) -> Response:
-            # Only an open or half-open breaker changes; a closed one just has its failure count cleared.
-            changed = [t.platform for t in later.changes]
+            # Only an open, half-open or held breaker changes; a closed one just has its failure count cleared.
+            changed = [t.platform for t in later.changes if t.kind == "reset"]
             already_closed = [name for name in reset if name not in changed]
+            # Its transitions are events already; a reset that changed nothing is one too.
+            at = datetime.now(timezone.utc)
+            self.events.record([Event(at, name, "reset", State.CLOSED.value, State.CLOSED.value,
+                                      f"reset by {who}: already closed", who) for name in already_closed])
             # Logged once on disk, as the answer: a kill -9 before would leave the breaker as it was.
-            self.breaker_log.info("breakers reset", changed=changed, already_closed=already_closed,
-                                  peer_uid=request.peer.uid, peer_pid=request.peer.pid)
+            self.breaker_log.info("breakers reset", changed=changed, already_closed=already_closed, who=who,
+                                  peer_pid=request.peer.pid)
             return success({"reset": reset, "changed": changed})
 
         return self._when_settled(later, answer)
 
-    @staticmethod
-    def _decision_answer(decisions: list[Decision]) -> Response:
-        return success_raw(decision_text(decisions[0]))
+    def _decision_answer(self, decisions: list[Decision]) -> Response:
+        return success_raw(decision_text(decisions[0], self._hold_json))
 
     def _acquire(self, platform: str, request: Request) -> Response | Awaitable[Response]:
         try:
@@ -397,7 +435,7 @@ class Api:
         except UnknownPlatform as exc:
             raise ApiError(404, "unknown_platform", str(exc)) from None
         if self.registry.settled(later):
-            return success_raw(decision_text(later.value[0]))
+            return success_raw(decision_text(later.value[0], self._hold_json))
         return self._held_answer(later, self._decision_answer)
 
     def _acquire_batch(self, request: Request) -> Response:
@@ -410,7 +448,7 @@ class Api:
         names = list(dict.fromkeys(names))
         return self._when_settled(
             self.registry.acquire_many_later(names, request.peer.uid),
-            lambda decisions: success_raw("{" + ",".join(_quote(name) + ":" + decision_text(d)
+            lambda decisions: success_raw("{" + ",".join(_quote(name) + ":" + decision_text(d, self._hold_json)
                                                          for name, d in zip(names, decisions)) + "}"))
 
     @staticmethod
@@ -455,6 +493,76 @@ class Api:
             self.registry.report_many_later(parsed, request.peer.uid),
             lambda outcomes: success_raw("[" + ",".join(outcome_text(o, platform)
                                                         for (platform, _, _), o in zip(parsed, outcomes)) + "]"))
+
+    # -- holds and events --------------------------------------------------------
+
+    def _hold(self, platform: str, request: Request) -> Response | Awaitable[Response]:
+        self._require_admin(request, "hold")
+        body = self._body(request)
+        state, seconds, reason = body.get("state"), body.get("seconds"), body.get("reason")
+        if state not in ("open", "closed"):
+            raise ApiError(400, "invalid_request", '"state" must be "open" or "closed"')
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= MAX_HOLD_SECONDS:
+            raise ApiError(400, "invalid_request",
+                           f'"seconds" must be a number over 0 and at most {MAX_HOLD_SECONDS:.0f} (30 days)')
+        if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON:
+            raise ApiError(400, "invalid_request", f'"reason" must say why, in 1 to {MAX_REASON} characters')
+        try:
+            later = self.registry.hold_later(platform, State(state), float(seconds), reason.strip(),
+                                             access.who(request.peer))
+        except UnknownPlatform as exc:
+            raise ApiError(404, "unknown_platform", str(exc)) from None
+        except Unguarded as exc:
+            raise ApiError(409, "unguarded", str(exc)) from None
+        return self._when_settled(later, lambda view: success(self._entry(view)))
+
+    def _release(self, platform: str, request: Request) -> Response | Awaitable[Response]:
+        self._require_admin(request, "release")
+        try:
+            later = self.registry.release_later(platform, access.who(request.peer))
+        except UnknownPlatform as exc:
+            raise ApiError(404, "unknown_platform", str(exc)) from None
+
+        def answer(view: BreakerView | None) -> Response:
+            if view is None:
+                return error_response(409, "not_held", f"{platform} has no hold to release")
+            return success(self._entry(view))
+
+        return self._when_settled(later, answer)
+
+    async def _events(self, request: Request) -> Response:
+        query = parse_qs(request.query)
+        platform = query.get("platform", [None])[0] or None
+        if platform is not None:
+            self._known(platform)
+        since = None
+        if "since" in query:
+            since = self._since(query["since"][0])
+        try:
+            limit = int(query.get("limit", ["100"])[0])
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= MAX_EVENTS:
+            raise ApiError(400, "invalid_request", f"limit must be a whole number from 1 to {MAX_EVENTS}")
+        tz = self.tz()
+        try:
+            return success(await self._in_thread(lambda: self.events.query(platform, since, limit, tz)))
+        except DatabaseError as exc:
+            raise ApiError(503, "database_error", str(exc)) from None
+
+    def _since(self, text: str) -> datetime:
+        """`since` as a length back from now (`1d`, `2h`) or a moment (ISO 8601, the daemon's zone if none)."""
+        try:
+            return datetime.now(timezone.utc) - timedelta(seconds=duration.seconds(text))
+        except ValueError:
+            pass
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise ApiError(400, "invalid_request",
+                           f"since must be a length back from now (1d, 2h) or a time (2026-12-01T09:00), not {text!r}"
+                           ) from None
+        return moment if moment.tzinfo else moment.replace(tzinfo=self.tz())
 
     # -- daemon ----------------------------------------------------------------
 
