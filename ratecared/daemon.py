@@ -210,8 +210,9 @@ class Daemon:
         loop = asyncio.get_running_loop()
         stop_requested = asyncio.Event()
         executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="control-worker")
-        api = Api(self.registry, self.runner, health=self.health, reload=self.reload,
-                  is_admin=lambda peer: access.is_admin(peer, self.config().daemon.admin_group), executor=executor)
+        api = Api(self.registry, self.runner, settings=self.settings, health=self.health, reload=self.reload,
+                  is_admin=lambda peer: access.is_admin(peer, self.config().daemon.admin_group),
+                  executor=executor)
         server = ControlServer(
             api.handle, lambda: self.config().daemon,
             is_privileged=lambda peer: access.is_admin(peer, self.config().daemon.admin_group),

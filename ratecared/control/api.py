@@ -18,12 +18,14 @@ from typing import Any, Awaitable, Callable, Protocol
 from urllib.parse import parse_qs, unquote
 
 from ratecared import logs
+from ratecared import settings as settings_mod
+from ratecared.access import who
 from ratecared.breaker.machine import Decision, Outcome, State
 from ratecared.breaker.registry import Later, Registry, UnknownPlatform
 from ratecared.control.server import Peer, Request, Response, error_response
 from ratecared.db import DatabaseError
 from ratecared.jobs import JOBS
-from ratecared.scheduler.runner import Stopping
+from ratecared.scheduler.runner import NothingToCancel, Stopping
 
 PREFIX = "/api/v1/"
 MAX_BATCH = 100
@@ -51,6 +53,18 @@ class Jobs(Protocol):
     def overview(self, now: datetime) -> list[dict[str, Any]]: ...
 
     def runs(self, job: str, limit: int = 20) -> list[dict[str, Any]]: ...
+
+    def cancel(self, job: str, by: str) -> dict[str, Any]: ...
+
+
+class SettingsTable(Protocol):
+    """What the API needs of the settings (settings.LiveSettings)."""
+
+    def table(self) -> dict[str, str | None]: ...
+
+    def state(self) -> settings_mod.SettingsState: ...
+
+    def set(self, key: str, value: str, by: str) -> dict[str, object]: ...
 
 
 _encode = json.JSONEncoder(separators=(",", ":")).encode
@@ -128,11 +142,12 @@ def outcome_text(o: Outcome, platform: str | None = None) -> str:
 
 
 class Api:
-    def __init__(self, registry: Registry, jobs: Jobs, *, health: Callable[[], dict[str, Any]],
-                 reload: Callable[[Peer], dict[str, Any]], is_admin: Callable[[Peer], bool],
-                 executor: Executor) -> None:
+    def __init__(self, registry: Registry, jobs: Jobs, *, settings: SettingsTable,
+                 health: Callable[[], dict[str, Any]], reload: Callable[[Peer], dict[str, Any]],
+                 is_admin: Callable[[Peer], bool], executor: Executor) -> None:
         self.registry = registry
         self.jobs = jobs
+        self.settings = settings
         self.health = health
         self.reload = reload
         self.is_admin = is_admin
@@ -147,6 +162,8 @@ class Api:
             ("GET", "health"): self._health,
             ("POST", "reload"): self._reload,
             ("GET", "jobs"): self._jobs,
+            ("GET", "settings"): self._settings,
+            ("POST", "settings"): self._set_setting,
         }
         self._routes_for: tuple[str, ...] = ()
         self._platforms: frozenset[str] = frozenset()
@@ -222,15 +239,17 @@ class Api:
             if parts[2] == "acquire":
                 return lambda request: self._acquire(platform, request)
             return lambda request: self._report(platform, request)
-        if len(parts) == 3 and parts[0] == "jobs" and parts[2] in ("run", "runs"):
+        if len(parts) == 3 and parts[0] == "jobs" and parts[2] in ("run", "runs", "cancel"):
             job = parts[1]
             if job not in JOBS:
                 raise ApiError(404, "unknown_job", f"unknown job {job!r}; jobs: {', '.join(JOBS)}")
-            wanted = "POST" if parts[2] == "run" else "GET"
+            wanted = "GET" if parts[2] == "runs" else "POST"
             if method != wanted:
                 raise ApiError(405, "method_not_allowed", f"use {wanted} for {parts[2]}")
             if parts[2] == "run":
                 return lambda request: self._run_job(job, request)
+            if parts[2] == "cancel":
+                return lambda request: self._cancel_job(job, request)
             return lambda request: self._job_runs(job, request)
         if any(route == path for _, path in self._static):
             raise ApiError(405, "method_not_allowed", f"{method} is not allowed on {PREFIX}{route}")
@@ -332,15 +351,16 @@ class Api:
         platform = self._body(request).get("platform")
         if platform is not None:
             self._known(platform)
-        who = f"uid {request.peer.uid} pid {request.peer.pid}"
-        later = self.registry.reset_later(platform, reason=f"reset by operator ({who})")
+        by = who(request.peer)
+        caller = f"uid {request.peer.uid} pid {request.peer.pid}"
+        later = self.registry.reset_later(platform, reason=f"reset by operator ({caller})")
 
         def answer(reset: list[str]) -> Response:
             # Only an open or half-open breaker changes; a closed one just has its failure count cleared.
             changed = [t.platform for t in later.changes]
             already_closed = [name for name in reset if name not in changed]
             # Logged once on disk, as the answer: a kill -9 before would leave the breaker as it was.
-            self.breaker_log.info("breakers reset", changed=changed, already_closed=already_closed,
+            self.breaker_log.info("breakers reset", changed=changed, already_closed=already_closed, by=str(by),
                                   peer_uid=request.peer.uid, peer_pid=request.peer.pid)
             return success({"reset": reset, "changed": changed})
 
@@ -442,7 +462,7 @@ class Api:
         except Stopping as exc:
             raise ApiError(503, "stopping", str(exc)) from None
         self.jobs_log.info("job run requested", job=job, run_id=run_id, already_queued=already,
-                           peer_uid=request.peer.uid, peer_pid=request.peer.pid)
+                           by=str(who(request.peer)), peer_uid=request.peer.uid, peer_pid=request.peer.pid)
         if not wait:
             return success({"job": job, "run_id": run_id, "status": "queued", "already_queued": already}, status=202)
         # Shielded: the run's future is shared by every request for it, and one
@@ -451,6 +471,41 @@ class Api:
             return success(await asyncio.shield(asyncio.wrap_future(future)))
         except DatabaseError as exc:
             raise ApiError(503, "database_error", str(exc)) from None
+
+    async def _cancel_job(self, job: str, request: Request) -> Response:
+        self._require_admin(request, "cancelling a run")
+        by = str(who(request.peer))
+        try:
+            return success(await self._in_thread(lambda: self.jobs.cancel(job, by)))
+        except NothingToCancel as exc:
+            raise ApiError(409, "nothing_to_cancel", str(exc)) from None
+        except DatabaseError as exc:
+            raise ApiError(503, "database_error", str(exc)) from None
+
+    async def _settings(self, request: Request) -> Response:
+        def listing() -> list[dict[str, object]]:
+            return settings_mod.listing(self.settings.table(), self.settings.state())
+
+        try:
+            return success(await self._in_thread(listing))
+        except DatabaseError as exc:
+            raise ApiError(503, "database_error", f"cannot read the settings table: {exc}") from None
+
+    async def _set_setting(self, request: Request) -> Response:
+        self._require_admin(request, "changing a setting")
+        body = self._body(request)
+        key, value = body.get("key"), body.get("value")
+        if not isinstance(key, str) or not isinstance(value, (str, int)) or isinstance(value, bool):
+            raise ApiError(400, "invalid_request", '"key" must be a setting\'s name and "value" a string')
+        by = str(who(request.peer))
+        try:
+            return success(await self._in_thread(lambda: self.settings.set(key, str(value), by)))
+        except settings_mod.UnknownSetting as exc:
+            raise ApiError(404, "unknown_setting", str(exc)) from None
+        except settings_mod.BadSetting as exc:
+            raise ApiError(400, "invalid_setting", str(exc)) from None
+        except DatabaseError as exc:
+            raise ApiError(503, "database_error", f"the setting was not changed: {exc}") from None
 
     async def _reload(self, request: Request) -> Response:
         self._require_admin(request, "reload")
