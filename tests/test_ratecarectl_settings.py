@@ -6,9 +6,18 @@ import grp
 import json
 import os
 import pwd
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
 
 from conftest import DaemonProcess, ctl, fail, setting_in_effect, wait_for
-from test_ratecarectl import NOBODY, ctl_as_nobody, database_of, needs_root, open_socket_dir
+from ratecared.jobs import JOBS
+from ratecarectl.cli import main
+from test_ratecarectl import NOBODY, ctl_as_nobody, database_of, needs_root, open_socket_dir, source_file
 
 THRESHOLD = "circuit-breaker-failure-threshold"
 # The periodic re-read never comes within a test: what is in effect after a set, the set applied.
@@ -130,3 +139,39 @@ def test_only_root_and_the_admin_group_set_settings(config_factory, daemon_facto
     assert ctl_as_nobody(daemon.socket, "settings", THRESHOLD, "2", "--json") == 4
     assert table_value(daemon, THRESHOLD) == "5"
     setting_in_effect(daemon, THRESHOLD, 5)
+
+
+def test_bash_completes_the_new_commands_setting_keys_and_jobs() -> None:
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    script = source_file("packaging/bash-completion/ratecarectl")
+    program = Path(sys.executable).parent / "ratecarectl"
+    if not program.exists():
+        pytest.skip("ratecarectl is not installed beside this Python")
+
+    def complete(words: str) -> list[str]:
+        result = subprocess.run(
+            ["bash", "-c", f'source {script}; COMP_WORDS=(ratecarectl {words}); COMP_CWORD=2; '
+                           f'_ratecarectl_completion {program}; printf "%s\\n" "${{COMPREPLY[@]}}"'],
+            capture_output=True, text=True, timeout=60)
+        return result.stdout.split()
+
+    assert complete("settings circuit-breaker-h") == ["circuit-breaker-half-open-requests"]
+    assert complete("settings cache-w") == ["cache-warming-enabled", "cache-warming-widget-count"]
+    assert complete("cancel ''") == list(JOBS)
+    result = subprocess.run(
+        ["bash", "-c", f'source {script}; COMP_WORDS=(ratecarectl c); COMP_CWORD=1; '
+                       f'_ratecarectl_completion {program}; printf "%s\\n" "${{COMPREPLY[@]}}"'],
+        capture_output=True, text=True, timeout=60)
+    assert "cancel" in result.stdout.split()
+
+
+def test_the_man_page_and_the_help_describe_the_new_commands() -> None:
+    page = " ".join(source_file("packaging/man/ratecarectl.1").read_text().replace("\\-", "-").split())
+    for text in (".BR settings", ".BR cancel", "--follow", "nothing running or queued", "in effect when the command"):
+        assert text in page, text
+    runner = CliRunner()
+    for command, text in (("settings", "a bad value is refused with the reason (exit 1)"),
+                          ("cancel", "Exits 1 when the job has nothing running or queued"),
+                          ("run", "--follow")):
+        assert text in " ".join(runner.invoke(main, [command, "--help"]).output.split()), command
