@@ -495,8 +495,8 @@ class Api:
         self._require_admin(request, "changing a setting")
         body = self._body(request)
         key, value = body.get("key"), body.get("value")
-        if not isinstance(key, str) or not isinstance(value, (str, int)) or isinstance(value, bool):
-            raise ApiError(400, "invalid_request", '"key" must be a setting\'s name and "value" a string')
+        if not isinstance(key, str) or not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ApiError(400, "invalid_request", '"key" must be a setting\'s name and "value" a string or a number')
         by = str(who(request.peer))
         try:
             return success(await self._in_thread(lambda: self.settings.set(key, str(value), by)))

@@ -150,7 +150,7 @@ class _Manual:
 
 @dataclass
 class _Running:
-    """The run under way, and why it is to stop early, if it is; fields only under Runner._lock."""
+    """The run under way: its own stop event, and who cancelled it (read and written only under Runner._lock)."""
 
     job: str
     run_id: str
