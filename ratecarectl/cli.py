@@ -452,9 +452,10 @@ def _progress_line(job: str, run_id: str, run: dict[str, Any] | None) -> str:
 @json_option
 @click.pass_context
 def cancel(ctx: click.Context, job: str, as_json: bool) -> None:
-    """Stop the job's running run at its next chunk, or drop its queued manual run.
+    """Stop a job's running run, or drop its queued one.
 
-    Root and the admin group only. The stopped run is recorded interrupted,
+    The running run stops at its next chunk; with none running, the job's
+    queued manual run is dropped. Root and the admin group only. The stopped run is recorded interrupted,
     the dropped one skipped, each with who cancelled it; the daemon and the
     other jobs go on. Exits 1 when the job has nothing running or queued.
     """
@@ -484,7 +485,7 @@ def _setting_text(value: Any) -> str:
 @json_option
 @click.pass_context
 def settings(ctx: click.Context, key: str | None, value: str | None, as_json: bool) -> None:
-    """List the settings, show one, or set KEY to VALUE.
+    """List the settings, show one, or set one.
 
     The list shows each setting's value in the settings table (- when it has
     no row), its default, the value in effect and any warning about it.
