@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import textwrap
+import time
 from typing import Any, Callable, NoReturn
 
 import click
@@ -120,6 +122,13 @@ def _job_names() -> list[str]:
 
 def _complete_job(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
     return [name for name in _job_names() if name.startswith(incomplete)]
+
+
+def _complete_setting(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """The setting keys, from the daemon's own table of them (imported late, as the jobs are)."""
+    from ratecared.settings import KEYS
+
+    return [key for key in KEYS if key.startswith(incomplete)]
 
 
 def _complete_platform(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
@@ -444,37 +453,161 @@ def jobs(ctx: click.Context, as_json: bool) -> None:
 @click.option("--wait", is_flag=True,
               help="Wait for the end; exit 0 when the run succeeded or was skipped (job disabled), 1 when it "
                    "failed, was interrupted or never started.")
+@click.option("--follow", is_flag=True,
+              help="Show the run's progress while it goes (rows, chunks, rate, elapsed, time left where known), "
+                   "then its result; exits as --wait does.")
 @json_option
 @click.pass_context
-def run(ctx: click.Context, job: str, wait: bool, as_json: bool) -> None:
+def run(ctx: click.Context, job: str, wait: bool, follow: bool, as_json: bool) -> None:
     """Run a job now, through the same claim and lock as the schedule.
 
     With --wait, print the run's result and exit 0 when the run succeeded or
     was skipped (the job is disabled in the settings), 1 when it failed, was
-    interrupted or never started (the daemon stopped first).
+    interrupted or never started (the daemon stopped first). --follow shows
+    the progress meanwhile: a line that updates on a terminal, a line every
+    few seconds when piped. With --json only the result is printed.
     """
+    wait = wait and not follow
     dropped = (f"ratecared closed the connection while waiting for {job} to finish" if wait else
                f"ratecared closed the connection before answering; {job} may or may not have been queued")
     socket_path = ctx.obj.socket_path
+    run_id = None
     try:
         result = _call(ctx, lambda c: c.run_job(job, wait),
                        when_dropped=f"{dropped}: see `ratecarectl history {job}`")
+        if follow:
+            run_id = result["run_id"]
+            result = _follow(ctx, job, run_id, show=not as_json)
     except KeyboardInterrupt:
         # Only the waiting stops: the daemon carries on with the run.
-        run_id = _run_under_way(socket_path, job)
+        run_id = run_id or _run_under_way(socket_path, job)
         which = f"run {run_id} of {job}" if run_id else f"the run of {job}"
         _fail(f"interrupted: {which} goes on in ratecared; see `ratecarectl history {job}`", EXIT_INTERRUPTED,
               "interrupted")
     if as_json:
         click.echo(json.dumps(result, indent=2))
-    elif not wait:
+    elif not (wait or follow):
         queued = "already queued" if result.get("already_queued") else "queued"
         click.echo(f"{job}: {queued} as run {result['run_id']}; see `ratecarectl history {job}`")
     else:
         _print_run(job, result)
     # A skip with an error is a run that never started (the daemon stopped first), not a disabled job.
-    if wait and (result["status"] not in ("success", "skipped") or result.get("error")):
+    if (wait or follow) and (result["status"] not in ("success", "skipped") or result.get("error")):
         sys.exit(EXIT_FAILURE)
+
+
+# How often --follow asks for the run's progress: on a terminal the line updates; piped, each is a line.
+FOLLOW_TTY_EVERY, FOLLOW_PIPED_EVERY = 0.5, 2.0
+
+
+def _follow(ctx: click.Context, job: str, run_id: str, show: bool) -> dict[str, Any]:
+    """Show the run's progress until it has ended; its record, as `run --wait` answers it."""
+    tty = sys.stdout.isatty()
+    while True:
+        runs = _call(ctx, lambda c: c.job_runs(job, 50))
+        run = next((r for r in runs if r["run_id"] == run_id), None)
+        if run is not None and run["status"] != "running":
+            if show and tty:
+                click.echo()
+            return run
+        if show:
+            line = _progress_line(job, run_id, run)
+            if tty:
+                click.echo("\r" + _cut(line, shutil.get_terminal_size().columns - 1) + "\x1b[K", nl=False)
+            else:
+                click.echo(line)
+        time.sleep(FOLLOW_TTY_EVERY if tty else FOLLOW_PIPED_EVERY)
+
+
+def _progress_line(job: str, run_id: str, run: dict[str, Any] | None) -> str:
+    if run is None:
+        return f"{job}: run {run_id} queued"
+    progress = run.get("progress") or {}
+    parts = [f"{run['rows']} rows"]
+    if progress.get("chunks") is not None:
+        parts.append(f"{progress['chunks']} chunks")
+    if progress.get("rows_per_second") is not None:
+        parts.append(f"{progress['rows_per_second']:g} rows/s")
+    if progress.get("elapsed_seconds") is not None:
+        parts.append(f"{_seconds(progress['elapsed_seconds'])} elapsed")
+    if progress.get("remaining_seconds") is not None:
+        parts.append(f"about {_seconds(progress['remaining_seconds'])} left")
+    return f"{job}: run {run_id} running: {', '.join(parts)}"
+
+
+@main.command(cls=_JobCommand)
+@click.argument("job", shell_complete=_complete_job)
+@json_option
+@click.pass_context
+def cancel(ctx: click.Context, job: str, as_json: bool) -> None:
+    """Stop a job's running run, or drop its queued one.
+
+    The running run stops at its next chunk; with none running, the job's
+    queued manual run is dropped. Root and the admin group only. The stopped run is recorded interrupted,
+    the dropped one skipped, each with who cancelled it; the daemon and the
+    other jobs go on. Exits 1 when the job has nothing running or queued.
+    """
+    data = _call(ctx, lambda c: c.cancel_job(job),
+                 when_dropped="ratecared closed the connection before answering; the run may or may not have been "
+                              f"cancelled: see `ratecarectl history {job}`")
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    elif data["cancelled"] == "running":
+        click.echo(f"{job}: run {data['run_id']} stops at its next chunk; see `ratecarectl history {job}`")
+    else:
+        click.echo(f"{job}: queued run {data['run_id']} dropped")
+
+
+def _setting_text(value: Any) -> str:
+    """A setting's value as the table spells it: 1/0, whole numbers, `all`."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return "-" if value is None else str(value)
+
+
+@main.command()
+@click.argument("key", required=False, shell_complete=_complete_setting)
+@click.argument("value", required=False)
+@json_option
+@click.pass_context
+def settings(ctx: click.Context, key: str | None, value: str | None, as_json: bool) -> None:
+    """List the settings, show one, or set one.
+
+    The list shows each setting's value in the settings table (- when it has
+    no row), its default, the value in effect and any warning about it.
+    Setting one needs root or the admin group: the value is checked as the
+    daemon checks the table, written to it and in effect when this returns;
+    a bad value is refused with the reason (exit 1) and the table is left as
+    it was.
+    """
+    if key is not None and value is not None:
+        entry = _call(ctx, lambda c: c.set_setting(key, value),
+                      when_dropped="ratecared closed the connection before answering; the setting may or may not "
+                                   "have been changed: see `ratecarectl settings`")
+        if as_json:
+            click.echo(json.dumps(entry, indent=2))
+        else:
+            click.echo(f"{key}: {_setting_text(entry['in_effect'])} in effect")
+        return
+    data = _call(ctx, lambda c: c.settings())
+    if key is not None:
+        known = [entry["key"] for entry in data]
+        data = [entry for entry in data if entry["key"] == key]
+        if not data:
+            _fail(f"unknown setting {key!r}; settings: {', '.join(known)}", EXIT_FAILURE, "unknown_setting")
+    if as_json:
+        click.echo(json.dumps(data[0] if key else data, indent=2))
+        return
+    rows = [["KEY", "VALUE", "DEFAULT", "IN EFFECT"]]
+    for entry in data:
+        rows.append([entry["key"], _setting_text(entry["value"]), _setting_text(entry["default"]),
+                     _setting_text(entry["in_effect"])])
+    _table(rows)
+    for entry in data:
+        if entry["warning"]:
+            click.echo(click.style(f"warning: {entry['warning']}", fg="yellow"))
 
 
 def _run_under_way(socket_path: str, job: str) -> str | None:

@@ -1,10 +1,11 @@
-"""Who may do what on the control socket, from the peer's credentials (SO_PEERCRED)."""
+"""Who may do what on the control socket, and who did it, from the peer's credentials (SO_PEERCRED)."""
 
 from __future__ import annotations
 
 import grp
 import os
 import pwd
+from dataclasses import dataclass
 
 from ratecared.control.server import Peer
 
@@ -22,9 +23,22 @@ def is_admin(peer: Peer, admin_group: str) -> bool:
     return peer.gid == gid or gid in peer.groups
 
 
-def who(peer: Peer) -> str:
-    """The peer as the events and the log name it: "alice (uid 1000)", or "uid 1234" when it has no name."""
+@dataclass(frozen=True)
+class Who:
+    """The operator behind an action, as its log line (and its event) names them."""
+
+    uid: int
+    # None for a uid that has no passwd entry (a container's, a deleted user's).
+    user: str | None
+
+    def __str__(self) -> str:
+        return f"{self.user} (uid {self.uid})" if self.user else f"uid {self.uid}"
+
+
+def who(peer: Peer) -> Who:
+    """The peer's uid and its user name."""
     try:
-        return f"{pwd.getpwuid(peer.uid).pw_name} (uid {peer.uid})"
+        user: str | None = pwd.getpwuid(peer.uid).pw_name
     except (KeyError, OverflowError):
-        return f"uid {peer.uid}"
+        user = None
+    return Who(peer.uid, user)

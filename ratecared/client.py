@@ -321,6 +321,18 @@ class Client:
         path = f"/api/v1/jobs/{_segment(job)}/run"
         return self.request("POST", path, {"wait": wait}, timeout=86400.0 if wait else None)
 
+    def cancel_job(self, job: str) -> dict[str, Any]:
+        """Stop the job's running run at its next chunk, or drop its queued manual run: that run."""
+        return self.request("POST", f"/api/v1/jobs/{_segment(job)}/cancel", {})
+
+    def settings(self) -> list[dict[str, Any]]:
+        """Each setting: its value in the table, default, value in effect, warning."""
+        return self.request("GET", "/api/v1/settings", timeout=max(self.timeout, 10.0))
+
+    def set_setting(self, key: str, value: str) -> dict[str, Any]:
+        """Write one setting and apply it: the setting as now in effect. A bad value is a DaemonError saying why."""
+        return self.request("POST", "/api/v1/settings", {"key": key, "value": value}, timeout=max(self.timeout, 10.0))
+
     def job_runs(self, job: str, limit: int = 20) -> list[dict[str, Any]]:
         return self.request("GET", f"/api/v1/jobs/{_segment(job)}/runs?limit={limit}", timeout=max(self.timeout, 10.0))
 

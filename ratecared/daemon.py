@@ -223,7 +223,7 @@ class Daemon:
         stop_requested = asyncio.Event()
         executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="control-worker")
         scrapes = Scrapes(exposition(Collector(self.registry.status, self.runner.figures, self.db.probe)), executor)
-        api = Api(self.registry, self.runner, health=self.health, reload=self.reload,
+        api = Api(self.registry, self.runner, settings=self.settings, health=self.health, reload=self.reload,
                   is_admin=lambda peer: access.is_admin(peer, self.config().daemon.admin_group), executor=executor,
                   scrapes=scrapes, events=self.events, tz=lambda: self.config().daemon.tz)
 

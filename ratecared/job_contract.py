@@ -24,6 +24,9 @@ from ratecared.settings import Settings
 # A run writes what it has done so far to its record at most this often:
 # often enough that a killed run keeps nearly all of it, rarely enough to cost nothing.
 PROGRESS_EVERY = 2.0
+# A progress detail: the share of the run's work done so far, 0 to 1, from
+# a job that knows its whole; the runner estimates the time left from it.
+SHARE_DONE = "share_done"
 
 
 class RunStatus(StrEnum):
@@ -45,14 +48,14 @@ class JobResult:
 
 
 class Interrupted(Exception):
-    """The daemon is stopping; the job ends at the next chunk boundary.
+    """The run is to stop (the daemon stops, or a cancel); the job ends at the next chunk boundary.
 
     It carries what the run did before it stopped, so the run's record shows
     the rows it deleted or wrote rather than nothing.
     """
 
     def __init__(self, rows: int = 0, details: dict[str, Any] | None = None) -> None:
-        super().__init__("the daemon was stopping")
+        super().__init__("the run was stopped")
         self.rows = rows
         self.details: dict[str, Any] = dict(details or {})
 
@@ -95,6 +98,7 @@ class JobContext:
     # The run's start, frozen: "expired" and "yesterday" mean the same thing
     # for the whole run however long it takes.
     now: datetime
+    # The run's own stop: set when the daemon stops or an operator cancels this run.
     stop: threading.Event
     chunks: ChunkPolicy = field(default_factory=ChunkPolicy)
     # Writes the run's progress to its record; the runner provides it.

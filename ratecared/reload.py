@@ -15,6 +15,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from ratecared import access
 from ratecared.config import Config, ConfigError, CurrentConfig, check_host, load
 from ratecared.control.server import Peer
 
@@ -78,7 +79,8 @@ class Reloader:
                 self._notify("READY=1", f"STATUS={self._status_line()}")
 
     def _reload(self, peer: Peer | None) -> dict[str, Any]:
-        who = {"peer_uid": peer.uid, "peer_pid": peer.pid} if peer else {"signal": "SIGHUP"}
+        who = {"by": str(access.who(peer)), "peer_uid": peer.uid, "peer_pid": peer.pid} if peer else {
+            "signal": "SIGHUP"}
         old = self._config()
         try:
             new = load(old.path)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, fields
+from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
 from ratecared.breaker.machine import Policy
-from ratecared.db import Database, DatabaseError
+from ratecared.db import Database, DatabaseError, timestamp
 
 
 @dataclass(frozen=True)
@@ -116,10 +117,48 @@ def parse(rows: Mapping[str, str | None], known_platforms: tuple[str, ...] = ())
     return Settings(**values), warnings  # type: ignore[arg-type]
 
 
+class UnknownSetting(ValueError):
+    """A key that is not one of KEYS."""
+
+
+class BadSetting(ValueError):
+    """A value the daemon would not use: the message says why, as its warning would."""
+
+
+def canonical(key: str, value: str, known_platforms: tuple[str, ...] = ()) -> str:
+    """`value` for `key` as the table should hold it, checked as the daemon checks the table it reads.
+
+    Raises UnknownSetting or BadSetting with the reason.
+    """
+    if key not in KEYS:
+        raise UnknownSetting(f"unknown setting {key!r}; settings: {', '.join(KEYS)}")
+    settings, warnings = parse({key: value}, known_platforms)
+    if warnings:
+        raise BadSetting(f"{key}={value!r} {warnings[0].problem}")
+    shown = as_dict(settings)[key]
+    # In the seed's spelling: 1 and 0, whole numbers, `all`.
+    if isinstance(shown, bool):
+        return "1" if shown else "0"
+    if isinstance(shown, float) and shown.is_integer():
+        return str(int(shown))
+    return str(shown)
+
+
+def read_rows(database: Database) -> dict[str, str | None]:
+    """The table as it is now, `key -> value`; raise DatabaseError if it cannot be read."""
+    rows = database.query("SELECT `key`, `value` FROM settings")
+    return {str(k): (None if v is None else str(v)) for k, v in rows}
+
+
 def read(database: Database, known_platforms: tuple[str, ...] = ()) -> tuple[Settings, list[SettingWarning]]:
     """Read the table now; raise DatabaseError if it cannot be read."""
-    rows = database.query("SELECT `key`, `value` FROM settings")
-    return parse({str(k): (None if v is None else str(v)) for k, v in rows}, known_platforms)
+    return parse(read_rows(database), known_platforms)
+
+
+def write(database: Database, key: str, value: str, now: datetime) -> None:
+    """Set one row of the table, whether or not the row is there yet."""
+    database.execute(database.dialect.upsert("settings", ("key", "value", "updated_at"), ("key",)),
+                     (key, value, timestamp(now)))
 
 
 def as_dict(settings: Settings) -> dict[str, object]:
@@ -155,6 +194,14 @@ class SettingsState:
     error: str | None = None
 
 
+def listing(rows: Mapping[str, str | None], state: SettingsState) -> list[dict[str, object]]:
+    """Each setting: its value in the table (None when it has no row), default, value in effect, warning."""
+    defaults, in_effect = as_dict(Settings()), as_dict(state.settings)
+    warnings = {w.key: str(w) for w in state.warnings}
+    return [{"key": key, "value": rows.get(key), "default": defaults[key], "in_effect": in_effect[key],
+             "warning": warnings.get(key)} for key in KEYS]
+
+
 class LiveSettings:
     """The settings table as the daemon applies it, re-read on demand.
 
@@ -179,6 +226,21 @@ class LiveSettings:
 
     def current(self) -> Settings:
         return self.state().settings
+
+    def table(self) -> dict[str, str | None]:
+        """The table as it is now, which may differ from what is in effect until the next refresh."""
+        return read_rows(self._db)
+
+    def set(self, key: str, value: str, by: str) -> dict[str, object]:
+        """Check, write and apply one setting for an operator: its listing entry as now in effect.
+
+        Raises UnknownSetting or BadSetting, leaving the table as it was, and DatabaseError.
+        """
+        text = canonical(key, value, self._platforms())
+        write(self._db, key, text, datetime.now(timezone.utc))
+        self._log.info("setting set", key=key, value=text, by=by)
+        self.refresh()
+        return next(entry for entry in listing(self.table(), self.state()) if entry["key"] == key)
 
     def refresh(self) -> None:
         """Re-read the table; a failure keeps the settings in force and says why once."""

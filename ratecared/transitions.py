@@ -23,7 +23,7 @@ def on_transitions(log: Any, write_now: Callable[[], None],
             emit = log.warning if change.new is State.OPEN else log.info
             emit("breaker transition", platform=change.platform, old=change.old.value, new=change.new.value,
                  reason=change.reason, generation=change.generation,
-                 **({} if change.kind == "transition" else {"action": change.kind, "who": change.who}))
+                 **({} if change.kind == "transition" else {"action": change.kind, "by": change.who}))
         at = datetime.now(timezone.utc)
         record([of_transition(change, at) for change in changes])
         write_now()

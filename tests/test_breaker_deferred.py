@@ -96,8 +96,8 @@ def served(tmp_path: Path) -> Iterator[Served]:
     journal.open(breaker_journal._utc_now())
     registry = Registry(("booking", "expedia"), Policy(failure_threshold=1, open_seconds=600), journal=journal)
     executor = ThreadPoolExecutor(max_workers=1)
-    api = Api(registry, None, health=lambda: {}, reload=lambda peer: {}, is_admin=lambda peer: True,  # type: ignore[arg-type]
-              executor=executor, scrapes=Scrapes(lambda: b"", executor),
+    api = Api(registry, None, settings=None, health=lambda: {}, reload=lambda peer: {},  # type: ignore[arg-type]
+              is_admin=lambda peer: True, executor=executor, scrapes=Scrapes(lambda: b"", executor),
               events=EventLog(None, "web1", log), tz=lambda: ZoneInfo("UTC"))  # type: ignore[arg-type]
     path = tmp_path / "ratecared.sock"
     sock = bind_unix(path, None)

@@ -176,8 +176,8 @@ def test_the_journal_names_who_held_and_reset(daemon: DaemonProcess, tmp_path: P
     assert ctl(daemon.socket, "reset", "booking")[0] == 0
     daemon.stop()
     held = next(line for line in daemon.output.splitlines() if "action=hold" in line)
-    assert f'who="{ME}"' in held and "platform=booking" in held
-    assert f'who="{ME}"' in next(line for line in daemon.output.splitlines() if "breakers reset" in line)
+    assert f'by="{ME}"' in held and "platform=booking" in held
+    assert f'by="{ME}"' in next(line for line in daemon.output.splitlines() if "breakers reset" in line)
 
 
 def test_events_since_and_limit(daemon: DaemonProcess) -> None:

@@ -194,7 +194,7 @@ def test_a_stop_does_not_wait_for_requests_in_flight(database: Database, app_fac
         warm_cache.run(ctx)
     # It returned while the app still holds both requests.
     assert app.in_flight == 2
-    assert info.value.details["stopped_early"] == "daemon stopping"
+    assert info.value.details["stopped_early"] == "stop requested"
     assert (info.value.rows, info.value.details["skipped"]) == (0, 8)
 
 

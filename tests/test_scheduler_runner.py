@@ -17,7 +17,7 @@ from ratecared.config import Config, load
 from ratecared.db import Database, DatabaseError, parse_timestamp, timestamp
 from ratecared.job_contract import JobContext, JobResult, RunStatus
 from ratecared.jobs import JOBS
-from ratecared.scheduler.runner import Runner, RunRecord, Stopping
+from ratecared.scheduler.runner import Runner, RunRecord, Stopping, Trigger
 from ratecared.settings import Settings
 
 TZ = ZoneInfo("Europe/Berlin")
@@ -360,3 +360,72 @@ def test_the_jobs_and_the_scheduler_meet_only_in_the_job_contract(module: str, o
     code = f"import sys, {module}; print(sorted(m for m in sys.modules if m.startswith({other!r})))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+def test_a_cancel_stops_the_running_run_at_its_next_chunk_and_nothing_else(tmp_path: Path, db: Database,
+                                                                            db_url: str) -> None:
+    import threading
+
+    from ratecared.jobs.purge import delete_in_chunks
+
+    reached, go = threading.Event(), threading.Event()
+    chunks = []
+
+    def chunk(size: int) -> tuple[int, bool]:
+        chunks.append(size)
+        reached.set()
+        assert go.wait(60)
+        return 100, False
+
+    def job(ctx: JobContext) -> JobResult:
+        delete_in_chunks(chunk, ctx.stop)
+        return JobResult(RunStatus.SUCCESS)
+
+    r = started(db, config_for(tmp_path, db_url), at(2026, 3, 28, 12))
+    r.jobs = {**JOBS, "cleanup_expired_cache": job}
+    run_id, future, _ = r.request("cleanup_expired_cache")
+    stepped: list[RunRecord] = []
+    stepping = threading.Thread(target=lambda: stepped.append(r.step(at(2026, 3, 28, 12))))
+    stepping.start()
+    assert reached.wait(60)
+    assert r.cancel("cleanup_expired_cache", "alice (uid 1000)") == {
+        "job": "cleanup_expired_cache", "run_id": run_id, "status": "running", "cancelled": "running",
+        "by": "alice (uid 1000)"}
+    go.set()
+    stepping.join(60)
+    record = stepped[0]
+    assert (record.status, record.rows, len(chunks)) == (RunStatus.INTERRUPTED, 100, 1)
+    assert record.error == "cancelled by alice (uid 1000); the run ended early, keeping what it had done"
+    assert future.result(timeout=0)["status"] == "interrupted"
+    # Only that run: the daemon goes on, and the job's next run runs.
+    assert not r.stop_event.is_set() and r.current_job() is None
+    r.jobs = JOBS
+    r.request("cleanup_expired_cache")
+    assert r.step(at(2026, 3, 28, 12)).status is RunStatus.SUCCESS
+
+
+def test_a_cancel_drops_the_queued_run_and_answers_its_waiter(tmp_path: Path, db: Database, db_url: str) -> None:
+    from ratecared.scheduler.runner import NothingToCancel
+
+    r = started(db, config_for(tmp_path, db_url), at(2026, 3, 28, 12))
+    with pytest.raises(NothingToCancel, match="warm_cache has no run running or queued"):
+        r.cancel("warm_cache", "root (uid 0)")
+    run_id, future, _ = r.request("warm_cache")
+    dropped = r.cancel("warm_cache", "root (uid 0)")
+    assert (dropped["run_id"], dropped["status"], dropped["cancelled"]) == (run_id, "skipped", "queued")
+    assert future.result(timeout=0)["error"] == "cancelled by root (uid 0) before it started"
+    assert r.step(at(2026, 3, 28, 12)) is None
+    assert [(run["run_id"], run["status"], run["error"]) for run in r.runs("warm_cache")] == [
+        (run_id, "skipped", "cancelled by root (uid 0) before it started")]
+
+
+def test_a_running_runs_progress_has_its_rate_elapsed_and_time_left() -> None:
+    started_at = at(2026, 3, 28, 12)
+    record = RunRecord("warm_cache", "r1", Trigger.MANUAL, RunStatus.RUNNING, started_at=started_at, rows=100,
+                       details={"chunks": 4, "share_done": 0.25}, progress_at=started_at + timedelta(seconds=5))
+    assert record.as_json(TZ, started_at + timedelta(seconds=10))["progress"] == {
+        "elapsed_seconds": 10.0, "rows": 100, "chunks": 4, "rows_per_second": 20.0, "remaining_seconds": 10.0}
+    # Nothing recorded yet: no rate, no estimate.
+    fresh = RunRecord("warm_cache", "r2", Trigger.MANUAL, RunStatus.RUNNING, started_at=started_at)
+    assert fresh.progress(started_at + timedelta(seconds=3)) == {
+        "elapsed_seconds": 3.0, "rows": 0, "chunks": None, "rows_per_second": None, "remaining_seconds": None}

@@ -18,7 +18,9 @@ from typing import Any, Awaitable, Callable, Protocol
 from urllib.parse import parse_qs, unquote
 from zoneinfo import ZoneInfo
 
-from ratecared import access, duration, logs
+from ratecared import duration, logs
+from ratecared import settings as settings_mod
+from ratecared.access import who
 from ratecared.breaker.machine import MAX_HOLD_SECONDS, BreakerView, Decision, Hold, Outcome, State
 from ratecared.breaker.registry import Later, Registry, Unguarded, UnknownPlatform
 from ratecared.control.server import Peer, Request, Response, error_response
@@ -26,7 +28,7 @@ from ratecared.db import DatabaseError
 from ratecared.events import Event
 from ratecared.jobs import JOBS
 from ratecared.metrics import CONTENT_TYPE
-from ratecared.scheduler.runner import Stopping
+from ratecared.scheduler.runner import NothingToCancel, Stopping
 
 PREFIX = "/api/v1/"
 METRICS = "/metrics"
@@ -66,6 +68,18 @@ class Jobs(Protocol):
     def overview(self, now: datetime) -> list[dict[str, Any]]: ...
 
     def runs(self, job: str, limit: int = 20) -> list[dict[str, Any]]: ...
+
+    def cancel(self, job: str, by: str) -> dict[str, Any]: ...
+
+
+class SettingsTable(Protocol):
+    """What the API needs of the settings (settings.LiveSettings)."""
+
+    def table(self) -> dict[str, str | None]: ...
+
+    def state(self) -> settings_mod.SettingsState: ...
+
+    def set(self, key: str, value: str, by: str) -> dict[str, object]: ...
 
 
 _encode = json.JSONEncoder(separators=(",", ":")).encode
@@ -181,15 +195,17 @@ def metrics_only(scrapes: Scrapes) -> Callable[[Request], Response | Awaitable[R
 
 
 class Api:
-    def __init__(self, registry: Registry, jobs: Jobs, *, health: Callable[[], dict[str, Any]],
-                 reload: Callable[[Peer], dict[str, Any]], is_admin: Callable[[Peer], bool],
-                 executor: Executor, scrapes: Scrapes, events: Events, tz: Callable[[], ZoneInfo]) -> None:
+    def __init__(self, registry: Registry, jobs: Jobs, *, settings: SettingsTable,
+                 health: Callable[[], dict[str, Any]], reload: Callable[[Peer], dict[str, Any]],
+                 is_admin: Callable[[Peer], bool], executor: Executor, scrapes: Scrapes, events: Events,
+                 tz: Callable[[], ZoneInfo]) -> None:
         self.registry = registry
         self.scrapes = scrapes
         self.events = events
         # The daemon's zone, for the wall times answers show (a hold's end, events).
         self.tz = tz
         self.jobs = jobs
+        self.settings = settings
         self.health = health
         self.reload = reload
         self.is_admin = is_admin
@@ -205,6 +221,8 @@ class Api:
             ("GET", "health"): self._health,
             ("POST", "reload"): self._reload,
             ("GET", "jobs"): self._jobs,
+            ("GET", "settings"): self._settings,
+            ("POST", "settings"): self._set_setting,
         }
         self._routes_for: tuple[str, ...] = ()
         self._platforms: frozenset[str] = frozenset()
@@ -286,15 +304,17 @@ class Api:
             if action == "hold":
                 return lambda request: self._hold(platform, request)
             return lambda request: self._release(platform, request)
-        if len(parts) == 3 and parts[0] == "jobs" and parts[2] in ("run", "runs"):
+        if len(parts) == 3 and parts[0] == "jobs" and parts[2] in ("run", "runs", "cancel"):
             job = parts[1]
             if job not in JOBS:
                 raise ApiError(404, "unknown_job", f"unknown job {job!r}; jobs: {', '.join(JOBS)}")
-            wanted = "POST" if parts[2] == "run" else "GET"
+            wanted = "GET" if parts[2] == "runs" else "POST"
             if method != wanted:
                 raise ApiError(405, "method_not_allowed", f"use {wanted} for {parts[2]}")
             if parts[2] == "run":
                 return lambda request: self._run_job(job, request)
+            if parts[2] == "cancel":
+                return lambda request: self._cancel_job(job, request)
             return lambda request: self._job_runs(job, request)
         if any(route == path for _, path in self._static):
             raise ApiError(405, "method_not_allowed", f"{method} is not allowed on {PREFIX}{route}")
@@ -408,8 +428,8 @@ class Api:
         platform = self._body(request).get("platform")
         if platform is not None:
             self._known(platform)
-        who = access.who(request.peer)
-        later = self.registry.reset_later(platform, reason=f"reset by {who}", who=who)
+        by = str(who(request.peer))
+        later = self.registry.reset_later(platform, reason=f"reset by {by}", who=by)
 
         def answer(reset: list[str]) -> Response:
             # Only an open, half-open or held breaker changes; a closed one just has its failure count cleared.
@@ -418,10 +438,10 @@ class Api:
             # Its transitions are events already; a reset that changed nothing is one too.
             at = datetime.now(timezone.utc)
             self.events.record([Event(at, name, "reset", State.CLOSED.value, State.CLOSED.value,
-                                      f"reset by {who}: already closed", who) for name in already_closed])
+                                      f"reset by {by}: already closed", by) for name in already_closed])
             # Logged once on disk, as the answer: a kill -9 before would leave the breaker as it was.
-            self.breaker_log.info("breakers reset", changed=changed, already_closed=already_closed, who=who,
-                                  peer_pid=request.peer.pid)
+            self.breaker_log.info("breakers reset", changed=changed, already_closed=already_closed, by=by,
+                                  peer_uid=request.peer.uid, peer_pid=request.peer.pid)
             return success({"reset": reset, "changed": changed})
 
         return self._when_settled(later, answer)
@@ -509,7 +529,7 @@ class Api:
             raise ApiError(400, "invalid_request", f'"reason" must say why, in 1 to {MAX_REASON} characters')
         try:
             later = self.registry.hold_later(platform, State(state), float(seconds), reason.strip(),
-                                             access.who(request.peer))
+                                             str(who(request.peer)))
         except UnknownPlatform as exc:
             raise ApiError(404, "unknown_platform", str(exc)) from None
         except Unguarded as exc:
@@ -519,7 +539,7 @@ class Api:
     def _release(self, platform: str, request: Request) -> Response | Awaitable[Response]:
         self._require_admin(request, "release")
         try:
-            later = self.registry.release_later(platform, access.who(request.peer))
+            later = self.registry.release_later(platform, str(who(request.peer)))
         except UnknownPlatform as exc:
             raise ApiError(404, "unknown_platform", str(exc)) from None
 
@@ -591,7 +611,7 @@ class Api:
         except Stopping as exc:
             raise ApiError(503, "stopping", str(exc)) from None
         self.jobs_log.info("job run requested", job=job, run_id=run_id, already_queued=already,
-                           peer_uid=request.peer.uid, peer_pid=request.peer.pid)
+                           by=str(who(request.peer)), peer_uid=request.peer.uid, peer_pid=request.peer.pid)
         if not wait:
             return success({"job": job, "run_id": run_id, "status": "queued", "already_queued": already}, status=202)
         # Shielded: the run's future is shared by every request for it, and one
@@ -600,6 +620,50 @@ class Api:
             return success(await asyncio.shield(asyncio.wrap_future(future)))
         except DatabaseError as exc:
             raise ApiError(503, "database_error", str(exc)) from None
+
+    async def _cancel_job(self, job: str, request: Request) -> Response:
+        self._require_admin(request, "cancelling a run")
+        by = str(who(request.peer))
+        try:
+            return success(await self._in_thread(lambda: self.jobs.cancel(job, by)))
+        except NothingToCancel as exc:
+            raise ApiError(409, "nothing_to_cancel", str(exc)) from None
+        except DatabaseError as exc:
+            raise ApiError(503, "database_error", str(exc)) from None
+
+    async def _settings(self, request: Request) -> Response:
+        def listing() -> list[dict[str, object]]:
+            return settings_mod.listing(self.settings.table(), self.settings.state())
+
+        try:
+            return success(await self._in_thread(listing))
+        except DatabaseError as exc:
+            raise ApiError(503, "database_error", f"cannot read the settings table: {exc}") from None
+
+    async def _set_setting(self, request: Request) -> Response:
+        self._require_admin(request, "changing a setting")
+        body = self._body(request)
+        key, value = body.get("key"), body.get("value")
+        if not isinstance(key, str) or not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ApiError(400, "invalid_request", '"key" must be a setting\'s name and "value" a string or a number')
+        by = str(who(request.peer))
+
+        def change() -> dict[str, object]:
+            before = self.settings.table().get(key)
+            entry = self.settings.set(key, str(value), by)
+            was = "unset" if before is None else repr(before)
+            self.events.record([Event(datetime.now(timezone.utc), None, "setting", None, None,
+                                      f"{key} set from {was} to {entry['value']!r}", by)])
+            return entry
+
+        try:
+            return success(await self._in_thread(change))
+        except settings_mod.UnknownSetting as exc:
+            raise ApiError(404, "unknown_setting", str(exc)) from None
+        except settings_mod.BadSetting as exc:
+            raise ApiError(400, "invalid_setting", str(exc)) from None
+        except DatabaseError as exc:
+            raise ApiError(503, "database_error", f"the setting was not changed: {exc}") from None
 
     async def _reload(self, request: Request) -> Response:
         self._require_admin(request, "reload")

@@ -24,7 +24,7 @@ from requests.adapters import HTTPAdapter
 from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.connection import HTTPConnection, HTTPSConnection
 
-from ratecared.job_contract import Interrupted, JobContext, JobResult, RunStatus
+from ratecared.job_contract import SHARE_DONE, Interrupted, JobContext, JobResult, RunStatus
 from ratecared.settings import Settings
 
 WINDOW_DAYS = 7
@@ -173,7 +173,7 @@ def run(ctx: JobContext) -> JobResult:
     try:
         while True:
             if ctx.stop.is_set():
-                stopped = "daemon stopping"
+                stopped = "stop requested"
             elif ctx.monotonic() >= deadline:
                 stopped = f"run deadline of {config.deadline:g} s reached"
             elif consecutive >= config.max_consecutive_failures:
@@ -204,7 +204,8 @@ def run(ctx: JobContext) -> JobResult:
                 log = ctx.log.info if ok else ctx.log.warning
                 log("widget warmed" if ok else "widget warming failed", widget_id=asked[future], status=status,
                     ms=round(seconds * 1000, 1), **({"error": error} if error else {}))
-                ctx.progress(warmed, {"widgets": len(widgets), "warmed": warmed, "failed": failed})
+                ctx.progress(warmed, {"widgets": len(widgets), "warmed": warmed, "failed": failed,
+                                      SHARE_DONE: round((warmed + failed) / len(widgets), 4)})
     finally:
         # Requests not yet started never start; those in flight end now, and
         # neither the run nor the daemon's exit waits for them.

@@ -9,10 +9,14 @@ the plan (scheduler/plan.py): one entry per job, seeded at start from the
 database, so missed slots need no phase of their own. Manual runs go through
 the same claim and lock, one at a time with the scheduled ones.
 
-State shared with other threads (the plan, the running job, the queue of
+State shared with other threads (the plan, the running run, the queue of
 manual runs) is behind one lock that every reader and writer takes; the
 config is read through the daemon's one reference whenever it is needed, so
 a reload reaches the next plan and the next run.
+
+Each run has a stop event of its own, which the job checks between chunks
+(JobContext.stop): the daemon's stop sets the running run's, and so does
+an operator's `cancel`, which stops that run and nothing else.
 
 `Runner.step` and `Runner.start_up` take the time as an argument, so the
 tests drive the scheduler without sleeping.
@@ -38,8 +42,8 @@ from structlog.contextvars import bound_contextvars
 from ratecared import logs
 from ratecared.config import Config
 from ratecared.db import Database, DatabaseError, IntegrityError, parse_timestamp, timestamp
-from ratecared.job_contract import (ChunkPolicy, Disabled, Interrupted, Job, JobContext, JobResult, RunStatus,
-                                    logger)
+from ratecared.job_contract import (SHARE_DONE, ChunkPolicy, Disabled, Interrupted, Job, JobContext, JobResult,
+                                    RunStatus, logger)
 from ratecared.scheduler import plan
 from ratecared.scheduler.cron import Schedule
 from ratecared.settings import Settings
@@ -50,6 +54,7 @@ LOCK_NAME = "ratecared:jobs"
 MAX_WAIT = 60.0
 RETRY = 5.0
 DROPPED = "the daemon stopped before the run started"
+DAEMON_STOPPING = "the daemon was stopping"
 
 
 class Trigger(StrEnum):
@@ -75,9 +80,32 @@ class RunRecord:
     rows: int = 0
     details: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    # When a running run last wrote its rows and details.
+    progress_at: datetime | None = None
 
-    def as_json(self, tz: ZoneInfo) -> dict[str, Any]:
-        """The run as the API and `ratecarectl history` show it: local times with their offsets."""
+    def progress(self, now: datetime) -> dict[str, Any]:
+        """A running run's progress: elapsed, rows a second as of its last progress, chunks, and the
+        seconds left when the job says what share of its work is done."""
+        assert self.started_at is not None
+        elapsed = max(0.0, (now - self.started_at).total_seconds())
+        counted = (self.progress_at - self.started_at).total_seconds() if self.progress_at is not None else 0.0
+        share = self.details.get(SHARE_DONE)
+        remaining = None
+        if isinstance(share, (int, float)) and 0 < share <= 1 and counted > 0:
+            remaining = round(max(0.0, counted / share - elapsed), 1)
+        return {
+            "elapsed_seconds": round(elapsed, 1),
+            "rows": self.rows,
+            "chunks": self.details.get("chunks"),
+            "rows_per_second": round(self.rows / counted, 1) if counted > 0 else None,
+            "remaining_seconds": remaining,
+        }
+
+    def as_json(self, tz: ZoneInfo, now: datetime | None = None) -> dict[str, Any]:
+        """The run as the API and `ratecarectl history` show it: local times with their offsets.
+
+        A running run shows its progress as of `now`, when given.
+        """
 
         def shown(moment: datetime | None) -> str | None:
             return moment.astimezone(tz).isoformat() if moment is not None else None
@@ -97,17 +125,20 @@ class RunRecord:
             "rows": self.rows,
             "details": self.details,
             "error": self.error,
+            **({"progress": self.progress(now)} if self.status is RunStatus.RUNNING and now is not None
+               and self.started_at is not None else {}),
         }
 
 
-_COLUMNS = "job, run_id, `trigger`, status, slot, host, started_at, finished_at, rows_affected, details, error"
+_COLUMNS = ("job, run_id, `trigger`, status, slot, host, started_at, finished_at, rows_affected, details, error,"
+            " progress_at")
 
 
 def _from_row(row: tuple[Any, ...]) -> RunRecord:
-    job, run_id, trigger, status, slot, host, started, finished, rows, details, error = row
+    job, run_id, trigger, status, slot, host, started, finished, rows, details, error, progress_at = row
     return RunRecord(job, run_id, Trigger(trigger), RunStatus(status), parse_timestamp(slot), host,
                      parse_timestamp(started), parse_timestamp(finished), int(rows or 0),
-                     json.loads(details) if details else {}, error)
+                     json.loads(details) if details else {}, error, parse_timestamp(progress_at))
 
 
 @dataclass(frozen=True)
@@ -128,8 +159,22 @@ class _Manual:
     future: Future[dict[str, Any]]
 
 
+@dataclass
+class _Running:
+    """The run under way: its own stop event, and who cancelled it (read and written only under Runner._lock)."""
+
+    job: str
+    run_id: str
+    stop: threading.Event = field(default_factory=threading.Event)
+    cancelled_by: str | None = None
+
+
 class Stopping(Exception):
     """The daemon is stopping: no new manual run is taken."""
+
+
+class NothingToCancel(Exception):
+    """The job has no run running and none queued."""
 
 
 def _settle(future: Future[dict[str, Any]], result: dict[str, Any] | None = None,
@@ -176,7 +221,7 @@ class Runner(threading.Thread):
         self._lock = threading.Lock()
         self._plan: dict[str, plan.Planned] | None = None  # None until start_up has read the database
         self._planned_for: Config | None = None
-        self._current: str | None = None
+        self._current: _Running | None = None
         self._manual: deque[_Manual] = deque()
         self._closed = False
         # Not shared: the scheduler thread's own.
@@ -250,7 +295,7 @@ class Runner(threading.Thread):
     def current_job(self) -> str | None:
         """The job running now, or None."""
         with self._lock:
-            return self._current
+            return self._current.job if self._current is not None else None
 
     def _soonest(self, now: datetime) -> tuple[str, plan.Planned] | None:
         """Callers hold _lock."""
@@ -281,8 +326,10 @@ class Runner(threading.Thread):
         """
         with self._lock:
             manual = self._manual.popleft() if self._manual else None
-        if manual is not None:
-            return self._run_manual(manual, now)
+            # Running from the moment it leaves the queue, so that a cancel always finds it.
+            running = self._begin(manual.job, manual.run_id) if manual is not None else None
+        if manual is not None and running is not None:
+            return self._run_manual(manual, running, now)
         config = self.config()
         with self._lock:
             found = self._soonest(now)
@@ -309,22 +356,37 @@ class Runner(threading.Thread):
         self._advance(job, planned, due.upcoming)
         if claimed is None:
             return None
-        return self._run_claimed(claimed)
+        with self._lock:
+            running = self._begin(job, claimed.run_id)
+        return self._run_claimed(claimed, running)
 
     def _trigger(self, slot: datetime) -> Trigger:
         started = self._started_at
         missed = started is not None and slot.astimezone(UTC) < started.astimezone(UTC)
         return Trigger.CATCHUP if missed else Trigger.SCHEDULE
 
-    def _run_manual(self, manual: _Manual, now: datetime) -> RunRecord:
+    def _begin(self, job: str, run_id: str) -> _Running:
+        """Make this run the current one; a stop already asked for stops it too. Callers hold _lock."""
+        running = self._current = _Running(job, run_id)
+        if self.stop_event.is_set():
+            running.stop.set()
+        return running
+
+    def _end(self, running: _Running) -> None:
+        with self._lock:
+            if self._current is running:
+                self._current = None
+
+    def _run_manual(self, manual: _Manual, running: _Running, now: datetime) -> RunRecord:
         try:
             claimed = self._claim(manual.job, None, Trigger.MANUAL, now, manual.run_id)
         except DatabaseError as exc:
+            self._end(running)
             _settle(manual.future, exception=DatabaseError(f"the database refused to record the run: {exc}"))
             raise
         assert claimed is not None
         try:
-            record = self._run_claimed(claimed)
+            record = self._run_claimed(claimed, running)
         except BaseException as exc:  # noqa: BLE001 - the caller waiting on the future gets it
             _settle(manual.future, exception=exc)
             raise
@@ -360,7 +422,39 @@ class Runner(threading.Thread):
 
     def stop(self) -> None:
         self.stop_event.set()
+        with self._lock:
+            running = self._current
+        if running is not None:
+            running.stop.set()
         self.wake.set()
+
+    def cancel(self, job: str, by: str) -> dict[str, Any]:
+        """Stop the job's running run at its next chunk, or else drop its queued manual run: that run.
+
+        Raises NothingToCancel when the job has neither. Only that run stops:
+        the daemon, and the runs after it, go on.
+        """
+        with self._lock:
+            running = self._current if self._current is not None and self._current.job == job else None
+            queued = None
+            if running is not None:
+                running.cancelled_by = running.cancelled_by or by
+            else:
+                queued = next((m for m in self._manual if m.job == job), None)
+                if queued is not None:
+                    self._manual.remove(queued)
+        if running is not None:
+            running.stop.set()
+            with bound_contextvars(job=job, run_id=running.run_id):
+                logger(job).warning("run cancelled; it stops at its next chunk", by=by)
+            return {"job": job, "run_id": running.run_id, "status": RunStatus.RUNNING.value, "cancelled": "running",
+                    "by": by}
+        if queued is None:
+            raise NothingToCancel(f"{job} has no run running or queued")
+        reason = f"cancelled by {by} before it started"
+        record = self._drop(queued, reason)
+        self._record_dropped(queued, self.clock(), reason)
+        return {**record, "cancelled": "queued", "by": by}
 
     def request(self, job: str) -> tuple[str, Future[dict[str, Any]], bool]:
         """Queue a manual run: (run_id, future of the finished run as JSON, whether it was queued already).
@@ -390,21 +484,30 @@ class Runner(threading.Thread):
             self._closed = True
             dropped = list(self._manual)
             self._manual.clear()
-        tz = self.config().daemon.tz
         for manual in dropped:
-            _settle(manual.future, RunRecord(manual.job, manual.run_id, Trigger.MANUAL, RunStatus.SKIPPED,
-                                             host=self.host, error=DROPPED).as_json(tz))
+            self._drop(manual, DROPPED)
         return dropped
 
+    def _drop(self, manual: _Manual, reason: str) -> dict[str, Any]:
+        """Answer a manual run taken off the queue before it started: skipped, and why."""
+        record = RunRecord(manual.job, manual.run_id, Trigger.MANUAL, RunStatus.SKIPPED, host=self.host,
+                           error=reason).as_json(self.config().daemon.tz)
+        _settle(manual.future, record)
+        return record
+
+    def _record_dropped(self, manual: _Manual, now: datetime, reason: str) -> None:
+        """Record a dropped manual run, so that its run id shows in the history."""
+        with bound_contextvars(job=manual.job, run_id=manual.run_id):
+            logger(manual.job).warning("manual run dropped", reason=reason)
+            try:
+                self._insert_skipped(manual.job, None, Trigger.MANUAL, now, reason, manual.run_id)
+            except DatabaseError as exc:
+                self.log.warning("cannot record a dropped manual run", error=str(exc))
+
     def _drop_queued(self, now: datetime) -> None:
-        """Answer the manual runs that never started, then record them, so their run ids show in the history."""
+        """Answer the manual runs that never started, then record them."""
         for manual in self.close_queue():
-            with bound_contextvars(job=manual.job, run_id=manual.run_id):
-                logger(manual.job).warning("manual run dropped", reason=DROPPED)
-                try:
-                    self._insert_skipped(manual.job, None, Trigger.MANUAL, now, DROPPED, manual.run_id)
-                except DatabaseError as exc:
-                    self.log.warning("cannot record a dropped manual run", error=str(exc))
+            self._record_dropped(manual, now, DROPPED)
 
     # -- running a job ---------------------------------------------------------------
 
@@ -426,30 +529,27 @@ class Runner(threading.Thread):
             return None
         return record
 
-    def _run_claimed(self, claimed: RunRecord) -> RunRecord:
+    def _run_claimed(self, claimed: RunRecord, running: _Running) -> RunRecord:
         """Lock, run and record a claimed run; every line it logs carries its job and run_id."""
         job, run_id = claimed.job, claimed.run_id
         with bound_contextvars(job=job, run_id=run_id):
             log = logger(job)
             started = time.monotonic()
-            with self._lock:
-                self._current = job
             try:
-                with self.db.named_lock(LOCK_NAME, stop=self.stop_event, waiting=lambda holder: log.info(
+                with self.db.named_lock(LOCK_NAME, stop=running.stop, waiting=lambda holder: log.info(
                         "waiting for the jobs lock held by another daemon", connection_id=holder)) as got:
                     if got:
                         self.refresh_settings()
                         log.info("job started", slot=timestamp(claimed.slot) if claimed.slot else None,
                                  trigger=claimed.trigger.value)
-                        result = self._run_job(job, run_id)
+                        result = self._run_job(job, running)
                     else:
                         result = JobResult(RunStatus.INTERRUPTED,
-                                           error="the daemon was stopping while waiting for the jobs lock")
+                                           error=f"{self._stopped_why(running)} while waiting for the jobs lock")
             except DatabaseError as exc:
                 result = JobResult(RunStatus.FAILED, error=f"database error: {exc}")
             finally:
-                with self._lock:
-                    self._current = None
+                self._end(running)
             duration = round(time.monotonic() - started, 3)
             record = RunRecord(job, run_id, claimed.trigger, result.status, claimed.slot, self.host,
                                claimed.started_at, self.clock(), result.rows,
@@ -460,20 +560,25 @@ class Runner(threading.Thread):
                   **({"error": result.error} if result.error else {}))
         return record
 
-    def _run_job(self, job: str, run_id: str) -> JobResult:
+    def _stopped_why(self, running: _Running) -> str:
+        with self._lock:
+            by = running.cancelled_by
+        return f"cancelled by {by}" if by is not None else DAEMON_STOPPING
+
+    def _run_job(self, job: str, running: _Running) -> JobResult:
         config = self.config()
         job_config = config.jobs[job]
         ctx = JobContext(
             name=job, database=self.db, settings=self.settings(), config=job_config, tz=config.daemon.tz,
-            now=self.clock(), stop=self.stop_event,
+            now=self.clock(), stop=running.stop,
             chunks=ChunkPolicy(target_seconds=job_config.chunk_seconds, pause_ratio=job_config.pause_ratio),
-            record_progress=partial(self._progress, run_id),
+            record_progress=partial(self._progress, running.run_id),
         )
         try:
             return self.jobs[job](ctx)
         except Interrupted as exc:
             return JobResult(RunStatus.INTERRUPTED, rows=exc.rows, details=exc.details,
-                             error="the daemon was stopping; the run ended early, keeping what it had done")
+                             error=f"{self._stopped_why(running)}; the run ended early, keeping what it had done")
         except DatabaseError as exc:
             ctx.log.error("job failed: database error", error=str(exc))
             return JobResult(RunStatus.FAILED, error=f"database error: {exc}")
@@ -542,7 +647,7 @@ class Runner(threading.Thread):
         with self._lock:
             current = self._replan(now)
             planned = dict(current) if current is not None else {}
-            running = self._current
+            running = self._current.job if self._current is not None else None
             queued = {m.job: m.run_id for m in self._manual}
         out = []
         settings = self.settings()
@@ -589,5 +694,5 @@ class Runner(threading.Thread):
         """The job's recent runs, newest first, as the API shows them; a running run with its progress so far."""
         rows = self.db.query(f"SELECT {_COLUMNS} FROM job_runs WHERE job = ? ORDER BY started_at DESC, id DESC"
                              " LIMIT ?", (job, limit))
-        tz = self.config().daemon.tz
-        return [_from_row(row).as_json(tz) for row in rows]
+        tz, now = self.config().daemon.tz, self.clock()
+        return [_from_row(row).as_json(tz, now) for row in rows]
