@@ -235,3 +235,13 @@ def test_metrics_show_the_hold(daemon: DaemonProcess) -> None:
     assert 'ratecared_breaker_held{platform="booking",state="closed"} 1.0' in text
     assert 'ratecared_breaker_held{platform="booking",state="open"} 0.0' in text
     assert 'ratecared_breaker_held{platform="agoda",state="closed"} 0.0' in text
+
+
+def test_a_setting_changed_through_ratecarectl_is_an_event(daemon: DaemonProcess) -> None:
+    assert ctl(daemon.socket, "settings", "circuit-breaker-failure-threshold", "7")[0] == 0
+    assert ctl(daemon.socket, "settings", "circuit-breaker-failure-threshold", "8")[0] == 0
+    shown = [(e["action"], e["platform"], e["reason"], e["who"]) for e in daemon.client().events()]
+    assert shown == [("setting", None, "circuit-breaker-failure-threshold set from '7' to '8'", ME),
+                     ("setting", None, "circuit-breaker-failure-threshold set from '5' to '7'", ME)]
+    # A platform's events leave the settings out.
+    assert daemon.client().events("booking") == []
