@@ -279,3 +279,21 @@ def test_the_example_alerts_fire_when_they_should_and_only_then(tmp_path: Path) 
     for args in (["check", "rules", str(ALERTS)], ["test", "rules", str(tests)]):
         result = subprocess.run([promtool, *args], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_run_under_way_shows_as_running(config_factory, daemon_factory) -> None:
+    from test_ratecarectl_cancel import held_warming
+
+    widgets, daemon = held_warming(config_factory, daemon_factory)
+    try:
+        assert ctl(daemon.socket, "run", "warm_cache")[0] == 0
+        assert widgets.reached.wait(60)
+        parsed = samples(scrape(daemon)[1])
+        assert value(parsed, "ratecared_job_running", name="warm_cache") == 1
+        assert value(parsed, "ratecared_job_running", name="aggregate_statistics") == 0
+    finally:
+        widgets.release.set()
+        widgets.close()
+    wait_for(lambda: value(samples(scrape(daemon)[1]), "ratecared_job_runs_total", name="warm_cache",
+                           status="success") == 1, what="the run's end in the metrics")
+    assert value(samples(scrape(daemon)[1]), "ratecared_job_running", name="warm_cache") == 0

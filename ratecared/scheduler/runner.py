@@ -672,7 +672,7 @@ class Runner(threading.Thread):
     def figures(self) -> list[JobFigures]:
         """Each job's figures for a scrape: counted from `job_runs`, so they survive restarts."""
         with self._lock:
-            running = self._current
+            running = self._current.job if self._current is not None else None
         counted: dict[tuple[str, str], int] = {
             (job, status): int(n) for job, status, n in self.db.query(
                 "SELECT job, status, COUNT(*) FROM job_runs WHERE host = ? AND status <> ? GROUP BY job, status",
