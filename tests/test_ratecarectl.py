@@ -284,19 +284,26 @@ def test_jobs_shows_a_queued_run_as_the_next_and_a_running_one_with_its_own_figu
     assert rows["warm_cache"][-3] == "running", rows["warm_cache"]
 
 
+def ctl_interruptible(sock: str, *args: str) -> subprocess.Popen[str]:
+    """ratecarectl started as at a terminal, where Ctrl-C (SIGINT) interrupts it.
+
+    Also when the tests run where SIGINT is ignored (a background job): a
+    Python started with SIGINT ignored never raises KeyboardInterrupt.
+    """
+    argv = ["ratecarectl", "--socket", sock, *args]
+    return subprocess.Popen(
+        [sys.executable, "-c", "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler);"
+         f" sys.argv = {argv!r}; runpy.run_module('ratecarectl', run_name='__main__')"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def test_ctrl_c_while_waiting_for_a_run_exits_130_and_the_run_goes_on(config_factory, daemon_factory) -> None:
     widgets = HangingWidgets()
     daemon = daemon_factory(config_factory(jobs__warm_cache={"url": widgets.url, "concurrency": 1}))
     db = database_of(daemon)
     enable_warming(db, "Europe/Istanbul")
     try:
-        # Ctrl-C as at a terminal, even when the tests run where SIGINT is ignored (a background job):
-        # a Python started with SIGINT ignored never raises KeyboardInterrupt.
-        waiting = subprocess.Popen(
-            [sys.executable, "-c", "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler);"
-             f" sys.argv = ['ratecarectl', '--socket', {daemon.socket!r}, 'run', 'warm_cache', '--wait'];"
-             " runpy.run_module('ratecarectl', run_name='__main__')"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        waiting = ctl_interruptible(daemon.socket, "run", "warm_cache", "--wait")
         assert widgets.reached.wait(60)
         waiting.send_signal(signal.SIGINT)
         out, err = waiting.communicate(timeout=30)

@@ -14,7 +14,7 @@ from pathlib import Path
 from conftest import DaemonProcess, ctl, wait_for
 from jobhelpers import HangingWidgets, enable_warming
 from test_jobs_daemon import seeded, slow_purge_config
-from test_ratecarectl import ctl_as_nobody, database_of, needs_root, open_socket_dir
+from test_ratecarectl import ctl_as_nobody, ctl_interruptible, database_of, needs_root, open_socket_dir
 
 ME = f"{pwd.getpwuid(os.getuid()).pw_name} (uid {os.getuid()})"
 
@@ -159,11 +159,7 @@ def test_ctrl_c_while_following_exits_130_and_names_the_run(config_factory, daem
 
     widgets, daemon = held_warming(config_factory, daemon_factory)
     try:
-        following = subprocess.Popen(
-            [sys.executable, "-c", "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler);"
-             f" sys.argv = ['ratecarectl', '--socket', {daemon.socket!r}, 'run', 'warm_cache', '--follow'];"
-             " runpy.run_module('ratecarectl', run_name='__main__')"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        following = ctl_interruptible(daemon.socket, "run", "warm_cache", "--follow")
         assert widgets.reached.wait(60)
         assert following.stdout is not None
         read_line(following.stdout)
