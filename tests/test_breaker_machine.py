@@ -666,3 +666,57 @@ def test_a_hold_that_ran_out_while_no_daemon_ran_ends_at_the_first_advance() -> 
     breaker = Breaker("booking", POLICY)
     breaker.restore(held, now=1000.0)
     assert [(c.old, c.new, c.reason) for c in breaker.advance(1000.0)] == [(State.OPEN, State.CLOSED, "hold ended")]
+
+
+def test_a_holds_time_left_is_to_the_millisecond() -> None:
+    breaker = Breaker("booking", POLICY)
+    breaker.hold_for(State.OPEN, 10, "maintenance", "alice", now=0.0)
+    assert breaker.acquire(9.87654, UID)[0].retry_after == 0.123
+    assert breaker.retry_after(9.87654) == 0.123
+    assert breaker.view(9.87654).hold_seconds_left == 0.123
+    assert breaker.acquire(9.87654, UID)[0].hold_seconds_left == 0.123
+
+
+def test_a_hold_shorter_than_a_second_is_taken() -> None:
+    breaker = Breaker("booking", POLICY)
+    breaker.hold_for(State.CLOSED, 0.5, "a moment", "alice", now=0.0)
+    assert breaker.view(0.0).hold_seconds_left == 0.5
+
+
+def test_the_state_after_a_hold_starts_when_the_hold_ends() -> None:
+    released = Breaker("booking", POLICY)
+    released.hold_for(State.OPEN, 60, "maintenance", "alice", now=0.0)
+    released.release("bob", now=5.0)
+    assert released.view(7.5).seconds_in_state == 2.5
+    ended = Breaker("booking", POLICY)
+    ended.hold_for(State.OPEN, 60, "maintenance", "alice", now=0.0)
+    ended.advance(60.0)
+    assert ended.view(61.0).seconds_in_state == 1.0
+
+
+def test_a_held_closed_breaker_counts_its_successes() -> None:
+    breaker = Breaker("booking", POLICY)
+    breaker.hold_for(State.CLOSED, 60, "known good", "bob", now=0.0)
+    for _ in range(3):
+        decision, _ = breaker.acquire(1.0, UID)
+        breaker.report(decision.permit, True, 1.0, UID)
+    assert breaker.view(1.0).total_successes == 3
+
+
+def test_a_restored_hold_whose_time_left_is_unknown_ends_at_once() -> None:
+    held = replace(saved(), hold=Hold(State.OPEN, "maintenance", "alice"), hold_seconds_left=None)
+    breaker = Breaker("booking", POLICY)
+    breaker.restore(held, now=1000.0)
+    assert [c.kind for c in breaker.advance(1000.0)] == ["release"]
+
+
+def test_a_bad_hold_says_why() -> None:
+    breaker = Breaker("booking", POLICY)
+    with pytest.raises(ValueError, match="a hold keeps a breaker open or closed, not half_open"):
+        breaker.hold_for(State.HALF_OPEN, 60, "why", "alice", now=0.0)
+    with pytest.raises(ValueError, match="a hold lasts more than 0 s and at most 30 days"):
+        breaker.hold_for(State.OPEN, 0, "why", "alice", now=0.0)
+
+
+def test_a_reset_by_the_daemon_itself_names_the_daemon() -> None:
+    assert [(c.kind, c.who) for c in opened().reset(1.0)] == [("reset", "daemon")]

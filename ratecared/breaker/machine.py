@@ -453,7 +453,7 @@ class Breaker:
         if state not in (State.OPEN, State.CLOSED):
             raise ValueError(f"a hold keeps a breaker open or closed, not {state.value}")
         if not 0 < seconds <= MAX_HOLD_SECONDS:
-            raise ValueError(f"a hold lasts more than 0 s and at most {MAX_HOLD_SECONDS:g} s")
+            raise ValueError(f"a hold lasts more than 0 s and at most {MAX_HOLD_SECONDS / 86400:g} days")
         changes = self.advance(now)
         self.hold = Hold(state, reason, who)
         self.hold_until = now + seconds
