@@ -720,3 +720,10 @@ def test_a_bad_hold_says_why() -> None:
 
 def test_a_reset_by_the_daemon_itself_names_the_daemon() -> None:
     assert [(c.kind, c.who) for c in opened().reset(1.0)] == [("reset", "daemon")]
+
+
+def test_a_peer_whose_credentials_are_unknown_still_gets_and_reports_its_permit() -> None:
+    # SO_PEERCRED can fail; the server then names the peer uid -1.
+    breaker = Breaker("booking", POLICY)
+    decision, _ = breaker.acquire(0.0, -1)
+    assert breaker.report(decision.permit, True, 0.0, -1)[0] == Outcome(True, State.CLOSED)
