@@ -12,7 +12,7 @@ import os
 import shutil
 import sys
 import textwrap
-import time
+import threading
 from typing import Any, Callable, NoReturn
 
 import click
@@ -473,11 +473,11 @@ def run(ctx: click.Context, job: str, wait: bool, follow: bool, as_json: bool) -
     socket_path = ctx.obj.socket_path
     run_id = None
     try:
-        result = _call(ctx, lambda c: c.run_job(job, wait),
-                       when_dropped=f"{dropped}: see `ratecarectl history {job}`")
         if follow:
-            run_id = result["run_id"]
-            result = _follow(ctx, job, run_id, show=not as_json)
+            result = _follow(ctx, job, show=not as_json)
+        else:
+            result = _call(ctx, lambda c: c.run_job(job, wait),
+                           when_dropped=f"{dropped}: see `ratecarectl history {job}`")
     except KeyboardInterrupt:
         # Only the waiting stops: the daemon carries on with the run.
         run_id = run_id or _run_under_way(socket_path, job)
@@ -500,28 +500,60 @@ def run(ctx: click.Context, job: str, wait: bool, follow: bool, as_json: bool) -
 FOLLOW_TTY_EVERY, FOLLOW_PIPED_EVERY = 0.5, 2.0
 
 
-def _follow(ctx: click.Context, job: str, run_id: str, show: bool) -> dict[str, Any]:
-    """Show the run's progress until it has ended; its record, as `run --wait` answers it."""
+def _follow(ctx: click.Context, job: str, show: bool) -> dict[str, Any]:
+    """Run the job as `run --wait` does, showing its progress meanwhile; the run's record, as --wait answers it.
+
+    The waiting request has a connection of its own, so its answer is the run's
+    end whatever happens to it (a claim the database refused included); the
+    progress is asked for on another.
+    """
     tty = sys.stdout.isatty()
-    while True:
-        runs = _call(ctx, lambda c: c.job_runs(job, 50))
-        run = next((r for r in runs if r["run_id"] == run_id), None)
-        if run is not None and run["status"] != "running":
-            if show and tty:
-                click.echo()
-            return run
+    waiting: dict[str, Any] = {}
+
+    def wait() -> None:
+        try:
+            with Client(ctx.obj.socket_path, timeout=ctx.obj.timeout) as client:
+                waiting["run"] = client.run_job(job, wait=True)
+        except ClientError as exc:
+            waiting["error"] = exc
+
+    waiter = threading.Thread(target=wait, name="run-wait", daemon=True)
+    waiter.start()
+    shown = False
+    while waiter.is_alive():
         if show:
-            line = _progress_line(job, run_id, run)
+            try:
+                line = _progress_line(job, ctx.obj.jobs(), ctx.obj.job_runs(job, 1))
+            except ClientError as exc:
+                # The run goes on, and the waiting request still says how it ends.
+                line = f"{job}: no progress to show now: {exc}"
             if tty:
                 click.echo("\r" + _cut(line, shutil.get_terminal_size().columns - 1) + "\x1b[K", nl=False)
             else:
                 click.echo(line)
-        time.sleep(FOLLOW_TTY_EVERY if tty else FOLLOW_PIPED_EVERY)
+            shown = True
+        waiter.join(FOLLOW_TTY_EVERY if tty else FOLLOW_PIPED_EVERY)
+    if shown and tty:
+        click.echo()
+    if "error" in waiting:
+        def waited(client: Client) -> dict[str, Any]:
+            raise waiting["error"]
+
+        # Through _call, for the message and exit code every other command gives.
+        return _call(ctx, waited, when_dropped=f"ratecared closed the connection while waiting for {job} to "
+                                               f"finish: see `ratecarectl history {job}`")
+    return waiting["run"]
 
 
-def _progress_line(job: str, run_id: str, run: dict[str, Any] | None) -> str:
+def _progress_line(job: str, jobs: list[dict[str, Any]], newest: list[dict[str, Any]]) -> str:
+    """The job's run as --follow shows it: queued, or the job's running run with its progress."""
+    entry = next((j for j in jobs if j["name"] == job), {})
+    run = newest[0] if newest and newest[0]["status"] == "running" else None
+    if entry.get("queued_run_id"):
+        return f"{job}: run {entry['queued_run_id']} queued"
     if run is None:
-        return f"{job}: run {run_id} queued"
+        return f"{job}: queued"
+    run_id = run["run_id"]
     progress = run.get("progress") or {}
     parts = [f"{run['rows']} rows"]
     if progress.get("chunks") is not None:

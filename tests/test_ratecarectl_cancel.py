@@ -171,3 +171,11 @@ def test_ctrl_c_while_following_exits_130_and_names_the_run(config_factory, daem
     assert following.returncode == 130
     assert err == (f"ratecarectl: interrupted: run {running['run_id']} of warm_cache goes on in ratecared; "
                    "see `ratecarectl history warm_cache`\n")
+
+
+def test_follow_ends_when_the_database_refuses_to_record_the_run(daemon: DaemonProcess, tmp_path: Path) -> None:
+    from conftest import sqlite_locked
+
+    with sqlite_locked(tmp_path / "rc.db"):
+        code, out, err = ctl(daemon.socket, "run", "cleanup_expired_cache", "--follow")
+    assert code == 1 and "the database refused to record the run" in err, (out, err)
