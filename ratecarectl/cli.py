@@ -242,18 +242,21 @@ def _status_table(data: dict[str, Any], platforms: list[dict[str, Any]], totals:
 @click.pass_context
 def reset(ctx: click.Context, platform: str | None, as_json: bool) -> None:
     """Close one platform's breaker, or every breaker."""
-    names, changed = _call(ctx, lambda c: c.reset_changed(platform),
-                           when_dropped="ratecared closed the connection before answering; the reset may or may"
-                                        " not have been done: see `ratecarectl status`")
+    outcome = _call(ctx, lambda c: c.reset_outcome(platform),
+                    when_dropped="ratecared closed the connection before answering; the reset may or may"
+                                 " not have been done: see `ratecarectl status`")
     if as_json:
-        click.echo(json.dumps({"reset": names, "changed": changed}, indent=2))
+        click.echo(json.dumps(outcome, indent=2))
         return
-    closed = [name for name in names if name not in changed]
-    if not changed:
+    changed, held = outcome["changed"], outcome["held"]
+    closed = [name for name in outcome["reset"] if name not in changed and name not in held]
+    if changed:
+        click.echo(f"reset: {', '.join(changed)}" + (f"; already closed: {', '.join(closed)}" if closed else ""))
+    elif not held:
         click.echo(f"{platform}: already closed; nothing to reset" if platform
                    else "every breaker was already closed; nothing to reset")
-        return
-    click.echo(f"reset: {', '.join(changed)}" + (f"; already closed: {', '.join(closed)}" if closed else ""))
+    if held:
+        click.echo(f"held, left as they are (`ratecarectl release` ends a hold): {', '.join(held)}")
 
 
 def _hold_line(entry: dict[str, Any]) -> str:

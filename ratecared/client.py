@@ -280,9 +280,17 @@ class Client:
         try:
             yield decision
         except BaseException:
-            self.report(decision, False, (time.monotonic() - started) * 1000)
+            self._report_for_call(decision, False, started)
             raise
-        self.report(decision, True, (time.monotonic() - started) * 1000)
+        self._report_for_call(decision, True, started)
+
+    def _report_for_call(self, decision: Decision, success: bool, started: float) -> None:
+        """Report for `call`: a report the daemon refuses (the permit's lease ran out, the daemon restarted
+        and its permits died with it) must not turn the platform's answer, or its error, into another."""
+        try:
+            self.report(decision, success, (time.monotonic() - started) * 1000)
+        except ClientError:
+            pass
 
     # -- operators ---------------------------------------------------------------
 
@@ -290,14 +298,15 @@ class Client:
         return self.request("GET", "/api/v1/circuit-breaker/status")
 
     def reset(self, platform: str | None = None) -> list[str]:
-        """The breakers the reset covered; reset_changed says which of them it closed."""
-        return self.reset_changed(platform)[0]
+        """The breakers the reset covered; reset_outcome says which of them it closed."""
+        return self.reset_outcome(platform)["reset"]
 
-    def reset_changed(self, platform: str | None = None) -> tuple[list[str], list[str]]:
-        """(the breakers the reset covered, those of them it closed: the others were closed already)."""
+    def reset_outcome(self, platform: str | None = None) -> dict[str, list[str]]:
+        """The reset's answer: `reset` (the breakers covered), `changed` (those it closed; the others were
+        closed already) and `held` (those an operator's hold kept as they were)."""
         body = {"platform": platform} if platform else {}
         data = self.request("POST", "/api/v1/circuit-breaker/reset", body)
-        return data["reset"], data.get("changed", data["reset"])
+        return {"reset": data["reset"], "changed": data.get("changed", data["reset"]), "held": data.get("held", [])}
 
     def hold(self, platform: str, state: str, seconds: float, reason: str) -> dict[str, Any]:
         """Keep a breaker open or closed for `seconds` (root or the admin group); its status entry, with the hold."""

@@ -623,11 +623,18 @@ def test_release_ends_the_hold_now_and_without_one_does_nothing() -> None:
     assert breaker.hold is None and breaker.acquire(5.0, UID)[0].allowed
 
 
-def test_a_reset_ends_a_hold_too() -> None:
+def test_a_reset_leaves_a_held_breaker_as_held() -> None:
     breaker = Breaker("booking", POLICY)
-    breaker.hold_for(State.CLOSED, 60, "known good", "bob", now=0.0)
-    assert [(c.kind, c.who) for c in breaker.reset(1.0, "reset by alice", "alice")] == [("reset", "alice")]
-    assert breaker.hold is None
+    breaker.hold_for(State.OPEN, 60, "maintenance", "bob", now=0.0)
+    assert breaker.reset(1.0, "reset by alice", "alice") == []
+    assert (breaker.state, breaker.hold) == (State.OPEN, Hold(State.OPEN, "maintenance", "bob"))
+
+
+def test_the_kill_switch_lets_calls_through_a_breaker_held_open() -> None:
+    breaker = Breaker("booking", replace(POLICY, enabled=False))
+    breaker.hold_for(State.OPEN, 60, "maintenance", "bob", now=0.0)
+    decision, _ = breaker.acquire(1.0, UID)
+    assert (decision.allowed, decision.hold) == (True, None)
 
 
 @pytest.mark.parametrize("state,seconds", [(State.HALF_OPEN, 60), (State.OPEN, 0), (State.OPEN, -1),

@@ -197,3 +197,20 @@ def test_unreachable_daemon_follows_the_callers_choice(tmp_path: Path, policy: s
 def test_unreachable_daemon_raises_by_default(tmp_path: Path) -> None:
     with pytest.raises(DaemonUnreachable, match="No such file or directory"):
         Client(str(tmp_path / "none.sock")).acquire("booking")
+
+
+def test_call_keeps_the_platforms_answer_when_the_daemon_refuses_its_report(config_factory, daemon_factory) -> None:
+    config = config_factory()
+    daemon = daemon_factory(config)
+    client = daemon.client()
+    with client.call("booking"):
+        # The daemon restarts while the platform answers: its permits die with it, and the report gets 409.
+        daemon.stop()
+        daemon = daemon_factory(config)
+        answer = "rates"
+    assert answer == "rates"
+    with pytest.raises(ValueError, match="booking answered 502"):
+        with client.call("booking"):
+            daemon.stop()
+            daemon = daemon_factory(config)
+            raise ValueError("booking answered 502")

@@ -245,3 +245,25 @@ def test_a_setting_changed_through_ratecarectl_is_an_event(daemon: DaemonProcess
                      ("setting", None, "circuit-breaker-failure-threshold set from '5' to '7'", ME)]
     # A platform's events leave the settings out.
     assert daemon.client().events("booking") == []
+
+
+def test_a_reset_leaves_held_breakers_as_they_are_and_says_so(daemon: DaemonProcess) -> None:
+    fail(daemon, "agoda")
+    assert ctl(daemon.socket, "hold", "booking", "open", "--for", "1h", "--reason", "maintenance")[0] == 0
+    code, out, _ = ctl(daemon.socket, "reset")
+    assert code == 0
+    assert out.splitlines() == [
+        "reset: agoda; already closed: expedia, hotels, trivago, tripadvisor, google",
+        "held, left as they are (`ratecarectl release` ends a hold): booking"]
+    assert (entry(daemon)["state"], entry(daemon)["hold"]["reason"]) == ("open", "maintenance")
+    assert json.loads(ctl(daemon.socket, "reset", "booking", "--json")[1]) == {
+        "reset": ["booking"], "changed": [], "held": ["booking"]}
+
+
+def test_the_kill_switch_lets_calls_through_a_held_breaker(daemon: DaemonProcess, tmp_path: Path) -> None:
+    from conftest import set_setting, setting_in_effect
+
+    assert ctl(daemon.socket, "hold", "booking", "open", "--for", "1h", "--reason", "maintenance")[0] == 0
+    set_setting(tmp_path / "rc.db", "circuit-breaker-enabled", "0")
+    setting_in_effect(daemon, "circuit-breaker-enabled", False)
+    assert acquire_json(daemon)["allowed"] is True

@@ -1,8 +1,9 @@
 """The PHP client (clients/php) through Debian's phpunit, against two real daemons.
 
 One daemon keeps the default settings, so a breaker opened by a test stays open
-while the test looks at it; the other opens a breaker for 1 s only, so that its
-test sees half-open without waiting ten minutes.
+while the test looks at it; another opens a breaker for 1 s only, so that its
+test sees half-open without waiting ten minutes; a third gives permits a 50 ms
+lease, so that a report can come too late.
 """
 
 from __future__ import annotations
@@ -40,12 +41,16 @@ def test_the_php_client_passes_its_phpunit_suite_against_real_daemons(config_fac
     short_open = daemon_factory(write_config(short_open_dir))
     set_setting(short_open_dir / "rc.db", "circuit-breaker-timeout-seconds", "1")
     setting_in_effect(short_open, "circuit-breaker-timeout-seconds", 1)
+    short_lease_dir = tmp_path / "short-lease"
+    short_lease_dir.mkdir()
+    short_lease = daemon_factory(write_config(short_lease_dir, circuit_breaker={"permit_lease": 0.05}))
 
     junit = tmp_path / "phpunit.xml"
     result = subprocess.run(
         ["phpunit", "-c", str(PHP_CLIENT), "--log-junit", str(junit)],
         env={"PATH": "/usr/bin:/bin", "RATECARE_TEST_SOCKET": default.socket,
-             "RATECARE_TEST_SOCKET_SHORT_OPEN": short_open.socket},
+             "RATECARE_TEST_SOCKET_SHORT_OPEN": short_open.socket,
+             "RATECARE_TEST_SOCKET_SHORT_LEASE": short_lease.socket},
         capture_output=True, text=True, timeout=600)
     output = f"phpunit exited {result.returncode}:\n{result.stdout}{result.stderr}"
     assert result.returncode == 0, output

@@ -371,7 +371,8 @@ class Breaker:
             return Decision(True, State.CLOSED, None, None), []
         changes = self.advance(now)
         expires = now + self.policy.lease_seconds
-        if self.hold is not None:
+        # circuit-breaker-enabled = 0 is the kill switch: every call goes through, holds included.
+        if self.hold is not None and self.policy.enabled:
             left = max(0.0, round(self.hold_until - now, 3))
             if self.hold.state is State.OPEN:
                 self.total_rejected += 1
@@ -436,12 +437,14 @@ class Breaker:
         return Outcome(True, self.state, None), changes
 
     def reset(self, now: float, reason: str = "reset by operator", who: str = "daemon") -> list[Transition]:
-        """Back to CLOSED with clean failure counts, ending any hold; totals are kept."""
-        if self.state is State.CLOSED and self.hold is None:
+        """Back to CLOSED with clean failure counts; totals are kept. A held breaker is left as held:
+        only `release` or the hold's end changes it, as HAProxy's maintenance state."""
+        if self.hold is not None:
+            return []
+        if self.state is State.CLOSED:
             # No new generation: the calls under way are still counted.
             self.counts = Counts()
             return []
-        self.hold = None
         return [self._move(State.CLOSED, now, reason, "reset", who)]
 
     def hold_for(self, state: State, seconds: float, reason: str, who: str, now: float) -> list[Transition]:

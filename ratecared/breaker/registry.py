@@ -43,6 +43,14 @@ class UnknownPlatform(KeyError):
         return f"unknown platform {self.args[0]!r}"
 
 
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """What a reset covered: the platforms asked for, and those of them an operator's hold kept as they were."""
+
+    asked: list[str]
+    held: list[str]
+
+
 class Unguarded(ValueError):
     """The platform has no breaker (circuit-breaker-platforms), so there is nothing to hold."""
 
@@ -233,11 +241,11 @@ class Registry:
         return Later(out, seen, changes)
 
     def reset(self, platform: str | None = None, reason: str = "reset by operator", who: str = "daemon") -> list[str]:
-        """Close one breaker or all, ending their holds; return the platforms reset."""
-        return self._settled(self.reset_later(platform, reason, who))
+        """Close one breaker or all but the held ones; return the platforms asked for."""
+        return self._settled(self.reset_later(platform, reason, who)).asked
 
     def reset_later(self, platform: str | None = None, reason: str = "reset by operator",
-                    who: str = "daemon") -> Later[list[str]]:
+                    who: str = "daemon") -> Later[Reset]:
         """reset without waiting for the journal (see `Later`)."""
         changes: list[Transition] = []
         with self._lock:
@@ -246,8 +254,9 @@ class Registry:
             now = self._clock()
             for breaker in breakers:
                 changes.extend(breaker.reset(now, reason, who))
+            held = [breaker.platform for breaker in breakers if breaker.hold is not None]
             seen = self._record(changes, now, breakers)
-        return Later(names, seen, changes)
+        return Later(Reset(names, held), seen, changes)
 
     def hold_later(self, platform: str, state: State, seconds: float, reason: str,
                    who: str) -> Later[BreakerView]:

@@ -22,7 +22,7 @@ from ratecared import duration, logs
 from ratecared import settings as settings_mod
 from ratecared.access import who
 from ratecared.breaker.machine import MAX_HOLD_SECONDS, BreakerView, Decision, Hold, Outcome, State
-from ratecared.breaker.registry import Later, Registry, Unguarded, UnknownPlatform
+from ratecared.breaker.registry import Later, Registry, Reset, Unguarded, UnknownPlatform
 from ratecared.control.server import Peer, Request, Response, error_response
 from ratecared.db import DatabaseError
 from ratecared.events import Event
@@ -431,18 +431,19 @@ class Api:
         by = str(who(request.peer))
         later = self.registry.reset_later(platform, reason=f"reset by {by}", who=by)
 
-        def answer(reset: list[str]) -> Response:
-            # Only an open, half-open or held breaker changes; a closed one just has its failure count cleared.
+        def answer(reset: Reset) -> Response:
+            # Only an open or half-open breaker changes; a closed one just has its failure count cleared, and a
+            # held one stays as the hold keeps it.
             changed = [t.platform for t in later.changes if t.kind == "reset"]
-            already_closed = [name for name in reset if name not in changed]
+            already_closed = [name for name in reset.asked if name not in changed and name not in reset.held]
             # Its transitions are events already; a reset that changed nothing is one too.
             at = datetime.now(timezone.utc)
             self.events.record([Event(at, name, "reset", State.CLOSED.value, State.CLOSED.value,
                                       f"reset by {by}: already closed", by) for name in already_closed])
             # Logged once on disk, as the answer: a kill -9 before would leave the breaker as it was.
-            self.breaker_log.info("breakers reset", changed=changed, already_closed=already_closed, by=by,
-                                  peer_uid=request.peer.uid, peer_pid=request.peer.pid)
-            return success({"reset": reset, "changed": changed})
+            self.breaker_log.info("breakers reset", changed=changed, already_closed=already_closed, held=reset.held,
+                                  by=by, peer_uid=request.peer.uid, peer_pid=request.peer.pid)
+            return success({"reset": reset.asked, "changed": changed, "held": reset.held})
 
         return self._when_settled(later, answer)
 

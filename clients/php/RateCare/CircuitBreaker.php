@@ -201,14 +201,23 @@ final class CircuitBreaker
         try {
             $result = $operation();
         } catch (\Throwable $failure) {
-            try {
-                $this->report($decision, false, self::millisecondsSince($started));
-            } catch (ClientError) {
-            }
+            $this->reportForCall($decision, false, $started);
             throw $failure;
         }
-        $this->report($decision, true, self::millisecondsSince($started));
+        $this->reportForCall($decision, true, $started);
         return $result;
+    }
+
+    /**
+     * A report the daemon refuses (the permit's lease ran out, the daemon restarted and its permits died with
+     * it) must not turn the platform's answer, or its exception, into another.
+     */
+    private function reportForCall(Decision $decision, bool $success, int $started): void
+    {
+        try {
+            $this->report($decision, $success, self::millisecondsSince($started));
+        } catch (ClientError) {
+        }
     }
 
     /**
@@ -224,7 +233,8 @@ final class CircuitBreaker
     /**
      * Close one breaker, or all (root or the admin group only).
      *
-     * @return array{reset: list<string>, changed: list<string>} the breakers covered, and those it closed
+     * @return array{reset: list<string>, changed: list<string>, held: list<string>} the breakers covered,
+     *         those it closed, and those an operator's hold kept as they were
      */
     public function reset(?string $platform = null): array
     {

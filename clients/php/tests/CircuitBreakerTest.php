@@ -19,7 +19,8 @@ final class PlatformDown extends \Exception
 /**
  * The client against real daemons that tests/test_php_client.py starts:
  * RATECARE_TEST_SOCKET has the default settings (a breaker stays open 600 s),
- * RATECARE_TEST_SOCKET_SHORT_OPEN has circuit-breaker-timeout-seconds = 1.
+ * RATECARE_TEST_SOCKET_SHORT_OPEN has circuit-breaker-timeout-seconds = 1,
+ * RATECARE_TEST_SOCKET_SHORT_LEASE a permit lease of 50 ms.
  */
 final class CircuitBreakerTest extends TestCase
 {
@@ -71,7 +72,8 @@ final class CircuitBreakerTest extends TestCase
         self::assertSame(['open', self::FAILURE_THRESHOLD],
             [self::entry($status, 'booking')['state'], self::entry($status, 'booking')['failure_count']]);
 
-        self::assertSame(['reset' => ['booking'], 'changed' => ['booking']], $this->breaker->reset('booking'));
+        self::assertSame(['reset' => ['booking'], 'changed' => ['booking'], 'held' => []],
+            $this->breaker->reset('booking'));
         self::assertTrue($this->breaker->acquire('booking')->allowed);
     }
 
@@ -141,6 +143,35 @@ final class CircuitBreakerTest extends TestCase
         self::assertSame('rates', $this->breaker->call('expedia', fn () => 'rates'));
         $after = self::entry($this->breaker->status(), 'expedia');
         self::assertSame([0, $before['total_successes'] + 1], [$after['failure_count'], $after['total_successes']]);
+    }
+
+    public function testCallKeepsThePlatformsAnswerWhenTheDaemonRefusesItsReport(): void
+    {
+        $breaker = self::clientOf('RATECARE_TEST_SOCKET_SHORT_LEASE');
+        // A platform slower than the permit's lease: the report is refused...
+        $decision = $breaker->acquire('booking');
+        usleep(200_000);
+        try {
+            $breaker->report($decision, true, 200.0);
+            self::fail('a report past its lease was taken');
+        } catch (DaemonError $refused) {
+            self::assertSame([409, 'unknown_permit'], [$refused->httpStatus, $refused->errorCode]);
+        }
+        // ...and call() still gives the app the platform's answer, or its exception.
+        self::assertSame('rates', $breaker->call('booking', function (): string {
+            usleep(200_000);
+            return 'rates';
+        }));
+        $thrown = new PlatformDown('booking answered 502');
+        try {
+            $breaker->call('booking', function () use ($thrown): never {
+                usleep(200_000);
+                throw $thrown;
+            });
+            self::fail('call() swallowed the exception');
+        } catch (PlatformDown $caught) {
+            self::assertSame($thrown, $caught);
+        }
     }
 
     public function testTheDaemonsErrorsComeWithTheirCodeAndMessage(): void
