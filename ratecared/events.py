@@ -51,8 +51,7 @@ class EventLog:
         self._log = log
         self._clock = clock
         self._lock = threading.Lock()
-        # Held by a write from its INSERT to dropping what it wrote, and by a query: a query sees each event
-        # once, in the table or still queued.
+        # One write at a time (the store thread's, and the stop's last one); a query never waits for it.
         self._writing = threading.Lock()
         # (sequence number, event): what a write took is known by number, whatever was pushed out meanwhile.
         self._pending: deque[tuple[int, Event]] = deque(maxlen=MAX_PENDING)
@@ -117,15 +116,19 @@ class EventLog:
         self._trimmed_at = monotonic_now
 
     def query(self, platform: str | None, since: datetime | None, limit: int, tz: ZoneInfo) -> list[dict[str, Any]]:
-        """Events newest first, in the daemon's zone: those still queued, then the table's."""
-        with self._writing:
-            with self._lock:
-                queued = [e for _, e in reversed(self._pending) if (platform is None or e.platform == platform)
-                          and (since is None or e.at >= since)][:limit]
-            rows = self._rows(platform, since, limit - len(queued)) if len(queued) < limit else []
-        out = [self._shown(e.at, self._host, e.platform, e.action, e.old_state, e.new_state, e.reason, e.who, tz)
-               for e in queued]
-        return out + [self._shown(parse_timestamp(row[0]), *row[1:], tz) for row in rows]
+        """Events newest first, in the daemon's zone: those still queued, then the table's.
+
+        The queue is read first: an event written meanwhile is then in both and shown once, and none can be
+        in neither. Raises DatabaseError when the table cannot be read.
+        """
+        with self._lock:
+            queued = [e for _, e in reversed(self._pending) if (platform is None or e.platform == platform)
+                      and (since is None or e.at >= since)][:limit]
+        rows = [(timestamp(parse_timestamp(at)), *rest) for at, *rest in self._rows(platform, since, limit)]
+        table = set(rows)
+        waiting = [row for row in ((timestamp(e.at), self._host, e.platform, e.action, e.old_state, e.new_state,
+                                    e.reason[:255], e.who[:255]) for e in queued) if row not in table]
+        return [self._shown(parse_timestamp(at), *rest, tz) for at, *rest in (waiting + rows)[:limit]]
 
     @staticmethod
     def _shown(at: datetime | None, host: str, platform: str | None, action: str, old: str | None, new: str | None,

@@ -68,8 +68,12 @@ class Collector:
                                   labels=["platform"])
         held = GaugeMetricFamily("ratecared_breaker_held", "1 while an operator holds the breaker in that state.",
                                  labels=["platform", "state"])
+        guarded = GaugeMetricFamily("ratecared_breaker_guarded",
+                                    "1 if the platform has a breaker (circuit-breaker-platforms), 0 if every call "
+                                    "goes through.", labels=["platform"])
         for view in views:
             name = view.platform
+            guarded.add_metric([name], int(view.guarded))
             for each in (State.OPEN, State.CLOSED):
                 held.add_metric([name, each.value], int(view.hold is not None and view.hold.state is each))
             for each in State:
@@ -80,7 +84,10 @@ class Collector:
             refused.add_metric([name], view.total_rejected)
             failures.add_metric([name], view.failure_count)
             retry.add_metric([name], view.retry_after or 0.0)
-        yield from (state, held, calls, refused, moves, failures, retry)
+        enabled = GaugeMetricFamily(
+            "ratecared_breakers_enabled", "1 while breakers are on, 0 while circuit-breaker-enabled = 0 lets every "
+            "call through.", value=int(all(view.enabled for view in views)))
+        yield from (state, held, guarded, enabled, calls, refused, moves, failures, retry)
 
     @staticmethod
     def _job_series(figures: list[JobFigures]) -> Iterator[Metric]:

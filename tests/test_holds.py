@@ -186,8 +186,11 @@ def test_events_since_and_limit(daemon: DaemonProcess) -> None:
     assert len(daemon.client().events(limit=1)) == 1
     future = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat(timespec="seconds")
     assert daemon.client().events(since=future) == []
-    code, _, err = ctl(daemon.socket, "events", "--since", "last tuesday")
-    assert code == 1 and "since must be a length back from now" in err
+    for since in ("last tuesday", "99999999999d", "0001-01-01", "0001-01-01T00:00:00+14:00"):
+        code, _, err = ctl(daemon.socket, "events", "--since", since)
+        assert code == 1 and "since must be a length back from now" in err, (since, err)
+    daemon.stop()
+    assert "Traceback" not in daemon.output and "request failed" not in daemon.output
 
 
 def test_events_older_than_the_retention_are_trimmed(config_factory, daemon_factory, tmp_path: Path) -> None:

@@ -60,6 +60,8 @@ def test_the_socket_serves_every_breakers_state_and_counts(daemon: DaemonProcess
     assert value(parsed, "ratecared_breaker_transitions_total", platform="booking", state="open") == 1
     assert value(parsed, "ratecared_breaker_transitions_total", platform="booking", state="closed") == 0
     assert value(parsed, "ratecared_breaker_consecutive_failures", platform="booking") == 5
+    assert (value(parsed, "ratecared_breaker_guarded", platform="booking"), value(parsed, "ratecared_breakers_enabled")
+            ) == (1, 1)
     assert 0 < value(parsed, "ratecared_breaker_retry_after_seconds", platform="booking") <= 600
     assert value(parsed, "ratecared_build_info", version=__version__, python=_python()) == 1
     assert (value(parsed, "ratecared_database_up"), value(parsed, "ratecared_database_writable")) == (1, 1)
@@ -241,6 +243,23 @@ tests:
       # Open ten minutes, closed at one scrape, open again: it closed within the window.
       - series: 'ratecared_breaker_state{{platform="agoda",state="closed",instance="web1"}}'
         values: '1 0x10 1 0x20'
+      # Held open by an operator for maintenance: planned, no alert.
+      - series: 'ratecared_breaker_state{{platform="expedia",state="closed",instance="web1"}}'
+        values: '0x30'
+      - series: 'ratecared_breaker_held{{platform="expedia",state="open",instance="web1"}}'
+        values: '1x30'
+      # Open, but the platform has no breaker any more: its calls go through.
+      - series: 'ratecared_breaker_state{{platform="hotels",state="closed",instance="web1"}}'
+        values: '0x30'
+      - series: 'ratecared_breaker_guarded{{platform="hotels",instance="web1"}}'
+        values: '0x30'
+      # Open on a host whose breakers are off (circuit-breaker-enabled = 0).
+      - series: 'ratecared_breaker_state{{platform="trivago",state="closed",instance="web2"}}'
+        values: '0x30'
+      - series: 'ratecared_breakers_enabled{{instance="web2"}}'
+        values: '0x30'
+      - series: 'ratecared_breakers_enabled{{instance="web1"}}'
+        values: '1x30'
     alert_rule_test:
       - eval_time: 10m
         alertname: RatecaredBreakerNotClosed

@@ -573,17 +573,21 @@ class Api:
 
     def _since(self, text: str) -> datetime:
         """`since` as a length back from now (`1d`, `2h`) or a moment (ISO 8601, the daemon's zone if none)."""
+        refused = ApiError(400, "invalid_request",
+                           f"since must be a length back from now (1d, 2h) or a time (2026-12-01T09:00), not {text!r}")
         try:
             return datetime.now(timezone.utc) - timedelta(seconds=duration.seconds(text))
+        except OverflowError:
+            raise refused from None
         except ValueError:
             pass
         try:
             moment = datetime.fromisoformat(text)
-        except ValueError:
-            raise ApiError(400, "invalid_request",
-                           f"since must be a length back from now (1d, 2h) or a time (2026-12-01T09:00), not {text!r}"
-                           ) from None
-        return moment if moment.tzinfo else moment.replace(tzinfo=self.tz())
+            moment = moment if moment.tzinfo else moment.replace(tzinfo=self.tz())
+            # Out of range once in UTC (year 1 at +14:00) is no time the table can hold either.
+            return moment.astimezone(timezone.utc)
+        except (ValueError, OverflowError):
+            raise refused from None
 
     # -- daemon ----------------------------------------------------------------
 
