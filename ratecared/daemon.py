@@ -309,6 +309,9 @@ class Daemon:
         await asyncio.to_thread(self.store.join, 0.5)
         saved = await asyncio.to_thread(self.snapshots.write_within, FINAL_SNAPSHOT_WAIT)
         await asyncio.to_thread(within, self.events.write, FINAL_EVENTS_WAIT)
+        if lost := self.events.waiting():
+            # The breakers' state is in the journal; only these rows of the audit trail go with the process.
+            self.log.warning("breaker events not written: the database did not take them in time", lost=lost)
         executor.shutdown(wait=False, cancel_futures=True)
         outcome = {True: "written", False: "failed", None: "timed out: the database did not answer"}[saved]
         self.log.info("stopped", final_snapshot=outcome)

@@ -68,6 +68,11 @@ class EventLog:
                 self._recorded += 1
                 self._pending.append((self._recorded, event))
 
+    def waiting(self) -> int:
+        """How many events are queued, not yet in the table."""
+        with self._lock:
+            return len(self._pending)
+
     def write(self) -> None:
         """Write what is queued, in batches; on a database error keep it for the next call. The store thread's."""
         while True:

@@ -270,3 +270,12 @@ def test_the_kill_switch_lets_calls_through_a_held_breaker(daemon: DaemonProcess
     set_setting(tmp_path / "rc.db", "circuit-breaker-enabled", "0")
     setting_in_effect(daemon, "circuit-breaker-enabled", False)
     assert acquire_json(daemon)["allowed"] is True
+
+
+def test_events_a_stop_cannot_write_are_named_in_the_log(daemon: DaemonProcess, tmp_path: Path) -> None:
+    from conftest import sqlite_locked
+
+    with sqlite_locked(tmp_path / "rc.db"):
+        assert ctl(daemon.socket, "hold", "booking", "open", "--for", "1h", "--reason", "maintenance")[0] == 0
+        assert daemon.stop(signal.SIGTERM, timeout=30) == 0
+    assert "<4>breaker events not written: the database did not take them in time lost=1" in daemon.output
