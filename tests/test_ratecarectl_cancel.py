@@ -179,3 +179,44 @@ def test_follow_ends_when_the_database_refuses_to_record_the_run(daemon: DaemonP
     with sqlite_locked(tmp_path / "rc.db"):
         code, out, err = ctl(daemon.socket, "run", "cleanup_expired_cache", "--follow")
     assert code == 1 and "the database refused to record the run" in err, (out, err)
+
+
+def test_follow_on_a_terminal_updates_one_line_then_ends_it(config_factory, daemon_factory) -> None:
+    import pty
+
+    widgets, daemon = held_warming(config_factory, daemon_factory)
+    master, slave = pty.openpty()
+    try:
+        following = subprocess.Popen([sys.executable, "-m", "ratecarectl", "--socket", daemon.socket, "run",
+                                      "warm_cache", "--follow"], stdout=slave, stderr=subprocess.PIPE, text=True)
+        os.close(slave)
+        assert widgets.reached.wait(60)
+        seen = b""
+
+        def updated_twice() -> bool:
+            nonlocal seen
+            if select.select([master], [], [], 0.1)[0]:
+                seen += os.read(master, 65536)
+            return seen.count(b"\r") >= 2
+
+        wait_for(updated_twice, what="the progress line to be drawn twice")
+        widgets.release.set()
+        assert following.wait(60) == 0
+        while select.select([master], [], [], 0.1)[0]:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the terminal's other side closed
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        widgets.close()
+        os.close(master)
+    text = seen.decode()
+    # Each update redraws the same line in place ("\r", the line, erase to its end); no line is printed per update.
+    updates = re.findall(r"\r(warm_cache: run [0-9a-f]{12} [^\r\n\x1b]*)\x1b\[K", text)
+    assert len(updates) >= 2 and all(len(line) < 80 for line in updates), text
+    drawn, result = text.split("warm_cache: success (run ", 1)
+    # One line break ends the redrawn line, and the result follows on a line of its own.
+    assert drawn.count("\n") == 1 and drawn.endswith("\n") and result.startswith(updates[0].split()[2]), text
