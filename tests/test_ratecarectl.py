@@ -131,7 +131,7 @@ def test_health_shows_the_last_snapshot_in_the_daemons_zone(config_factory, daem
 def test_every_command_takes_json_and_errors_come_as_the_envelope(daemon: DaemonProcess, tmp_path: Path) -> None:
     fail(daemon)
     code, out, _ = ctl(daemon.socket, "reset", "booking", "--json")
-    assert (code, json.loads(out)) == (0, {"reset": ["booking"], "changed": ["booking"]})
+    assert (code, json.loads(out)) == (0, {"reset": ["booking"], "changed": ["booking"], "held": []})
     code, out, _ = ctl(daemon.socket, "reload", "--json")
     assert code == 0 and json.loads(out)["applied"] == []
     code, out, _ = ctl(daemon.socket, "run", "cleanup_expired_cache", "--json")

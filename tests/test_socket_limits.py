@@ -118,7 +118,7 @@ def test_a_chunked_body_is_read_and_one_over_the_limit_is_413(daemon: DaemonProc
                + b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 5]), body[i:i + 5]) for i in range(0, len(body), 5))
                + b"0\r\nX-Trailer: ignored\r\n\r\n")
     code, _, reply = exchange(daemon, chunked)
-    assert (code, json.loads(reply)["data"]) == (200, {"reset": ["booking"], "changed": []})
+    assert (code, json.loads(reply)["data"]) == (200, {"reset": ["booking"], "changed": [], "held": []})
     big = b"x" * 70000
     code, headers, reply = exchange(daemon, b"POST /api/v1/circuit-breaker/reset HTTP/1.1\r\n"
                                     b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(big), big))
@@ -134,7 +134,7 @@ def test_expect_100_continue_gets_continue_before_the_body(daemon: DaemonProcess
     assert read_response(s, buf, head_only=True)[0] == 100
     s.sendall(body)
     code, _, reply = read_response(s, buf)
-    assert (code, json.loads(reply)["data"]) == (200, {"reset": ["agoda"], "changed": []})
+    assert (code, json.loads(reply)["data"]) == (200, {"reset": ["agoda"], "changed": [], "held": []})
     # Too large: refused before the body is sent, and no 100 first.
     s.sendall(b"POST /api/v1/circuit-breaker/reset HTTP/1.1\r\nExpect: 100-continue\r\n"
               b"Content-Length: 999999\r\n\r\n")
