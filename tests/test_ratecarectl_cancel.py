@@ -176,6 +176,8 @@ def test_ctrl_c_while_following_exits_130_and_names_the_run(config_factory, daem
 def test_follow_ends_when_the_database_refuses_to_record_the_run(daemon: DaemonProcess, tmp_path: Path) -> None:
     from conftest import sqlite_locked
 
+    # A run first: the scheduler has then started up (it writes at start, and would wait for the lock too).
+    assert ctl(daemon.socket, "run", "cleanup_expired_cache", "--wait")[0] == 0
     with sqlite_locked(tmp_path / "rc.db"):
         code, out, err = ctl(daemon.socket, "run", "cleanup_expired_cache", "--follow")
     assert code == 1 and "the database refused to record the run" in err, (out, err)
