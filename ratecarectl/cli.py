@@ -101,6 +101,12 @@ def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
+def _fit_reason(rows: list[list[str]]) -> list[list[str]]:
+    """A table whose last column, REASON, is cut to what the others leave of TABLE_WIDTH."""
+    room = TABLE_WIDTH - sum(max(len(row[i]) for row in rows) + 2 for i in range(len(rows[0]) - 1))
+    return [row[:-1] + [_cut(row[-1], max(room, len("REASON")))] for row in rows]
+
+
 def _seconds(value: float | None) -> str:
     if value is None:
         return "-"
@@ -221,8 +227,7 @@ def _status_table(data: dict[str, Any], platforms: list[dict[str, Any]], totals:
     if not wide:
         keep = [rows[0].index(name) for name in NARROW]
         rows = [[row[i] for i in keep] for row in rows]
-        room = TABLE_WIDTH - sum(max(len(row[i]) for row in rows) + 2 for i in range(len(NARROW) - 1))
-        rows = [row[:-1] + [_cut(row[-1], max(room, len("REASON")))] for row in rows]
+        rows = _fit_reason(rows)
     _table(rows, lambda col, text: STATE_COLOURS.get(text.split(" ")[0]) if col == 1 else None)
     held = [p for p in platforms if p.get("hold")]
     if held:
@@ -335,8 +340,7 @@ def events(ctx: click.Context, platform: str | None, since: str, limit: int, as_
         change = f"{e['old_state']}>{e['new_state']}" if e["old_state"] != e["new_state"] else (e["new_state"] or "-")
         table.append([_when(e["at"], seconds=True), e["platform"] or "-", e["action"], change,
                       e["who"], e["reason"]])
-    room = TABLE_WIDTH - sum(max(len(row[i]) for row in table) + 2 for i in range(len(table[0]) - 1))
-    table = [row[:-1] + [_cut(row[-1], max(room, len("REASON")))] for row in table]
+    table = _fit_reason(table)
     _table(table, lambda col, text: STATE_COLOURS.get(text.split(">")[-1]) if col == 3 else None)
 
 
