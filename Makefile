@@ -70,7 +70,11 @@ system-deps:
 REQUIRE := RATECARED_REQUIRE_MARIADB=1 RATECARED_REQUIRE_PHP=1 RATECARED_REQUIRE_NGINX=1 \
 	RATECARED_REQUIRE_PROMETHEUS=1
 
-test: system-deps test-newest test-debian12 test-system
+# The three suites run side by side (2 CPUs are mostly idle while tests wait on
+# daemons); each suite's output is printed whole when it ends.
+test: system-deps
+	@echo "== make test: the newest dependencies, Debian 12's versions and the booted Debian 12, side by side"
+	@$(MAKE) --no-print-directory -j3 --output-sync=target test-newest test-debian12 test-system
 
 test-newest: $(VENV)/.installed
 	@echo "== tests on the newest dependencies"
@@ -91,7 +95,7 @@ deb: deb-deps
 		{ echo "packaging/debian/changelog has no entry for $(VERSION)"; exit 1; }
 	rm -rf build/deb && mkdir -p $(DEB_BUILD)
 	tar --exclude=./.git --exclude='./.venv*' --exclude=./build --exclude=./storage --exclude='*/__pycache__' \
-		--exclude='*.egg-info' -cf - . | tar -C $(DEB_BUILD) -xf -
+		--exclude='*.egg-info' --exclude=./.pytest_cache -cf - . | tar -C $(DEB_BUILD) -xf -
 	cp -r packaging/debian $(DEB_BUILD)/debian
 	cp systemd/ratecared.service $(DEB_BUILD)/debian/ratecared.service
 	cd $(DEB_BUILD) && env PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage -us -uc -b
