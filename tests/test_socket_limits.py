@@ -15,9 +15,10 @@ import pwd
 import resource
 import select
 import socket
+import subprocess
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 
@@ -392,18 +393,6 @@ def connect_as(uid: int, gid: int, path: str, count: int) -> list[socket.socket]
     return socks
 
 
-def free_uids(count: int) -> list[int]:
-    """Uids no account has: throwaway users that exist only as the credentials of a socket."""
-    uids, uid = [], 61000
-    while len(uids) < count:
-        try:
-            pwd.getpwuid(uid)
-        except KeyError:
-            uids.append(uid)
-        uid += 1
-    return uids
-
-
 def answer_of(s: socket.socket, request: bytes = STATUS) -> tuple[int, str]:
     """Send a request on a held connection; the status and the error code or message, if any."""
     try:
@@ -415,24 +404,56 @@ def answer_of(s: socket.socket, request: bytes = STATUS) -> tuple[int, str]:
     return code, data["error"]["message"] if code != 200 else ""
 
 
+class Users:
+    """Throwaway accounts in one throwaway group, made with useradd for one test and removed after it."""
+
+    def __init__(self) -> None:
+        self.group = f"rct{os.getpid()}"
+        self.names: list[str] = []
+        subprocess.run(["groupadd", self.group], check=True)
+        self.gid = grp.getgrnam(self.group).gr_gid
+
+    def add(self, count: int) -> list[int]:
+        uids = []
+        for _ in range(count):
+            name = f"{self.group}u{len(self.names)}"
+            subprocess.run(["useradd", "-M", "-N", "-g", self.group, "-s", "/usr/sbin/nologin", name], check=True)
+            self.names.append(name)
+            uids.append(pwd.getpwnam(name).pw_uid)
+        return uids
+
+    def remove(self) -> None:
+        for name in self.names:
+            subprocess.run(["userdel", name], check=False)
+        subprocess.run(["groupdel", self.group], check=False)
+
+
 @pytest.fixture
-def shared_socket(config_factory, daemon_factory) -> Callable[..., DaemonProcess]:
-    """A daemon whose socket group is nobody's, so throwaway uids in that group may connect."""
-    group = grp.getgrgid(pwd.getpwnam("nobody").pw_gid).gr_name
+def users() -> Iterator[Users]:
+    made = Users()
+    try:
+        yield made
+    finally:
+        made.remove()
+
+
+@pytest.fixture
+def shared_socket(config_factory, daemon_factory, users: Users) -> Callable[..., DaemonProcess]:
+    """A daemon whose socket group is the throwaway users' own, as `ratecare` is the app's."""
 
     def start(**daemon_keys: object) -> DaemonProcess:
-        daemon = daemon_factory(config_factory(daemon={"socket_group": group, **daemon_keys}))
+        daemon = daemon_factory(config_factory(daemon={"socket_group": users.group, **daemon_keys}))
         os.chmod(Path(daemon.socket).parent, 0o755)
         return daemon
     return start
 
 
 @needs_root
-def test_one_uid_cannot_take_every_slot_and_root_always_gets_in(shared_socket) -> None:
+def test_one_uid_cannot_take_every_slot_and_root_always_gets_in(shared_socket, users: Users) -> None:
     daemon = shared_socket(max_connections=20, max_connections_per_uid=5, reserved_admin_connections=3,
                            **SLOW)
-    gid = pwd.getpwnam("nobody").pw_gid
-    attacker, *others = free_uids(5)
+    gid = users.gid
+    attacker, *others = users.add(5)
     mine = connect_as(attacker, gid, daemon.socket, 8)
     answers = [answer_of(s) for s in mine]
     assert [code for code, _ in answers] == [200] * 5 + [503] * 3
@@ -471,7 +492,7 @@ def test_a_full_daemon_says_busy_and_ratecarectl_exits_1(config_factory, daemon_
 
 
 @needs_root
-def test_a_flood_from_one_uid_leaves_room_for_root_and_others(shared_socket) -> None:
+def test_a_flood_from_one_uid_leaves_room_for_root_and_others(shared_socket, users: Users) -> None:
     """1,000 idle and slowloris connections from one uid: root and another uid are served, and the
     attacker's own slots end when header_timeout and idle_timeout say."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -480,8 +501,8 @@ def test_a_flood_from_one_uid_leaves_room_for_root_and_others(shared_socket) -> 
     # The test holds the flood's sockets itself; a 1024 soft limit is too few with pytest's own.
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     daemon = shared_socket(header_timeout=1, idle_timeout=2)
-    gid = pwd.getpwnam("nobody").pw_gid
-    attacker, other = free_uids(2)
+    gid = users.gid
+    attacker, other = users.add(2)
     flood = connect_as(attacker, gid, daemon.socket, 1000)
     # Half of them start a head and trickle it; the rest say nothing.
     for s in flood[::2]:
