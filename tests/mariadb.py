@@ -7,6 +7,7 @@ and several test runs can go on side by side.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
@@ -144,6 +145,16 @@ class MariaDB:
         self._process.kill()
         self._process.wait()
         self._process = None
+
+    @contextlib.contextmanager
+    def hung(self) -> Iterator[None]:
+        """SIGSTOP the server for the block: it takes connections and answers nothing, as a hung host does."""
+        assert self._process is not None, "MariaDB is not running"
+        self._process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self._process.send_signal(signal.SIGCONT)
 
     def close(self) -> None:
         """Stop the server and delete everything it wrote."""
