@@ -25,8 +25,11 @@ and one more, against the daemon only:
 
   durable one client fails booking's calls until it opens, then resets it,
           over and over: the replies that carry a transition wait for the
-          breaker journal's fdatasync, the others do not; with the database
-          free, then with the bench holding it locked (BEGIN IMMEDIATE)
+          breaker journal's fdatasync, the others do not; with the SQLite
+          database free, then with the bench holding it locked (BEGIN
+          IMMEDIATE); then a second daemon on a private MariaDB (when
+          mariadb-server is installed): free, hung (SIGSTOP: it takes
+          connections and answers nothing) and killed
 
 The attackers of `attack` and `flood` connect as the bench's user: as root
 every one of them gets a slot (the worst case for memory), as another user
@@ -45,7 +48,7 @@ batch >= 20,000 platform decisions/s, p99 < 5 ms in both, daemon peak RSS
 < 60 MB in them (and no failed requests); under attack and flood the
 legitimate client's p99 < 20 ms and the daemon's RSS < 100 MB; in fair,
 root's status p99 < 100 ms and every request of the other uid answered; in
-durable, decisions' p99 < 5 ms with the database locked.
+durable, decisions' p99 < 5 ms with the database locked, hung or killed.
 Exit status: 0 when every floor passes, 1 otherwise (or when the bench itself
 cannot run), 128+N on signal N. Ctrl-C or SIGTERM stops the daemon, the echo
 server and the clients and removes the temporary directory.
@@ -60,6 +63,7 @@ Standard library only; Linux only (/proc, AF_UNIX, epoll).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import multiprocessing as mp
@@ -79,6 +83,7 @@ import threading
 import time
 from array import array
 from pathlib import Path
+from typing import Iterator
 
 from floors import judged, verdict_lines
 from process_metrics import RSS_INTERVAL, RssSampler, rss_kb, stop_process, wait_ready
@@ -94,7 +99,7 @@ FLOOR_RSS_MB = 60.0       # daemon peak VmRSS in single and batch
 FLOOR_ATTACK_P99_MS = 20.0    # the legitimate client's pairs under attack and flood
 FLOOR_ATTACK_RSS_MB = 100.0   # daemon peak VmRSS under attack and flood
 FLOOR_ROOT_STATUS_MS = 100.0  # root's status p99 in fair
-FLOOR_LOCKED_P99_MS = 5.0     # decisions' p99 in durable, the database locked by another process
+FLOOR_LOCKED_P99_MS = 5.0     # decisions' p99 in durable, the database locked, hung or killed
 ATTACKS = ("attack", "flood", "fair")
 
 RECV_BYTES = 16384        # replies are under 1 KiB; a bigger buffer only costs allocation
@@ -517,46 +522,98 @@ def _timed(sock: socket.socket, request: bytes) -> tuple[bytes, int]:
     return _read_response(sock), time.perf_counter_ns() - start
 
 
-def durable_phase(path: str, database: Path, seconds: float, log) -> dict:
-    """Trip booking and reset it for `seconds`, the database free and then locked; time each reply."""
+def _trip_and_reset(path: str, seconds: float) -> dict:
+    """Trip booking and reset it for `seconds` from one connection; time each reply."""
     acquire = _request(f"{PREFIX}/booking/acquire")
     reset = _request(f"{PREFIX}/reset", b'{"platform":"booking"}')
+    plain, carrying = [], []     # ns: replies without a transition, and those that carry one
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            reply, ns = _timed(sock, acquire)
+            plain.append(ns)
+            permit = PERMIT_RE.search(reply)
+            if permit is None:           # open: the reset's reply carries open -> closed
+                carrying.append(_timed(sock, reset)[1])
+                continue
+            body = b'{"permit":"' + permit.group(1) + b'","success":false,"duration_ms":1}'
+            reply, ns = _timed(sock, _request(f"{PREFIX}/booking/report", body))
+            (carrying if b'"state":"open"' in reply else plain).append(ns)
+    finally:
+        sock.close()
+    plain.sort()
+    carrying.sort()
+    return {
+        "decisions": len(plain), "decision_p50_ms": round(_percentile(plain, 50), 3),
+        "decision_p99_ms": round(_percentile(plain, 99), 3), "decision_max_ms": round(plain[-1] / 1e6, 3),
+        "transitions": len(carrying), "transition_p50_ms": round(_percentile(carrying, 50), 3),
+        "transition_p99_ms": round(_percentile(carrying, 99), 3),
+        "transition_max_ms": round(carrying[-1] / 1e6, 3) if carrying else None,
+    }
+
+
+@contextlib.contextmanager
+def _sqlite_locked(database: Path) -> Iterator[None]:
+    lock = sqlite3.connect(database, isolation_level=None, timeout=10)
+    lock.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+
+
+def durable_phase(path: str, database: Path, seconds: float, log) -> dict:
+    """The SQLite daemon's breakers with the database free, then locked by another process (BEGIN IMMEDIATE)."""
     out: dict = {}
-    for case in ("free", "locked"):
-        log(f"durable: {seconds:g} s, database {case} ...")
-        lock = sqlite3.connect(database, isolation_level=None, timeout=10) if case == "locked" else None
-        if lock is not None:
-            lock.execute("BEGIN IMMEDIATE")
-        plain, carrying = [], []     # ns: replies without a transition, and those that carry one
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(path)
-            deadline = time.monotonic() + seconds
-            while time.monotonic() < deadline:
-                reply, ns = _timed(sock, acquire)
-                plain.append(ns)
-                permit = PERMIT_RE.search(reply)
-                if permit is None:           # open: the reset's reply carries open -> closed
-                    carrying.append(_timed(sock, reset)[1])
-                    continue
-                body = b'{"permit":"' + permit.group(1) + b'","success":false,"duration_ms":1}'
-                reply, ns = _timed(sock, _request(f"{PREFIX}/booking/report", body))
-                (carrying if b'"state":"open"' in reply else plain).append(ns)
-        finally:
-            sock.close()
-            if lock is not None:
-                lock.execute("ROLLBACK")
-                lock.close()
-        plain.sort()
-        carrying.sort()
-        out[case] = {
-            "decisions": len(plain), "decision_p50_ms": round(_percentile(plain, 50), 3),
-            "decision_p99_ms": round(_percentile(plain, 99), 3), "decision_max_ms": round(plain[-1] / 1e6, 3),
-            "transitions": len(carrying), "transition_p50_ms": round(_percentile(carrying, 50), 3),
-            "transition_p99_ms": round(_percentile(carrying, 99), 3),
-            "transition_max_ms": round(carrying[-1] / 1e6, 3) if carrying else None,
-        }
+    for case, held in (("free", contextlib.nullcontext), ("locked", lambda: _sqlite_locked(database))):
+        log(f"durable: {seconds:g} s, SQLite {case} ...")
+        with held():
+            out[case] = _trip_and_reset(path, seconds)
     return out
+
+
+def durable_mariadb_phase(tmp: Path, args, children: list, log) -> dict | None:
+    """A second daemon, on a private MariaDB: free, then hung (SIGSTOP: it takes connections and answers
+    nothing), then killed. None when there is no mariadbd here."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    import mariadb as harness  # tests/mariadb.py; needs PyMySQL, which the venv has
+
+    if not harness.available():
+        log("durable on MariaDB: skipped (no mariadbd; apt-get install mariadb-server)")
+        return None
+    base = tmp / "mariadb"
+    base.mkdir()
+    server = harness.MariaDB(base)
+    daemon = None
+    try:
+        server.start()
+        url = server.create_database("rc_bench")
+        config = _write_config(tmp, url, name="mariadb")
+        daemon = subprocess.Popen(_daemon_argv(config, None), stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        children.append(daemon)
+        path = str(tmp / "rc-mariadb.sock")
+        wait_ready(daemon, path)
+
+        @contextlib.contextmanager
+        def killed() -> Iterator[None]:
+            server.kill()
+            yield
+
+        out: dict = {}
+        for case, held in (("free", contextlib.nullcontext), ("hung", server.hung), ("killed", killed)):
+            log(f"durable: {args.seconds:g} s, MariaDB {case} ...")
+            with held():
+                out[case] = _trip_and_reset(path, args.seconds)
+        return out
+    finally:
+        if daemon is not None:
+            _stop(daemon)
+            children.remove(daemon)
+        server.close()
 
 
 # -- /proc ---------------------------------------------------------------------------
@@ -720,8 +777,10 @@ def run_phase(path: str, mode: str, server_pid: int, args, validate: bool, child
 # -- main ----------------------------------------------------------------------------
 
 
-def _write_config(tmp: Path) -> Path:
-    config = tmp / "ratecared.toml"
+def _write_config(tmp: Path, url: str | None = None, name: str = "") -> Path:
+    """The bench daemon's config: SQLite in `tmp` unless `url`; `name` tells a second daemon's socket apart."""
+    suffix = f"-{name}" if name else ""
+    config = tmp / f"ratecared{suffix}.toml"
     # As root, nobody's group may use the socket: the fair phase's attackers and other uid are in it.
     group = ""
     if os.geteuid() == 0:
@@ -731,14 +790,16 @@ def _write_config(tmp: Path) -> Path:
         os.chmod(tmp, 0o755)
     config.write_text(
         "[daemon]\n"
-        f'socket = "{tmp}/rc.sock"\n'
+        f'socket = "{tmp}/rc{suffix}.sock"\n'
         f'socket_group = "{group}"\n'
         'admin_group = ""\n'
+        f'state_dir = "{tmp}/state{suffix}"\n'
         "[database]\n"
-        f'url = "sqlite:///{tmp}/rc.db"\n'
+        f'url = "{url or f"sqlite:///{tmp}/rc.db"}"\n'
         "auto_migrate = true\n"
+        "connect_timeout = 1\n"
         "[logging]\n"
-        f'dir = "{tmp}/logs"\n'
+        f'dir = "{tmp}/logs{suffix}"\n'
     )
     return config
 
@@ -806,7 +867,10 @@ def bench(args, log) -> dict:
             # The attackers' sockets are closed; give the daemon a moment to see them go.
             time.sleep(1)
         if "durable" in args.phases:
-            phases["durable"] = {"daemon": durable_phase(sock_path, tmp / "rc.db", args.seconds, log)}
+            cases = {f"SQLite {case}": r for case, r in durable_phase(sock_path, tmp / "rc.db", args.seconds, log).items()}
+            on_mariadb = durable_mariadb_phase(tmp, args, children, log) or {}
+            cases.update({f"MariaDB {case}": r for case, r in on_mariadb.items()})
+            phases["durable"] = {"daemon": cases}
 
         hwm = rss_kb(daemon.pid, "VmHWM:")
         sampler.stopping.set()
@@ -875,10 +939,10 @@ def floors(result: dict) -> list[tuple[str, str, bool]]:
                        d["root_status_p99_ms"] < FLOOR_ROOT_STATUS_MS))
         checks.append(("fair: other uid answered", f"{d['other_uid_answered']}/{d['other_uid_asked']}",
                        d["other_uid_answered"] == d["other_uid_asked"]))
-    if "durable" in phases:
-        d = phases["durable"]["daemon"]["locked"]
-        checks.append((f"durable: locked p99 < {FLOOR_LOCKED_P99_MS:g} ms", f"{d['decision_p99_ms']:.3f} ms",
-                       d["decision_p99_ms"] < FLOOR_LOCKED_P99_MS))
+    for case, d in phases.get("durable", {}).get("daemon", {}).items():
+        if not case.endswith(" free"):
+            checks.append((f"durable: {case} p99 < {FLOOR_LOCKED_P99_MS:g} ms", f"{d['decision_p99_ms']:.3f} ms",
+                           d["decision_p99_ms"] < FLOOR_LOCKED_P99_MS))
     errors = sum(p[t]["errors"] for p in phases.values() for t in ("daemon", "echo") if t in p and "errors" in p[t])
     checks.append(("no failed requests", str(errors), errors == 0))
     return checks
@@ -928,7 +992,7 @@ def report_text(result: dict, checks) -> str:
                    f"{r['root_status_p99_ms']:.3f} ms; uid 65533 {r['other_uid_answered']}/{r['other_uid_asked']} "
                    f"answered, p99 {r['other_uid_p99_ms']:.3f} ms; daemon peak RSS {r['peak_rss_mb']:.1f} MB")
     for case, r in result["phases"].get("durable", {}).get("daemon", {}).items():
-        out.append(f"durable database {case:<6}: {r['decisions']:,} decisions p50 {r['decision_p50_ms']:.3f} ms, "
+        out.append(f"durable {case:<14}: {r['decisions']:,} decisions p50 {r['decision_p50_ms']:.3f} ms, "
                    f"p99 {r['decision_p99_ms']:.3f} ms, max {r['decision_max_ms']:.3f} ms; {r['transitions']:,} "
                    f"replies carrying a transition p50 {r['transition_p50_ms']:.3f} ms, "
                    f"p99 {r['transition_p99_ms']:.3f} ms, max {r['transition_max_ms']} ms")
