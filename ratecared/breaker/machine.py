@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import itertools
 from array import array
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
 
@@ -43,13 +43,13 @@ class Policy:
         return self.platforms is None or platform in self.platforms
 
 
-@dataclass(frozen=True)
-class Counts:
+class Counts(NamedTuple):
     """What a breaker has counted in its current generation, as gobreaker's Counts.
 
     A value, never changed in place: a call or a report makes the next one
     and a transition starts a new one (`Breaker._move`), so no path can clear
-    one counter and forget another.
+    one counter and forget another. A named tuple, as Decision and Outcome:
+    each call makes one, and a tuple is the cheapest value Python builds.
     """
 
     # Half-open trial calls admitted.
@@ -58,16 +58,16 @@ class Counts:
     consecutive_failures: int = 0
 
     def on_trial(self) -> Counts:
-        return replace(self, trials=self.trials + 1)
+        return Counts(self.trials + 1, self.successes, self.consecutive_failures)
 
     def on_trial_returned(self) -> Counts:
-        return replace(self, trials=self.trials - 1)
+        return Counts(self.trials - 1, self.successes, self.consecutive_failures)
 
     def on_success(self) -> Counts:
-        return replace(self, successes=self.successes + 1, consecutive_failures=0)
+        return Counts(self.trials, self.successes + 1, 0)
 
     def on_failure(self) -> Counts:
-        return replace(self, consecutive_failures=self.consecutive_failures + 1)
+        return Counts(self.trials, self.successes, self.consecutive_failures + 1)
 
     def next_generation(self, state: State) -> Counts:
         """The counts a generation in `state` starts from."""
@@ -104,8 +104,7 @@ class Hold:
     by: str
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     allowed: bool
     state: State
     permit: str | None
@@ -115,8 +114,7 @@ class Decision:
     hold_seconds_left: float | None = None
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     counted: bool
     state: State
     # Why a report was not counted: stale (an earlier state), unknown

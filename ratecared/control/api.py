@@ -120,6 +120,8 @@ def _depth(value: Any) -> int:
             stack.extend((child, depth + 1) for child in children)
     return deepest
 _JSON_BOOL = {True: "true", False: "false"}
+# An enum member's .value is a property call: a dict is cheaper on the hot path.
+_STATE_TEXT = {state: state.value for state in State}
 
 
 def success_raw(data_json: str, status: int = 200) -> Response:
@@ -143,7 +145,7 @@ def decision_text(d: Decision, hold_json: Callable[[Hold, float], dict[str, Any]
     permit = "null" if d.permit is None else _quote(d.permit)
     retry = "null" if d.retry_after is None else _encode(d.retry_after)
     held = "" if d.hold is None else ',"hold":' + _encode(hold_json(d.hold, d.hold_seconds_left or 0.0))
-    return (f'{{"allowed":{_JSON_BOOL[d.allowed]},"state":"{d.state.value}","permit":{permit},"retry_after":{retry}'
+    return (f'{{"allowed":{_JSON_BOOL[d.allowed]},"state":"{_STATE_TEXT[d.state]}","permit":{permit},"retry_after":{retry}'
             + held + "}")
 
 
@@ -155,7 +157,7 @@ def outcome_text(o: Outcome, platform: str | None = None) -> str:
             data["platform"] = platform
         return _encode(data)
     tail = "}" if platform is None else ',"platform":' + _quote(platform) + "}"
-    return f'{{"counted":{_JSON_BOOL[o.counted]},"state":"{o.state.value}"' + tail
+    return f'{{"counted":{_JSON_BOOL[o.counted]},"state":"{_STATE_TEXT[o.state]}"' + tail
 
 
 class Scrapes:
