@@ -6,8 +6,9 @@ import json
 import os
 import socket
 import time
+from pathlib import Path
 
-from conftest import DaemonProcess, wait_for
+from conftest import DaemonProcess, set_setting, setting_in_effect, wait_for
 from ratecared.breaker.machine import MAX_LEASES
 from ratecared.client import DaemonError
 
@@ -60,7 +61,8 @@ def acquire_and_never_report(path: str, requests: int, depth: int = 64) -> None:
     sock.close()
 
 
-def test_permits_never_reported_cost_a_bounded_ring_and_the_oldest_go(config_factory, daemon_factory) -> None:
+def test_permits_never_reported_cost_a_bounded_ring_and_the_oldest_go_but_never_a_trial(
+        config_factory, daemon_factory, tmp_path: Path) -> None:
     daemon: DaemonProcess = daemon_factory(config_factory(circuit_breaker={"permit_lease": 60}))
     client = daemon.client()
     # Warmed up with normal pairs, so that idle includes what any traffic allocates.
@@ -69,6 +71,13 @@ def test_permits_never_reported_cost_a_bounded_ring_and_the_oldest_go(config_fac
     pid = daemon.proc.pid
     idle = rss_mb(pid)
     oldest = client.acquire("expedia")
+    # A half-open trial call in flight while the flood goes round the ring twice: trials are not in it.
+    set_setting(tmp_path / "rc.db", "circuit-breaker-timeout-seconds", "1")
+    setting_in_effect(daemon, "circuit-breaker-timeout-seconds", 1)
+    while client.report(client.acquire("booking"), False, 5003)["state"] != "open":
+        pass
+    trial = wait_for(lambda: (d := client.acquire("booking")).allowed and d, what="booking half-open")
+    assert trial.state == "half_open"
     children = []
     for _ in range(CLIENTS):
         child = os.fork()
@@ -103,4 +112,5 @@ def test_permits_never_reported_cost_a_bounded_ring_and_the_oldest_go(config_fac
         assert exc.code == "unknown_permit"
     newest = client.acquire("expedia")
     assert client.report(newest, False, 5003)["counted"]
+    assert client.report(trial, True, 5) == {"counted": True, "state": "half_open"}
     wait_for(lambda: rss_mb(pid) - idle < AFTER_MB, what=f"RSS within {AFTER_MB} MB of idle")
