@@ -57,7 +57,9 @@ The clients share the host's CPUs with the daemon; the report shows how much
 CPU each side used per pair and how much of the host other processes took
 (figures taken on a busy host are pessimistic).
 
-Standard library only; Linux only (/proc, AF_UNIX, epoll).
+Standard library only, but for the durable phase, which uses the tests' SQLite lock and
+MariaDB harness (tests/conftest.py, tests/mariadb.py: pytest and PyMySQL, in the venv);
+Linux only (/proc, AF_UNIX, epoll).
 """
 
 from __future__ import annotations
@@ -75,7 +77,6 @@ import select
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -90,6 +91,8 @@ from process_metrics import RSS_INTERVAL, RssSampler, rss_kb, stop_process, wait
 
 PLATFORMS = ("booking", "expedia", "agoda", "hotels", "trivago", "tripadvisor", "google")
 PREFIX = "/api/v1/circuit-breaker"
+# The durable phase borrows the tests' SQLite lock and MariaDB harness.
+TESTS = Path(__file__).resolve().parent.parent / "tests"
 
 FLOOR_SINGLE = 5_000      # decisions/s
 FLOOR_BATCH = 20_000      # platform decisions/s
@@ -554,21 +557,13 @@ def _trip_and_reset(path: str, seconds: float) -> dict:
     }
 
 
-@contextlib.contextmanager
-def _sqlite_locked(database: Path) -> Iterator[None]:
-    lock = sqlite3.connect(database, isolation_level=None, timeout=10)
-    lock.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    finally:
-        lock.execute("ROLLBACK")
-        lock.close()
-
-
 def durable_phase(path: str, database: Path, seconds: float, log) -> dict:
     """The SQLite daemon's breakers with the database free, then locked by another process (BEGIN IMMEDIATE)."""
+    sys.path.insert(0, str(TESTS))
+    from conftest import sqlite_locked  # the tests' own lock; needs the venv's pytest
+
     out: dict = {}
-    for case, held in (("free", contextlib.nullcontext), ("locked", lambda: _sqlite_locked(database))):
+    for case, held in (("free", contextlib.nullcontext), ("locked", lambda: sqlite_locked(database))):
         log(f"durable: {seconds:g} s, SQLite {case} ...")
         with held():
             out[case] = _trip_and_reset(path, seconds)
@@ -578,7 +573,7 @@ def durable_phase(path: str, database: Path, seconds: float, log) -> dict:
 def durable_mariadb_phase(tmp: Path, args, children: list, log) -> dict | None:
     """A second daemon, on a private MariaDB: free, then hung (SIGSTOP: it takes connections and answers
     nothing), then killed. None when there is no mariadbd here."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    sys.path.insert(0, str(TESTS))
     import mariadb as harness  # tests/mariadb.py; needs PyMySQL, which the venv has
 
     if not harness.available():
