@@ -729,6 +729,22 @@ def test_a_reset_by_the_daemon_itself_names_the_daemon() -> None:
     assert [(c.kind, c.who) for c in opened().reset(1.0)] == [("reset", "daemon")]
 
 
+def test_a_reset_by_an_operator_names_them() -> None:
+    changes = opened().reset(1.0, "reset by alice", "alice (uid 1000)")
+    assert [(c.kind, c.reason, c.who) for c in changes] == [("reset", "reset by alice", "alice (uid 1000)")]
+
+
+def test_a_trial_handed_back_while_disabled_keeps_the_other_counts() -> None:
+    breaker = opened()
+    first, _ = breaker.acquire(60.0, UID)
+    second, _ = breaker.acquire(60.0, UID)
+    breaker.set_policy(replace(POLICY, enabled=False), 61.0)
+    assert breaker.report(second.permit, True, 61.0, UID)[0].reason == "disabled"
+    # One trial still out, nothing counted yet, and the streak that tripped it still shown.
+    assert (breaker.counts.trials, breaker.counts.successes, breaker.counts.consecutive_failures) == (1, 0, 3)
+    assert breaker.view(61.0).failure_count == 3
+
+
 def test_a_peer_whose_credentials_are_unknown_still_gets_and_reports_its_permit() -> None:
     # SO_PEERCRED can fail; the server then names the peer uid -1.
     breaker = Breaker("booking", POLICY)
