@@ -210,14 +210,18 @@ def test_events_older_than_the_retention_are_trimmed(config_factory, daemon_fact
 
 @pytest.mark.mariadb
 def test_events_wait_for_a_dead_database_and_are_written_once_it_is_back(mariadb: MariaDB, mysql_url: str,
-                                                                       config_factory, daemon_factory) -> None:
+                                                                       config_factory, daemon_factory,
+                                                                       tmp_path: Path) -> None:
     daemon = daemon_factory(config_factory(url=mysql_url, database={"connect_timeout": 2}))
+    log = tmp_path / "logs" / "ratecared.log"
     mariadb.kill()
     try:
         fail(daemon)
         with pytest.raises(DaemonError) as refused:
             daemon.client().events("booking")
         assert (refused.value.status, refused.value.code) == (503, "database_error")
+        # The store thread has tried and kept the event; under load that can come after the 503.
+        wait_for(lambda: "cannot write breaker events" in log.read_text(), what="the event kept, not written")
     finally:
         mariadb.start()
     db = Database(DatabaseConfig(url=mysql_url))
