@@ -8,7 +8,7 @@ import socket
 import time
 from pathlib import Path
 
-from conftest import DaemonProcess, set_setting, setting_in_effect, wait_for
+from conftest import DaemonProcess, fail, set_setting, setting_in_effect, wait_for
 from ratecared.breaker.machine import MAX_LEASES
 from ratecared.client import DaemonError
 
@@ -74,8 +74,7 @@ def test_permits_never_reported_cost_a_bounded_ring_and_the_oldest_go_but_never_
     # A half-open trial call in flight while the flood goes round the ring twice: trials are not in it.
     set_setting(tmp_path / "rc.db", "circuit-breaker-timeout-seconds", "1")
     setting_in_effect(daemon, "circuit-breaker-timeout-seconds", 1)
-    while client.report(client.acquire("booking"), False, 5003)["state"] != "open":
-        pass
+    fail(daemon)
     trial = wait_for(lambda: (d := client.acquire("booking")).allowed and d, what="booking half-open")
     assert trial.state == "half_open"
     children = []
