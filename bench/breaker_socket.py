@@ -91,8 +91,8 @@ from process_metrics import RSS_INTERVAL, RssSampler, rss_kb, stop_process, wait
 
 PLATFORMS = ("booking", "expedia", "agoda", "hotels", "trivago", "tripadvisor", "google")
 PREFIX = "/api/v1/circuit-breaker"
-# The durable phase borrows the tests' SQLite lock and MariaDB harness.
-TESTS = Path(__file__).resolve().parent.parent / "tests"
+# The durable phase borrows the tests' SQLite lock and MariaDB harness, imported only there.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 FLOOR_SINGLE = 5_000      # decisions/s
 FLOOR_BATCH = 20_000      # platform decisions/s
@@ -559,7 +559,6 @@ def _trip_and_reset(path: str, seconds: float) -> dict:
 
 def durable_phase(path: str, database: Path, seconds: float, log) -> dict:
     """The SQLite daemon's breakers with the database free, then locked by another process (BEGIN IMMEDIATE)."""
-    sys.path.insert(0, str(TESTS))
     from conftest import sqlite_locked  # the tests' own lock; needs the venv's pytest
 
     out: dict = {}
@@ -573,7 +572,6 @@ def durable_phase(path: str, database: Path, seconds: float, log) -> dict:
 def durable_mariadb_phase(tmp: Path, args, children: list, log) -> dict | None:
     """A second daemon, on a private MariaDB: free, then hung (SIGSTOP: it takes connections and answers
     nothing), then killed. None when there is no mariadbd here."""
-    sys.path.insert(0, str(TESTS))
     import mariadb as harness  # tests/mariadb.py; needs PyMySQL, which the venv has
 
     if not harness.available():
