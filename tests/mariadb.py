@@ -73,6 +73,9 @@ class MariaDB:
     def __init__(self, basedir: Path) -> None:
         self.basedir = Path(basedir)
         self.datadir = self.basedir / "data"
+        # Its own temporary directory: servers sharing /tmp (the suites run side by side) have seen
+        # mariadb-install-db abort on a temporary table another process's cleanup removed.
+        self.tmpdir = self.basedir / "tmp"
         self.error_log = self.basedir / "error.log"
         self._socket = self.basedir / "mysqld.sock"
         self._pid_file = self.basedir / "mysqld.pid"
@@ -97,6 +100,7 @@ class MariaDB:
         mariadbd = _find("mariadbd")
         if mariadbd is None:
             raise RuntimeError(MISSING_MESSAGE)
+        self.tmpdir.mkdir(parents=True, exist_ok=True)
         if not self.datadir.exists():
             self._install()
         self._process = subprocess.Popen(
@@ -105,6 +109,7 @@ class MariaDB:
                 "--no-defaults",
                 "--user=root",
                 f"--datadir={self.datadir}",
+                f"--tmpdir={self.tmpdir}",
                 f"--socket={self._socket}",
                 "--skip-networking",
                 f"--pid-file={self._pid_file}",
@@ -205,6 +210,7 @@ class MariaDB:
                 "--auth-root-authentication-method=normal",
                 "--skip-test-db",
                 f"--datadir={self.datadir}",
+                f"--tmpdir={self.tmpdir}",
                 *self.server_options,
             ],
             stdin=subprocess.DEVNULL,
