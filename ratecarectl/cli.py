@@ -212,16 +212,20 @@ TABLE_WIDTH = 80
 
 
 def _status_table(data: dict[str, Any], platforms: list[dict[str, Any]], totals: bool, wide: bool) -> None:
-    rows = [["PLATFORM", "STATE", "FAILURES", "SUCCESS", "REQUESTS", "REJECTED", "RETRY IN", "SINCE", "REASON"]]
+    rows = [["PLATFORM", "STATE", "FAILURES", "SUCCESS", "REQUESTS", "REJECTED", "TIMEOUTS", "LIMITED", "SLOW",
+             "IGNORED", "BACKOFF", "RETRY IN", "SINCE", "REASON"]]
     for p in platforms:
         state = p["state"] if p.get("guarded", True) else "unguarded"
         # A hold is in REASON ("held open by …") and on its own line below.
         if not p.get("enabled", True):
             state += " (disabled)"
         rate = "-" if p["success_rate"] is None else f"{p['success_rate']:.1f}%"
+        outcomes = p.get("outcomes", {})
         rows.append([
             p["platform"], state, str(p["failure_count"]), rate, str(p.get("total_requests", 0)),
-            str(p.get("rejected", 0)), _seconds(p.get("retry_after")), _seconds(p.get("seconds_in_state")),
+            str(p.get("rejected", 0)),
+            *(str(outcomes.get(kind, 0)) for kind in ("timeout", "rate_limited", "slow", "ignored")),
+            str(p.get("backoff_level", 0)), _seconds(p.get("retry_after")), _seconds(p.get("seconds_in_state")),
             p.get("last_reason", ""),
         ])
     if not wide:
@@ -230,10 +234,15 @@ def _status_table(data: dict[str, Any], platforms: list[dict[str, Any]], totals:
         rows = _fit_reason(rows)
     _table(rows, lambda col, text: STATE_COLOURS.get(text.split(" ")[0]) if col == 1 else None)
     held = [p for p in platforms if p.get("hold")]
-    if held:
+    backing_off = [p for p in platforms if p.get("backoff_level")]
+    if held or backing_off:
         click.echo("")
     for p in held:
         click.echo(_hold_line(p))
+    for p in backing_off:
+        level = p["backoff_level"]
+        click.echo(f"{p['platform']}: back-off level {level}, {level} trip{'s' if level > 1 else ''} in a row "
+                   "not yet worn off")
     if totals:
         click.echo(
             f"\n{data['total_platforms']} platforms: {data['closed']} closed, {data['open']} open, "

@@ -19,8 +19,11 @@ from ratecared.db import Database, parse_timestamp, timestamp
 COLUMNS = (
     "platform", "host", "state", "generation", "consecutive_failures", "trip_count", "opened_at",
     "open_until", "state_since", "total_requests", "total_successes", "total_failures", "total_rejected",
-    "last_reason", "updated_at", "hold_state", "hold_until", "hold_reason", "hold_by",
+    "last_reason", "updated_at", "hold_state", "hold_until", "hold_reason", "hold_by", "backoff_level",
+    "total_timeouts", "total_rate_limited", "total_slow", "total_ignored",
 )
+# Counted since migration 007: journal lines written before have none, and read as 0.
+_SINCE_007 = ("backoff_level", "total_timeouts", "total_rate_limited", "total_slow", "total_ignored")
 
 
 def row_of(view: BreakerView, host: str, wall: datetime) -> dict[str, Any]:
@@ -47,12 +50,17 @@ def row_of(view: BreakerView, host: str, wall: datetime) -> dict[str, Any]:
         "hold_until": timestamp(wall + timedelta(seconds=view.hold_seconds_left or 0.0)) if view.hold else None,
         "hold_reason": view.hold.reason[:255] if view.hold else None,
         "hold_by": view.hold.by[:255] if view.hold else None,
+        "backoff_level": view.backoff_level,
+        "total_timeouts": view.total_timeouts,
+        "total_rate_limited": view.total_rate_limited,
+        "total_slow": view.total_slow,
+        "total_ignored": view.total_ignored,
     }
 
 
 _READ = ("platform", "state", "generation", "consecutive_failures", "trip_count", "open_until", "state_since",
          "opened_at", "total_successes", "total_failures", "total_rejected", "last_reason", "hold_state",
-         "hold_until", "hold_reason", "hold_by")
+         "hold_until", "hold_reason", "hold_by") + _SINCE_007
 
 
 def view_of(row: Sequence[Any], wall: datetime) -> BreakerView:
@@ -82,6 +90,7 @@ def view_of_values(values: Mapping[str, Any], wall: datetime) -> BreakerView:
         last_reason=values["last_reason"] or "restored",
         hold=Hold(State(held), values.get("hold_reason") or "", values.get("hold_by") or "") if held else None,
         hold_seconds_left=(hold_until - wall).total_seconds() if held and hold_until else None,
+        **{name: int(values.get(name) or 0) for name in _SINCE_007},
     )
 
 

@@ -82,6 +82,51 @@ class Decision:
     unreachable: str | None = None
 
 
+# What a report may say a call came to (DESIGN §7); True and False are the seed's success flag.
+OUTCOMES = ("success", "failure", "timeout", "rate_limited", "ignored")
+
+
+class Call:
+    """What `Client.call` hands its block: the decision, and how the block says the call went.
+
+    By default the block's end is a success, a TimeoutError a timeout and any
+    other exception a failure; `report_as` says otherwise (a 429 with its
+    Retry-After, a 404 for a hotel the platform does not list).
+    """
+
+    def __init__(self, decision: Decision) -> None:
+        self.decision = decision
+        self.outcome: str | None = None
+        self.retry_after: float | str | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision.allowed
+
+    @property
+    def permit(self) -> str | None:
+        return self.decision.permit
+
+    def report_as(self, outcome: str, retry_after: float | str | None = None) -> None:
+        """Report the call as `outcome`; `retry_after` for rate_limited: seconds, or the header as it came."""
+        if outcome not in OUTCOMES:
+            raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, not {outcome!r}")
+        self.outcome, self.retry_after = outcome, retry_after
+
+
+def _report_body(outcome: bool | str, duration_ms: float, retry_after: float | str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"duration_ms": round(duration_ms, 1)}
+    if isinstance(outcome, bool):
+        body["success"] = outcome
+    elif outcome in OUTCOMES:
+        body["outcome"] = outcome
+    else:
+        raise ValueError(f"outcome must be True, False or one of {', '.join(OUTCOMES)}, not {outcome!r}")
+    if retry_after is not None:
+        body["retry_after"] = retry_after
+    return body
+
+
 class _UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
@@ -243,11 +288,13 @@ class Client:
             return {p: self._degraded(p, exc) for p in platforms}
         return {p: Decision(p, d["allowed"], d["state"], d["permit"], d["retry_after"]) for p, d in data.items()}
 
-    def report(self, decision: Decision, success: bool, duration_ms: float = 0.0) -> dict[str, Any] | None:
-        """Say how a permitted call went; a no-op for decisions that carry no permit."""
+    def report(self, decision: Decision, outcome: bool | str, duration_ms: float = 0.0,
+               retry_after: float | str | None = None) -> dict[str, Any] | None:
+        """Say how a permitted call went: True, False, or one of OUTCOMES; `retry_after` goes with
+        rate_limited (seconds, or the Retry-After header as it came). A no-op for decisions without a permit."""
         if decision.permit is None:
             return None
-        body = {"permit": decision.permit, "success": success, "duration_ms": round(duration_ms, 1)}
+        body = {"permit": decision.permit, **_report_body(outcome, duration_ms, retry_after)}
         try:
             return self.request("POST", f"/api/v1/circuit-breaker/{_segment(decision.platform)}/report", body)
         except DaemonUnreachable:
@@ -255,11 +302,13 @@ class Client:
                 raise
             return None
 
-    def report_many(self, outcomes: list[tuple[Decision, bool, float]]) -> list[dict[str, Any]]:
+    def report_many(self, outcomes: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+        """Several reports in one round trip: (decision, outcome, duration_ms[, retry_after]) each."""
         reports = [
-            {"platform": d.platform, "permit": d.permit, "success": ok, "duration_ms": round(ms, 1)}
-            for d, ok, ms in outcomes
-            if d.permit is not None
+            {"platform": each[0].platform, "permit": each[0].permit,
+             **_report_body(each[1], each[2], each[3] if len(each) > 3 else None)}
+            for each in outcomes
+            if each[0].permit is not None
         ]
         if not reports:
             return []
@@ -271,24 +320,30 @@ class Client:
             return []
 
     @contextmanager
-    def call(self, platform: str) -> Iterator[Decision]:
-        """Acquire, run the block, report: an exception in the block is a failure."""
+    def call(self, platform: str) -> Iterator[Call]:
+        """Acquire, run the block, report: a TimeoutError in the block is a timeout, any other exception a
+        failure, and the block may say otherwise with `Call.report_as`."""
         decision = self.acquire(platform)
         if not decision.allowed:
             raise BreakerOpen(platform, decision.state, decision.retry_after, decision.unreachable)
+        call = Call(decision)
         started = time.monotonic()
         try:
-            yield decision
-        except BaseException:
-            self._report_for_call(decision, False, started)
+            yield call
+        except TimeoutError:
+            self._report_for_call(call, "timeout", started)
             raise
-        self._report_for_call(decision, True, started)
+        except BaseException:
+            self._report_for_call(call, False, started)
+            raise
+        self._report_for_call(call, True, started)
 
-    def _report_for_call(self, decision: Decision, success: bool, started: float) -> None:
+    def _report_for_call(self, call: Call, outcome: bool | str, started: float) -> None:
         """Report for `call`: a report the daemon refuses (the permit's lease ran out, the daemon restarted
         and its permits died with it) must not turn the platform's answer, or its error, into another."""
         try:
-            self.report(decision, success, (time.monotonic() - started) * 1000)
+            self.report(call.decision, call.outcome or outcome, (time.monotonic() - started) * 1000,
+                        call.retry_after)
         except ClientError:
             pass
 

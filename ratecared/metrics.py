@@ -53,8 +53,12 @@ class Collector:
     def _breaker_series(views: list[BreakerView]) -> Iterator[Metric]:
         state = GaugeMetricFamily("ratecared_breaker_state", "1 for the state each breaker is in, 0 for the others.",
                                   labels=["platform", "state"])
-        calls = CounterMetricFamily("ratecared_breaker_calls", "Calls reported, by outcome.",
-                                    labels=["platform", "outcome"])
+        calls = CounterMetricFamily("ratecared_breaker_calls", "Calls reported, by what they counted as: timeouts, "
+                                    "rate-limited answers and slow successes are failures counted apart from plain "
+                                    "ones; ignored calls count as neither.", labels=["platform", "outcome"])
+        backoff = GaugeMetricFamily("ratecared_breaker_backoff_level",
+                                    "Trips in a row, decaying while closed: the next open time is the timeout "
+                                    "times the multiplier to this power.", labels=["platform"])
         refused = CounterMetricFamily("ratecared_breaker_calls_not_permitted",
                                       "Calls the breaker refused (open, or half-open with every trial taken).",
                                       labels=["platform"])
@@ -79,15 +83,16 @@ class Collector:
             for each in State:
                 state.add_metric([name, each.value], int(view.state is each))
                 moves.add_metric([name, each.value], view.transitions.get(each, 0))
-            calls.add_metric([name, "success"], view.total_successes)
-            calls.add_metric([name, "failure"], view.total_failures)
+            for outcome, n in view.outcomes.items():
+                calls.add_metric([name, outcome], n)
+            backoff.add_metric([name], view.backoff_level)
             refused.add_metric([name], view.total_rejected)
             failures.add_metric([name], view.failure_count)
             retry.add_metric([name], view.retry_after or 0.0)
         enabled = GaugeMetricFamily(
             "ratecared_breakers_enabled", "1 while breakers are on, 0 while circuit-breaker-enabled = 0 lets every "
             "call through.", value=int(all(view.enabled for view in views)))
-        yield from (state, held, guarded, enabled, calls, refused, moves, failures, retry)
+        yield from (state, held, guarded, enabled, calls, refused, moves, failures, retry, backoff)
 
     @staticmethod
     def _job_series(figures: list[JobFigures]) -> Iterator[Metric]:

@@ -29,6 +29,9 @@ class Settings:
     # None means every configured platform.
     breaker_platforms: frozenset[str] | None = None
     events_retention_days: int = 90
+    slow_call_ms: int = 0
+    backoff_multiplier: float = 1.0
+    max_open_seconds: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,20 @@ def _integer(low: int, high: int) -> Callable[[str], int]:
             raise ValueError("is not a whole number") from None
         if not low <= value <= high:
             raise ValueError(f"is out of range {low}..{high}")
+        return value
+
+    return parse
+
+
+def _decimal(low: float, high: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueError("is not a number") from None
+        # NaN fails both comparisons, so it is out of range too.
+        if not low <= value <= high:
+            raise ValueError(f"is out of range {low:g}..{high:g}")
         return value
 
     return parse
@@ -86,6 +103,9 @@ KEYS: dict[str, tuple[str, Callable[[str], object]]] = {
     "circuit-breaker-half-open-requests": ("half_open_requests", _integer(1, 1000)),
     "circuit-breaker-platforms": ("breaker_platforms", _platforms),
     "circuit-breaker-events-retention-days": ("events_retention_days", _integer(1, 3650)),
+    "circuit-breaker-slow-call-ms": ("slow_call_ms", _integer(0, 3_600_000)),
+    "circuit-breaker-backoff-multiplier": ("backoff_multiplier", _decimal(1, 10)),
+    "circuit-breaker-max-open-seconds": ("max_open_seconds", _integer(1, 7 * 86400)),
 }
 
 
@@ -112,8 +132,9 @@ def parse(rows: Mapping[str, str | None], known_platforms: tuple[str, ...] = ())
                 "circuit-breaker-platforms", rows["circuit-breaker-platforms"] or "",
                 f"names unknown platform{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}",
                 using=",".join(sorted(known)) if known else "the default (all)"))
-    if "open_seconds" in values:
-        values["open_seconds"] = float(values["open_seconds"])  # type: ignore[arg-type]
+    for seconds in ("open_seconds", "max_open_seconds"):
+        if seconds in values:
+            values[seconds] = float(values[seconds])  # type: ignore[arg-type]
     return Settings(**values), warnings  # type: ignore[arg-type]
 
 
@@ -182,6 +203,9 @@ def breaker_policy(settings: Settings, lease_seconds: float) -> Policy:
         lease_seconds=lease_seconds,
         enabled=settings.breaker_enabled,
         platforms=settings.breaker_platforms,
+        slow_call_ms=settings.slow_call_ms,
+        backoff_multiplier=settings.backoff_multiplier,
+        max_open_seconds=settings.max_open_seconds,
     )
 
 

@@ -201,10 +201,18 @@ def test_restore_keeps_an_open_breaker_open_for_the_rest_of_its_time() -> None:
     assert breaker.state is State.HALF_OPEN
 
 
-def test_restore_never_extends_past_the_timeout() -> None:
+def test_restore_never_extends_past_the_longest_open_time() -> None:
+    # A Retry-After or a back-off may have opened it for longer than the timeout, never past the cap.
     breaker = Breaker("booking", POLICY)
     breaker.restore(saved(retry_after=10_000.0), now=0.0)
-    assert breaker.retry_after(0.0) == POLICY.open_seconds
+    assert breaker.retry_after(0.0) == POLICY.max_open_seconds == 3600
+    capped = Breaker("booking", replace(POLICY, max_open_seconds=100))
+    capped.restore(saved(retry_after=10_000.0), now=0.0)
+    assert capped.retry_after(0.0) == 100
+    # A cap under the timeout never cuts the timeout itself.
+    under = Breaker("booking", replace(POLICY, max_open_seconds=10))
+    under.restore(saved(retry_after=10_000.0), now=0.0)
+    assert under.retry_after(0.0) == POLICY.open_seconds
 
 
 def test_leases_of_callers_that_never_report_are_bounded() -> None:
@@ -237,7 +245,7 @@ def test_what_an_open_breaker_shows() -> None:
     assert breaker.view(112.3456) == BreakerView(
         platform="booking", state=State.OPEN, generation=1, failure_count=3, trip_count=1, total_successes=0,
         total_failures=3, total_rejected=2, retry_after=47.654, seconds_in_state=12.346,
-        last_reason="3 consecutive failures", guarded=True, enabled=True, trials_in_flight=0,
+        last_reason="3 consecutive failures", backoff_level=1, guarded=True, enabled=True, trials_in_flight=0,
         transitions={State.CLOSED: 0, State.OPEN: 1, State.HALF_OPEN: 0})
     assert breaker.retry_after(159.5) == 0.5
 
@@ -246,6 +254,8 @@ def test_the_status_entry_keeps_the_seed_keys() -> None:
     assert opened(now=100.0).view(130.0).as_json() == {
         "platform": "booking", "state": "open", "failure_count": 3, "success_rate": 0.0, "total_requests": 3,
         "total_successes": 0, "total_failures": 3, "rejected": 0, "retry_after": 30.0, "trip_count": 1,
+        "backoff_level": 1,
+        "outcomes": {"success": 0, "failure": 3, "timeout": 0, "rate_limited": 0, "slow": 0, "ignored": 0},
         "trials_in_flight": 0, "seconds_in_state": 30.0, "last_reason": "3 consecutive failures",
         "guarded": True, "enabled": True, "hold": None,
     }

@@ -79,8 +79,8 @@ def test_the_status_table_fits_80_columns_and_wide_shows_everything(daemon: Daem
     assert lines["tripadvisor"].endswith("…") and "held closed by" in lines["tripadvisor"]
     code, out, _ = ctl(daemon.socket, "status", "--wide")
     header, *rows = out.splitlines()
-    assert header.split() == ["PLATFORM", "STATE", "FAILURES", "SUCCESS", "REQUESTS", "REJECTED", "RETRY", "IN",
-                              "SINCE", "REASON"]
+    assert header.split() == ["PLATFORM", "STATE", "FAILURES", "SUCCESS", "REQUESTS", "REJECTED", "TIMEOUTS",
+                              "LIMITED", "SLOW", "IGNORED", "BACKOFF", "RETRY", "IN", "SINCE", "REASON"]
     tripadvisor = next(row for row in rows if row.startswith("tripadvisor"))
     assert tripadvisor.endswith(f"held closed by {pwd.getpwuid(os.getuid()).pw_name} (uid {os.getuid()}): {why}")
 

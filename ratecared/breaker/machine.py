@@ -10,6 +10,14 @@ for an older generation is answered but not counted. Unlike gobreaker,
 permits are leases: a half-open trial that is not reported in time counts as
 a failure, so no breaker can stay stuck in HALF_OPEN. A permit is the
 caller's alone: a report from another uid is not one of its permits.
+
+A report says more than success or failure (`Kind`): a timeout is a failure
+counted apart, a platform's 429 opens the breaker until its Retry-After, and
+an ignored call (a 404 for a hotel the platform does not list) counts as
+neither and hands a half-open trial's slot back, as gobreaker's exclusions
+do. The open time backs off with the trips in a row (`backoff_level`), which
+decays by one for each healthy timeout-long period in CLOSED, as Envoy's
+ejection multiplier does.
 """
 
 from __future__ import annotations
@@ -27,6 +35,41 @@ class State(str, enum.Enum):
     HALF_OPEN = "half_open"
 
 
+class Kind(str, enum.Enum):
+    """What a reported call counts as."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"
+    TIMEOUT = "timeout"
+    RATE_LIMITED = "rate_limited"
+    IGNORED = "ignored"
+    # A success slower than the policy's slow_call_ms: the daemon's verdict, never a caller's report.
+    SLOW = "slow"
+
+
+# What a caller may report.
+REPORTED = frozenset(Kind) - {Kind.SLOW}
+# What counts towards tripping.
+FAILING = frozenset({Kind.FAILURE, Kind.TIMEOUT, Kind.RATE_LIMITED, Kind.SLOW})
+
+
+class Report(NamedTuple):
+    """How a permitted call went, as the caller reports it."""
+
+    kind: Kind
+    duration_ms: float = 0.0
+    # rate_limited: the seconds until the platform takes calls again, and its answer as it came
+    # (the Retry-After header's value), which the reason quotes.
+    retry_after: float | None = None
+    answer: str | None = None
+
+
+SUCCESS = Report(Kind.SUCCESS)
+FAILURE = Report(Kind.FAILURE)
+# The seed's `success: true|false`.
+_OF_BOOL = {True: SUCCESS, False: FAILURE}
+
+
 @dataclass(frozen=True)
 class Policy:
     """The settings that drive a breaker; replaced live without losing state."""
@@ -38,9 +81,28 @@ class Policy:
     enabled: bool = True
     # Which platforms have a breaker (circuit-breaker-platforms); None: every one.
     platforms: frozenset[str] | None = None
+    # A success slower than this counts as a failure; 0: off.
+    slow_call_ms: float = 0.0
+    # The open time is multiplied by this for each trip in a row; 1: the seed's fixed timeout.
+    backoff_multiplier: float = 1.0
+    max_open_seconds: float = 3600.0
 
     def guards(self, platform: str) -> bool:
         return self.platforms is None or platform in self.platforms
+
+    def open_cap(self) -> float:
+        """The longest a breaker stays open. Never under the timeout itself: a cap below it would
+        shorten the seed's own open time."""
+        return max(self.max_open_seconds, self.open_seconds)
+
+    def open_time(self, level: int, jitter: float) -> float:
+        """Seconds open after the `level`-th trip in a row, `jitter` being a factor near 1."""
+        if self.backoff_multiplier == 1.0:
+            return self.open_seconds
+        cap = self.open_cap()
+        # Past 200 the cap has long been reached, whatever the multiplier; the power would overflow. The
+        # jitter applies at the cap too, downwards, or every host at the cap would probe together.
+        return min(min(self.open_seconds * self.backoff_multiplier ** min(level - 1, 200), cap) * jitter, cap)
 
 
 class Counts(NamedTuple):
@@ -56,24 +118,30 @@ class Counts(NamedTuple):
     trials: int = 0
     successes: int = 0
     consecutive_failures: int = 0
+    # Of those failures, the timeouts and the slow successes, which a trip's reason names.
+    timeouts: int = 0
+    slow: int = 0
 
     def on_trial(self) -> Counts:
-        return Counts(self.trials + 1, self.successes, self.consecutive_failures)
+        return self._replace(trials=self.trials + 1)
 
     def on_trial_returned(self) -> Counts:
-        return Counts(self.trials - 1, self.successes, self.consecutive_failures)
+        return self._replace(trials=self.trials - 1)
 
     def on_success(self) -> Counts:
-        return Counts(self.trials, self.successes + 1, 0)
+        return Counts(self.trials, self.successes + 1)
 
-    def on_failure(self) -> Counts:
-        return Counts(self.trials, self.successes, self.consecutive_failures + 1)
+    def on_failure(self, kind: Kind = Kind.FAILURE) -> Counts:
+        return Counts(self.trials, self.successes, self.consecutive_failures + 1,
+                      self.timeouts + (kind is Kind.TIMEOUT), self.slow + (kind is Kind.SLOW))
 
     def next_generation(self, state: State) -> Counts:
         """The counts a generation in `state` starts from."""
         # The failure streak outlives OPEN and HALF_OPEN, so that status and
         # the snapshot show what tripped the breaker; only a close ends it.
-        return Counts(consecutive_failures=0 if state is State.CLOSED else self.consecutive_failures)
+        if state is State.CLOSED:
+            return Counts()
+        return Counts(consecutive_failures=self.consecutive_failures, timeouts=self.timeouts, slow=self.slow)
 
 
 @dataclass(frozen=True)
@@ -120,6 +188,8 @@ class Outcome(NamedTuple):
     # Why a report was not counted: stale (an earlier state), unknown
     # (never issued, already reported or lease expired), disabled, unguarded.
     reason: str | None = None
+    # What a counted report counted as, where that is not what it said: SLOW for a slow success.
+    counted_as: Kind | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +211,13 @@ class BreakerView:
     retry_after: float | None
     seconds_in_state: float
     last_reason: str
+    # Trips in a row, decaying while closed: the back-off level.
+    backoff_level: int = 0
+    # Of total_failures, those of each kind but plain failures; and the ignored calls, counted in neither.
+    total_timeouts: int = 0
+    total_rate_limited: int = 0
+    total_slow: int = 0
+    total_ignored: int = 0
     # What the policy in force decides, and the trials that die with their
     # process: a snapshot does not hold them and a restore ignores them.
     guarded: bool = True
@@ -155,6 +232,14 @@ class BreakerView:
     @property
     def total_requests(self) -> int:
         return self.total_successes + self.total_failures
+
+    @property
+    def outcomes(self) -> dict[str, int]:
+        """Reported calls by what they counted as; the failures are the plain ones and expired trials."""
+        plain = self.total_failures - self.total_timeouts - self.total_rate_limited - self.total_slow
+        return {Kind.SUCCESS.value: self.total_successes, Kind.FAILURE.value: plain,
+                Kind.TIMEOUT.value: self.total_timeouts, Kind.RATE_LIMITED.value: self.total_rate_limited,
+                Kind.SLOW.value: self.total_slow, Kind.IGNORED.value: self.total_ignored}
 
     @property
     def success_rate(self) -> float | None:
@@ -176,6 +261,8 @@ class BreakerView:
             "rejected": self.total_rejected,
             "retry_after": self.retry_after,
             "trip_count": self.trip_count,
+            "backoff_level": self.backoff_level,
+            "outcomes": self.outcomes,
             "trials_in_flight": self.trials_in_flight,
             "seconds_in_state": self.seconds_in_state,
             "last_reason": self.last_reason,
@@ -292,7 +379,21 @@ class Breaker:
     total_successes: int = 0
     total_failures: int = 0
     total_rejected: int = 0
+    total_timeouts: int = 0
+    total_rate_limited: int = 0
+    total_slow: int = 0
+    total_ignored: int = 0
     last_reason: str = "started"
+    # Trips in a row; one less for each timeout-long period closed since `calm_since` (monotonic).
+    backoff_level: int = 0
+    calm_since: float = 0.0
+    # How long this open period lasts, and how it was set: the platform's retry time asked for
+    # (kept within the cap whatever the policy becomes), else the jitter factor the back-off drew.
+    open_for: float = 0.0
+    _asked_open: float | None = None
+    _jitter: float = 1.0
+    # A factor near 1 for each back-off (the registry draws it at random; none here, so tests know the times).
+    jitter: Callable[[], float] = field(default=lambda: 1.0, repr=False)
     # Transitions into each state, by the state entered: what metrics count.
     transitions: dict[State, int] = field(default_factory=lambda: dict.fromkeys(State, 0))
     # An operator's hold, and when it ends by itself (monotonic).
@@ -331,6 +432,11 @@ class Breaker:
             retry_after=self.retry_after(now),
             seconds_in_state=round(now - self.state_since, 3),
             last_reason=self.last_reason,
+            backoff_level=self.backoff_level,
+            total_timeouts=self.total_timeouts,
+            total_rate_limited=self.total_rate_limited,
+            total_slow=self.total_slow,
+            total_ignored=self.total_ignored,
             guarded=self.policy.guards(self.platform),
             enabled=self.policy.enabled,
             trials_in_flight=len(self._trials),
@@ -349,8 +455,13 @@ class Breaker:
                 # Held: the state stays as the operator set it; no timer or lease of it runs.
                 return changes
             changes.append(self._end_hold(now, "hold ended", "daemon"))
+        if self.state is State.CLOSED and self.backoff_level:
+            periods = int((now - self.calm_since) // self.policy.open_seconds)
+            if periods > 0:
+                self.backoff_level = max(0, self.backoff_level - periods)
+                self.calm_since += periods * self.policy.open_seconds
         if self.state is State.OPEN and now >= self.open_until:
-            changes.append(self._move(State.HALF_OPEN, now, f"open for {self.policy.open_seconds:g} s"))
+            changes.append(self._move(State.HALF_OPEN, now, f"open for {round(self.open_for, 1):g} s"))
         if self.state is State.HALF_OPEN:
             expired = [deadline for deadline in self._trials.values() if deadline <= now]
             if expired:
@@ -389,8 +500,10 @@ class Breaker:
         self.total_rejected += 1
         return Decision(False, self.state, None, self.retry_after(now)), changes
 
-    def report(self, permit: str, success: bool, now: float, uid: int) -> tuple[Outcome, list[Transition]]:
-        """Record how a permitted call went, as peer `uid` reports it."""
+    def report(self, permit: str, report: Report | bool, now: float, uid: int) -> tuple[Outcome, list[Transition]]:
+        """Record how a permitted call went, as peer `uid` reports it; a bool is the seed's success flag."""
+        if report is True or report is False:
+            report = _OF_BOOL[report]
         if not self.policy.guards(self.platform):
             return Outcome(False, State.CLOSED, "unguarded"), []
         changes = self.advance(now)
@@ -413,32 +526,40 @@ class Breaker:
                 # slot and no lease to expire once breakers are enabled again.
                 self.counts = self.counts.on_trial_returned()
             return Outcome(False, self.state, "disabled"), changes
+        kind = report.kind
+        if kind is Kind.SUCCESS and 0 < self.policy.slow_call_ms < report.duration_ms:
+            kind = Kind.SLOW
+        counted_as = Kind.SLOW if kind is Kind.SLOW else None
+        self._count(kind)
+        if kind is Kind.IGNORED:
+            if trial:
+                # Neither a success nor a failure: the trial proved nothing, so its slot goes to another call.
+                self.counts = self.counts.on_trial_returned()
+            return Outcome(True, self.state, None), changes
         if self.hold is not None:
             # Held closed (a held-open breaker issues no permits): counted, and nothing trips it.
-            if success:
-                self.total_successes += 1
-            else:
-                self.total_failures += 1
-            return Outcome(True, self.state, None), changes
-        if success:
-            self.total_successes += 1
+            return Outcome(True, self.state, None, counted_as), changes
+        if kind is Kind.SUCCESS:
             self.counts = self.counts.on_success()
             if self.state is State.HALF_OPEN and self.counts.successes >= self.policy.half_open_requests:
                 changes.append(self._move(State.CLOSED, now, f"{self.counts.successes} trial calls succeeded"))
-        else:
-            self.total_failures += 1
-            self.counts = self.counts.on_failure()
-            if self.state is State.HALF_OPEN:
-                changes.append(self._trip(now, "trial call failed"))
-            elif self.counts.consecutive_failures >= self.policy.failure_threshold:
-                changes.append(self._trip(now, f"{self.counts.consecutive_failures} consecutive failures"))
-        return Outcome(True, self.state, None), changes
+            return Outcome(True, self.state, None), changes
+        self.counts = self.counts.on_failure(kind)
+        if kind is Kind.RATE_LIMITED:
+            changes.append(self._trip(now, self._rate_limited_reason(report), report.retry_after))
+        elif self.state is State.HALF_OPEN:
+            changes.append(self._trip(now, f"trial call {self._failed_how(kind)}"))
+        elif self.counts.consecutive_failures >= self.policy.failure_threshold:
+            changes.append(self._trip(now, self._streak_reason()))
+        return Outcome(True, self.state, None, counted_as), changes
 
     def reset(self, now: float, reason: str = "reset by operator", who: str = "daemon") -> list[Transition]:
         """Back to CLOSED with clean failure counts; totals are kept. A held breaker is left as held:
         only `release` or the hold's end changes it, as HAProxy's maintenance state."""
         if self.hold is not None:
             return []
+        # The operator says the platform is well: the next trip opens for the plain timeout.
+        self.backoff_level = 0
         if self.state is State.CLOSED:
             # No new generation: the calls under way are still counted.
             self.counts = Counts()
@@ -472,7 +593,11 @@ class Breaker:
         old, self.policy = self.policy, policy
         changes: list[Transition] = []
         if self.state is State.OPEN:
-            self.open_until += policy.open_seconds - old.open_seconds
+            # The open period keeps its start and its draw of jitter; its length follows the new policy.
+            length = (policy.open_time(self.backoff_level, self._jitter) if self._asked_open is None
+                      else min(self._asked_open, policy.open_cap()))
+            self.open_until += length - self.open_for
+            self.open_for = length
         if self.state is State.HALF_OPEN and self.counts.successes >= policy.half_open_requests:
             changes.append(self._move(State.CLOSED, now, f"{self.counts.successes} trial calls succeeded"))
         changes.extend(self.advance(now))
@@ -497,12 +622,23 @@ class Breaker:
         self.total_successes = saved.total_successes
         self.total_failures = saved.total_failures
         self.total_rejected = saved.total_rejected
+        self.total_timeouts = saved.total_timeouts
+        self.total_rate_limited = saved.total_rate_limited
+        self.total_slow = saved.total_slow
+        self.total_ignored = saved.total_ignored
         self.last_reason = saved.last_reason
-        self.state_since = now - max(0.0, saved.seconds_in_state)
+        in_state = max(0.0, saved.seconds_in_state)
+        self.state_since = now - in_state
+        self.backoff_level = max(0, saved.backoff_level)
+        # The decay goes on where it was: a period began every timeout since the breaker closed.
+        self.calm_since = now - in_state % self.policy.open_seconds
         self._trial_leases.clear()
         self._trials.clear()
         if saved.state is State.OPEN:
-            self.open_until = now + min(max(saved.retry_after or 0.0, 0.0), self.policy.open_seconds)
+            left = min(max(saved.retry_after or 0.0, 0.0), self.policy.open_cap())
+            self.open_until = now + left
+            # The period as it was set is gone with the old process: kept as it stands, within the cap.
+            self._asked_open = self.open_for = in_state + left
         # A hold whose time ran out while no daemon ran ends at the next advance, as a transition of its own.
         self.hold = saved.hold
         self.hold_until = now + min(max(saved.hold_seconds_left or 0.0, 0.0), MAX_HOLD_SECONDS)
@@ -517,9 +653,56 @@ class Breaker:
         del self._trial_leases[tag]
         return lease.generation
 
-    def _trip(self, now: float, reason: str) -> Transition:
+    def _count(self, kind: Kind) -> None:
+        if kind is Kind.SUCCESS:
+            self.total_successes += 1
+            return
+        if kind is Kind.IGNORED:
+            self.total_ignored += 1
+            return
+        self.total_failures += 1
+        if kind is Kind.TIMEOUT:
+            self.total_timeouts += 1
+        elif kind is Kind.RATE_LIMITED:
+            self.total_rate_limited += 1
+        elif kind is Kind.SLOW:
+            self.total_slow += 1
+
+    def _failed_how(self, kind: Kind) -> str:
+        if kind is Kind.TIMEOUT:
+            return "timed out"
+        if kind is Kind.SLOW:
+            return f"slower than {self.policy.slow_call_ms:g} ms"
+        return "failed"
+
+    def _streak_reason(self) -> str:
+        counts = self.counts
+        parts = [f"{counts.timeouts} timed out"] if counts.timeouts else []
+        if counts.slow:
+            parts.append(f"{counts.slow} slower than {self.policy.slow_call_ms:g} ms")
+        detail = f" ({', '.join(parts)})" if parts else ""
+        return f"{counts.consecutive_failures} consecutive failures{detail}"
+
+    def _rate_limited_reason(self, report: Report) -> str:
+        if report.retry_after is None:
+            said = f" (Retry-After {report.answer!r} unreadable)" if report.answer else ", with no retry time"
+            return f"rate limited by the platform{said}"
+        said = report.answer if report.answer is not None else f"{report.retry_after:g}"
+        capped = (f"; capped at {self.policy.open_cap():g} s (circuit-breaker-max-open-seconds)"
+                  if report.retry_after > self.policy.open_cap() else "")
+        return f"rate limited by the platform: Retry-After {said}{capped}"
+
+    def _trip(self, now: float, reason: str, asked: float | None = None) -> Transition:
+        """Open: for the platform's retry time when it `asked` for one, else for the back-off's time."""
         self.trip_count += 1
-        self.open_until = now + self.policy.open_seconds
+        self.backoff_level += 1
+        self._asked_open = asked
+        if asked is None:
+            self._jitter = self.jitter() if self.policy.backoff_multiplier != 1.0 else 1.0
+            self.open_for = self.policy.open_time(self.backoff_level, self._jitter)
+        else:
+            self.open_for = min(max(asked, 0.0), self.policy.open_cap())
+        self.open_until = now + self.open_for
         return self._move(State.OPEN, now, reason)
 
     def _end_hold(self, now: float, reason: str, who: str) -> Transition:
@@ -534,6 +717,8 @@ class Breaker:
             self.transitions[new] += 1
         self.generation += 1
         self.state_since = now
+        if new is State.CLOSED:
+            self.calm_since = now
         self.last_reason = reason
         self.counts = self.counts.next_generation(new)
         self._trials.clear()

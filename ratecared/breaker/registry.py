@@ -27,13 +27,16 @@ waits for all.
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 from array import array
 from dataclasses import dataclass
 from typing import Callable, Generic, Iterable, Iterator, Protocol, TypeVar
 
-from ratecared.breaker.machine import Breaker, BreakerView, Decision, Leases, Outcome, Policy, State, Transition
+from ratecared.breaker.machine import (
+    Breaker, BreakerView, Decision, Leases, Outcome, Policy, Report, State, Transition,
+)
 
 
 class UnknownPlatform(KeyError):
@@ -139,11 +142,14 @@ class Registry:
         self._seq_of: dict[str, int] = {}
         self._policy = policy
         self._leases = Leases(tags=RandomTags())
+        # Each back-off's ±10%, so that the hosts that tripped together do not all probe together.
+        self._jitter = random.Random(os.urandom(16)).uniform
         now = clock()
         self._breakers = {name: self._new(name, now) for name in platforms}
 
     def _new(self, platform: str, now: float) -> Breaker:
-        return Breaker(platform, self._policy, state_since=now, leases=self._leases)
+        return Breaker(platform, self._policy, state_since=now, leases=self._leases,
+                       jitter=lambda: self._jitter(0.9, 1.1))
 
     @property
     def platforms(self) -> tuple[str, ...]:
@@ -201,8 +207,8 @@ class Registry:
     def acquire(self, platform: str, uid: int) -> Decision:
         return self.acquire_many([platform], uid)[0]
 
-    def report(self, platform: str, permit: str, success: bool, uid: int) -> Outcome:
-        return self.report_many([(platform, permit, success)], uid)[0]
+    def report(self, platform: str, permit: str, report: Report | bool, uid: int) -> Outcome:
+        return self.report_many([(platform, permit, report)], uid)[0]
 
     def acquire_many(self, platforms: list[str], uid: int) -> list[Decision]:
         """acquire() for each platform, for peer `uid`, under one lock and one clock read."""
@@ -222,19 +228,19 @@ class Registry:
             seen = self._record(changes, now, breakers)
         return Later(out, seen, changes)
 
-    def report_many(self, reports: list[tuple[str, str, bool]], uid: int) -> list[Outcome]:
-        """report() for each (platform, permit, success), from peer `uid`, under one lock and one clock read."""
+    def report_many(self, reports: list[tuple[str, str, Report | bool]], uid: int) -> list[Outcome]:
+        """report() for each (platform, permit, report), from peer `uid`, under one lock and one clock read."""
         return self._settled(self.report_many_later(reports, uid))
 
-    def report_many_later(self, reports: list[tuple[str, str, bool]], uid: int) -> Later[list[Outcome]]:
+    def report_many_later(self, reports: list[tuple[str, str, Report | bool]], uid: int) -> Later[list[Outcome]]:
         """report_many without waiting for the journal (see `Later`)."""
         out: list[Outcome] = []
         changes: list[Transition] = []
         with self._lock:
             breakers = self._breakers_of(platform for platform, _, _ in reports)
             now = self._clock()
-            for (_, permit, success), breaker in zip(reports, breakers):
-                outcome, more = breaker.report(permit, success, now, uid)
+            for (_, permit, report), breaker in zip(reports, breakers):
+                outcome, more = breaker.report(permit, report, now, uid)
                 out.append(outcome)
                 changes.extend(more)
             seen = self._record(changes, now, breakers)

@@ -11,6 +11,7 @@ written it, and only that connection waits; the others are answered on.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 from concurrent.futures import Executor, Future
 from datetime import datetime, timedelta, timezone
@@ -21,7 +22,9 @@ from zoneinfo import ZoneInfo
 from ratecared import duration, logs
 from ratecared import settings as settings_mod
 from ratecared.access import who
-from ratecared.breaker.machine import MAX_HOLD_SECONDS, BreakerView, Decision, Hold, Outcome, State
+from ratecared.breaker.machine import (
+    FAILING, MAX_HOLD_SECONDS, REPORTED, BreakerView, Decision, Hold, Kind, Outcome, Report, State,
+)
 from ratecared.breaker.registry import Later, Registry, Reset, Unguarded, UnknownPlatform
 from ratecared.control.server import Peer, Request, Response, error_response
 from ratecared.db import DatabaseError
@@ -43,6 +46,39 @@ _NOT_COUNTED = {
     "unguarded": "this platform has no breaker (circuit-breaker-platforms), so it is not counted",
 }
 _UNKNOWN_PERMIT = "permit was never issued to this uid, was already reported, or its lease expired"
+_REPORTED = {kind.value: kind for kind in REPORTED}
+_OUTCOMES = ", ".join(kind.value for kind in Kind if kind in REPORTED)
+MAX_RETRY_AFTER_TEXT = 100
+
+
+def retry_after_seconds(value: Any, now: datetime) -> tuple[float | None, str | None]:
+    """A report's `retry_after` as seconds from `now`, and the platform's answer as it came.
+
+    Seconds as a number, or the Retry-After header's value as it came: delay
+    seconds or an HTTP-date (RFC 9110 §10.2.3). A header the platform wrote
+    wrong is still a 429: None seconds, and the breaker opens for its
+    normal time, naming the answer.
+    """
+    if value is None:
+        return None, None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ApiError(400, "invalid_request", '"retry_after" must be seconds, or the Retry-After header as it came')
+    if not isinstance(value, str):
+        if value < 0:
+            raise ApiError(400, "invalid_request", '"retry_after" must not be negative')
+        return float(value), None
+    text = value.strip()
+    if len(text) > MAX_RETRY_AFTER_TEXT:
+        raise ApiError(400, "invalid_request", f'"retry_after" must be at most {MAX_RETRY_AFTER_TEXT} characters')
+    if text.isdigit():
+        return float(text), text
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None, text
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - now).total_seconds()), text
 
 
 class ApiError(Exception):
@@ -150,6 +186,11 @@ def decision_text(d: Decision, hold_json: Callable[[Hold, float], dict[str, Any]
 
 
 def outcome_text(o: Outcome, platform: str | None = None) -> str:
+    if o.counted_as is not None:
+        data = {"counted": o.counted, "state": o.state.value, "counted_as": o.counted_as.value}
+        if platform is not None:
+            data["platform"] = platform
+        return _encode(data)
     if o.reason:
         data: dict[str, Any] = {"counted": o.counted, "state": o.state.value, "reason": o.reason,
                                 "message": _NOT_COUNTED.get(o.reason, _UNKNOWN_PERMIT)}
@@ -427,7 +468,8 @@ class Api:
 
     def _reset(self, request: Request) -> Response | Awaitable[Response]:
         self._require_admin(request, "reset")
-        platform = self._body(request).get("platform")
+        body = self._body(request)
+        platform = body.get("platform")
         if platform is not None:
             self._known(platform)
         by = str(who(request.peer))
@@ -475,22 +517,38 @@ class Api:
                                                          for name, d in zip(names, decisions)) + "}"))
 
     @staticmethod
-    def _parse_report(item: Any) -> tuple[str, bool]:
+    def _parse_report(item: Any) -> tuple[str, Report]:
         if not isinstance(item, dict):
             raise ApiError(400, "invalid_request", "a report must be a JSON object")
         permit, ok, duration = item.get("permit"), item.get("success"), item.get("duration_ms", 0)
         if not isinstance(permit, str) or not permit or len(permit) > 200:
             raise ApiError(400, "invalid_request", '"permit" must be the string acquire returned')
-        if not isinstance(ok, bool):
-            raise ApiError(400, "invalid_request", '"success" must be true or false')
         if isinstance(duration, bool) or not isinstance(duration, (int, float)) or duration < 0:
             raise ApiError(400, "invalid_request", '"duration_ms" must be a non-negative number')
-        return permit, ok
+        outcome, retry = item.get("outcome"), item.get("retry_after")
+        if outcome is None:
+            if not isinstance(ok, bool):
+                raise ApiError(400, "invalid_request", f'"outcome" must be one of {_OUTCOMES}, or "success" true '
+                                                       'or false')
+            kind = Kind.SUCCESS if ok else Kind.FAILURE
+        else:
+            kind = _REPORTED.get(outcome) if isinstance(outcome, str) else None
+            if kind is None:
+                raise ApiError(400, "invalid_request", f'"outcome" must be one of {_OUTCOMES}')
+            # An old daemon needs "success", so a client may send both; they must agree.
+            if ok is not None and (not isinstance(ok, bool) or (kind is Kind.SUCCESS and not ok)
+                                   or (kind in FAILING and ok)):
+                raise ApiError(400, "invalid_request", f'"success" {_encode(ok)} contradicts "outcome" "{outcome}"')
+        if kind is not Kind.RATE_LIMITED:
+            if retry is not None:
+                raise ApiError(400, "invalid_request", '"retry_after" goes with the outcome "rate_limited" only')
+            return permit, Report(kind, duration)
+        return permit, Report(kind, duration, *retry_after_seconds(retry, datetime.now(timezone.utc)))
 
     def _report(self, platform: str, request: Request) -> Response | Awaitable[Response]:
-        permit, ok = self._parse_report(self._body(request))
+        permit, report = self._parse_report(self._body(request))
         try:
-            later = self.registry.report_many_later([(platform, permit, ok)], request.peer.uid)
+            later = self.registry.report_many_later([(platform, permit, report)], request.peer.uid)
         except UnknownPlatform as exc:
             raise ApiError(404, "unknown_platform", str(exc)) from None
         if self.registry.settled(later):
@@ -510,8 +568,8 @@ class Api:
             raise ApiError(400, "invalid_request", f'"reports" must be a list of 1 to {MAX_BATCH} reports')
         parsed = []
         for item in reports:
-            permit, ok = self._parse_report(item)
-            parsed.append((self._known(item.get("platform")), permit, ok))
+            permit, report = self._parse_report(item)
+            parsed.append((self._known(item.get("platform")), permit, report))
         return self._when_settled(
             self.registry.report_many_later(parsed, request.peer.uid),
             lambda outcomes: success_raw("[" + ",".join(outcome_text(o, platform)

@@ -12,6 +12,12 @@ declare(strict_types=1);
  *     $rates = $breaker->call('booking', fn () => fetchBookingRates(),
  *                             whenRefused: fn (\RateCare\Decision $refused) => null);
  *
+ * call() tells the daemon how the call went: a PSR-7 response (or an
+ * exception carrying one, as Guzzle's do) with 429 is rate_limited with its
+ * Retry-After, with 404 ignored (the platform does not list the hotel), with
+ * 5xx a failure; an exception that says it timed out is a timeout, any other
+ * a failure. `classify:` maps the rest: a result or exception to an outcome.
+ *
  * The file holds the client, the decision it hands back and its exceptions,
  * so that one require_once is all an app needs.
  */
@@ -79,7 +85,10 @@ final class Decision
 final class CircuitBreaker
 {
     public const DEFAULT_SOCKET = '/run/ratecared/ratecared.sock';
+    /** What a report may say a call came to; true and false are the seed's success flag. */
+    public const OUTCOMES = ['success', 'failure', 'timeout', 'rate_limited', 'ignored'];
     private const UNREACHABLE_POLICIES = ['raise', 'open', 'closed'];
+    private const CURLE_OPERATION_TIMEDOUT = 28;
 
     public readonly string $socketPath;
     private ?\CurlHandle $handle = null;
@@ -138,17 +147,20 @@ final class CircuitBreaker
 
     /**
      * How a permitted call went: {"counted","state"} (with "reason" and "message" when not counted).
+     * $outcome is true, false or one of OUTCOMES; $retryAfter goes with 'rate_limited': seconds, or the
+     * platform's Retry-After header as it came.
      * Null for a decision without a permit (refused, or decided while the daemon was unreachable),
      * and when the daemon cannot be reached unless whenUnreachable is 'raise'.
      *
      * @return array<string, mixed>|null
      */
-    public function report(Decision $decision, bool $success, float $durationMs = 0.0): ?array
+    public function report(Decision $decision, bool|string $outcome, float $durationMs = 0.0,
+                           string|int|float|null $retryAfter = null): ?array
     {
         if ($decision->permit === null) {
             return null;
         }
-        $body = ['permit' => $decision->permit, 'success' => $success, 'duration_ms' => round($durationMs, 1)];
+        $body = ['permit' => $decision->permit] + self::reportBody($outcome, $durationMs, $retryAfter);
         try {
             return $this->request('POST', '/api/v1/circuit-breaker/' . rawurlencode($decision->platform) . '/report',
                 $body);
@@ -160,17 +172,18 @@ final class CircuitBreaker
     /**
      * Several reports in one round trip; decisions without a permit are left out.
      *
-     * @param list<array{0: Decision, 1: bool, 2?: float}> $outcomes [decision, success, duration in ms]
+     * @param list<array{0: Decision, 1: bool|string, 2?: float, 3?: string|int|float|null}> $outcomes
+     *        [decision, outcome, duration in ms, retry after]
      * @return list<array<string, mixed>> one answer per report sent, each naming its platform
      */
     public function reportMany(array $outcomes): array
     {
         $reports = [];
         foreach ($outcomes as $outcome) {
-            [$decision, $success] = $outcome;
+            $decision = $outcome[0];
             if ($decision->permit !== null) {
-                $reports[] = ['platform' => $decision->platform, 'permit' => $decision->permit,
-                              'success' => $success, 'duration_ms' => round($outcome[2] ?? 0.0, 1)];
+                $reports[] = ['platform' => $decision->platform, 'permit' => $decision->permit]
+                    + self::reportBody($outcome[1], $outcome[2] ?? 0.0, $outcome[3] ?? null);
             }
         }
         if ($reports === []) {
@@ -186,12 +199,15 @@ final class CircuitBreaker
     /**
      * Acquire, run $operation, report how it went, and return what it returned.
      *
-     * An exception from $operation is reported as a failure and rethrown; should that report
-     * fail too, the operation's exception is still the one thrown, being the one that matters.
+     * What it returned, or the exception it threw, says how it went: $classify's answer first when
+     * given (an outcome, [outcome, retry after], or null to leave it to the rules below), then
+     * outcomeOf()'s. An exception is rethrown after the report; should that report fail too, the
+     * operation's exception is still the one thrown, being the one that matters.
      * When the call is refused, $operation is not run: call() returns $whenRefused($decision) if
      * given (a fallback, such as rates from the cache), and throws BreakerOpen otherwise.
      */
-    public function call(string $platform, callable $operation, ?callable $whenRefused = null): mixed
+    public function call(string $platform, callable $operation, ?callable $whenRefused = null,
+                         ?callable $classify = null): mixed
     {
         $decision = $this->acquire($platform);
         if (!$decision->allowed) {
@@ -201,23 +217,91 @@ final class CircuitBreaker
         try {
             $result = $operation();
         } catch (\Throwable $failure) {
-            $this->reportForCall($decision, false, $started);
+            $this->reportForCall($decision, $failure, $classify, $started);
             throw $failure;
         }
-        $this->reportForCall($decision, true, $started);
+        $this->reportForCall($decision, $result, $classify, $started);
         return $result;
+    }
+
+    /**
+     * How a platform call went, from what it returned or threw: [outcome, retry after or null].
+     *
+     * A PSR-7 response (any object with getStatusCode() and getHeaderLine()), or an exception whose
+     * getResponse() gives one: 429 is rate_limited with its Retry-After header, 404 ignored, 5xx a failure.
+     * An exception that timed out (curl's error 28 in Guzzle's handler context, a *TimeoutException, or
+     * "timed out" in its message) is a timeout; any other exception a failure; anything else a success.
+     *
+     * @return array{0: string, 1: ?string}
+     */
+    public static function outcomeOf(mixed $subject): array
+    {
+        $response = $subject;
+        if ($subject instanceof \Throwable) {
+            $response = method_exists($subject, 'getResponse') ? $subject->getResponse() : null;
+        }
+        if (is_object($response) && method_exists($response, 'getStatusCode')) {
+            $status = (int) $response->getStatusCode();
+            if ($status === 429) {
+                $header = method_exists($response, 'getHeaderLine')
+                    ? trim((string) $response->getHeaderLine('Retry-After')) : '';
+                return ['rate_limited', $header === '' ? null : $header];
+            }
+            if ($status === 404) {
+                return ['ignored', null];
+            }
+            if ($status >= 500) {
+                return ['failure', null];
+            }
+        }
+        if ($subject instanceof \Throwable) {
+            return [self::timedOut($subject) ? 'timeout' : 'failure', null];
+        }
+        return ['success', null];
+    }
+
+    private static function timedOut(\Throwable $failure): bool
+    {
+        if (method_exists($failure, 'getHandlerContext')
+            && ($failure->getHandlerContext()['errno'] ?? null) === self::CURLE_OPERATION_TIMEDOUT) {
+            return true;
+        }
+        return str_ends_with(get_class($failure), 'TimeoutException')
+            || stripos($failure->getMessage(), 'timed out') !== false;
     }
 
     /**
      * A report the daemon refuses (the permit's lease ran out, the daemon restarted and its permits died with
      * it) must not turn the platform's answer, or its exception, into another.
      */
-    private function reportForCall(Decision $decision, bool $success, int $started): void
+    private function reportForCall(Decision $decision, mixed $subject, ?callable $classify, int $started): void
     {
+        $mapped = $classify !== null ? $classify($subject) : null;
+        [$outcome, $retryAfter] = match (true) {
+            $mapped === null => self::outcomeOf($subject),
+            is_array($mapped) => [$mapped[0], $mapped[1] ?? null],
+            default => [$mapped, null],
+        };
         try {
-            $this->report($decision, $success, self::millisecondsSince($started));
+            $this->report($decision, $outcome, self::millisecondsSince($started), $retryAfter);
         } catch (ClientError) {
         }
+    }
+
+    /** @return array<string, mixed> */
+    private static function reportBody(bool|string $outcome, float $durationMs,
+                                       string|int|float|null $retryAfter): array
+    {
+        if (is_string($outcome) && !in_array($outcome, self::OUTCOMES, true)) {
+            throw new \InvalidArgumentException(
+                'outcome must be true, false or one of ' . implode(', ', self::OUTCOMES) . ", not '{$outcome}'");
+        }
+        $body = is_bool($outcome) ? ['success' => $outcome] : ['outcome' => $outcome];
+        $body['duration_ms'] = round($durationMs, 1);
+        if ($retryAfter !== null) {
+            $body['retry_after'] = $retryAfter;
+        }
+        return $body;
     }
 
     /**

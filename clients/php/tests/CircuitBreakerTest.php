@@ -16,6 +16,39 @@ final class PlatformDown extends \Exception
 {
 }
 
+/** A platform's HTTP answer as a PSR-7 client returns it: the two methods call() reads. */
+final class PlatformResponse
+{
+    /** @param array<string, string> $headers */
+    public function __construct(private readonly int $status, private readonly array $headers = [])
+    {
+    }
+
+    public function getStatusCode(): int
+    {
+        return $this->status;
+    }
+
+    public function getHeaderLine(string $name): string
+    {
+        return $this->headers[$name] ?? '';
+    }
+}
+
+/** What Guzzle throws for an HTTP error: the exception carries the response. */
+final class PlatformHttpError extends \RuntimeException
+{
+    public function __construct(private readonly PlatformResponse $response)
+    {
+        parent::__construct("HTTP {$response->getStatusCode()}");
+    }
+
+    public function getResponse(): PlatformResponse
+    {
+        return $this->response;
+    }
+}
+
 /**
  * The client against real daemons that tests/test_php_client.py starts:
  * RATECARE_TEST_SOCKET has the default settings (a breaker stays open 600 s),
@@ -276,6 +309,73 @@ final class CircuitBreakerTest extends TestCase
         new CircuitBreaker(whenUnreachable: 'ignore');
     }
 
+    public function testCallReportsA429WithItsRetryAfterAndTheBreakerOpensUntilThen(): void
+    {
+        $response = $this->breaker->call('booking', fn () => new PlatformResponse(429, ['Retry-After' => '120']));
+        self::assertSame(429, $response->getStatusCode());
+        $booking = self::entry($this->breaker->status(), 'booking');
+        self::assertSame('open', $booking['state']);
+        self::assertLessThanOrEqual(120.0, $booking['retry_after']);
+        self::assertGreaterThan(60.0, $booking['retry_after']);
+        self::assertSame('rate limited by the platform: Retry-After 120', $booking['last_reason']);
+
+        // Thrown, as Guzzle throws it, the same.
+        try {
+            $this->breaker->call('agoda', fn () => throw new PlatformHttpError(
+                new PlatformResponse(429, ['Retry-After' => '30'])));
+            self::fail('call() swallowed the exception');
+        } catch (PlatformHttpError) {
+        }
+        self::assertSame('rate limited by the platform: Retry-After 30',
+            self::entry($this->breaker->status(), 'agoda')['last_reason']);
+    }
+
+    public function testCallReportsA404AsIgnoredAndTimeoutsApartFromFailures(): void
+    {
+        $before = self::entry($this->breaker->status(), 'expedia')['outcomes'];
+        $this->breaker->call('expedia', fn () => new PlatformResponse(404));
+        foreach ([new \RuntimeException('Operation timed out after 2001 milliseconds with 0 bytes received'),
+                  new PlatformHttpError(new PlatformResponse(503)), new PlatformDown('refused')] as $thrown) {
+            try {
+                $this->breaker->call('expedia', fn () => throw $thrown);
+                self::fail('call() swallowed the exception');
+            } catch (\Throwable $caught) {
+                self::assertSame($thrown, $caught);
+            }
+        }
+        $this->breaker->call('expedia', fn () => new PlatformResponse(200));
+        $expedia = self::entry($this->breaker->status(), 'expedia');
+        $after = $expedia['outcomes'];
+        self::assertSame([1, 1, 2, 1], [$after['ignored'] - $before['ignored'], $after['timeout'] - $before['timeout'],
+                                        $after['failure'] - $before['failure'], $after['success'] - $before['success']]);
+        self::assertSame('closed', $expedia['state']);
+    }
+
+    public function testClassifyMapsWhatCallCannotSeeForItself(): void
+    {
+        $before = self::entry($this->breaker->status(), 'hotels')['outcomes']['ignored'];
+        $rates = $this->breaker->call('hotels', fn () => ['rates' => []],
+            classify: fn (mixed $result) => is_array($result) && $result['rates'] === [] ? 'ignored' : null);
+        self::assertSame(['rates' => []], $rates);
+        self::assertSame($before + 1, self::entry($this->breaker->status(), 'hotels')['outcomes']['ignored']);
+
+        $this->breaker->call('hotels', fn () => 'slow down', classify: fn (mixed $result) => ['rate_limited', '45']);
+        $hotels = self::entry($this->breaker->status(), 'hotels');
+        self::assertSame(['open', 'rate limited by the platform: Retry-After 45'],
+            [$hotels['state'], $hotels['last_reason']]);
+    }
+
+    public function testReportTakesAnOutcomeAndRefusesOneItDoesNotKnow(): void
+    {
+        $answer = $this->breaker->report($this->breaker->acquire('trivago'), 'rate_limited', 12.5, 300);
+        self::assertSame(['counted' => true, 'state' => 'open'], $answer);
+        $answers = $this->breaker->reportMany([[$this->breaker->acquire('google'), 'timeout', 10000.0],
+                                               [$this->breaker->acquire('google'), 'ignored']]);
+        self::assertSame([true, true], array_column($answers, 'counted'));
+        $this->expectException(\InvalidArgumentException::class);
+        $this->breaker->report($this->breaker->acquire('google'), 'crashed');
+    }
+
     private static function clientOf(string $variable): CircuitBreaker
     {
         $path = getenv($variable);
@@ -293,7 +393,7 @@ final class CircuitBreakerTest extends TestCase
     private static function failOnce(CircuitBreaker $breaker, string $platform): void
     {
         try {
-            $breaker->call($platform, fn () => throw new PlatformDown("{$platform} timed out"));
+            $breaker->call($platform, fn () => throw new PlatformDown("{$platform} is down"));
             self::fail('call() swallowed the exception');
         } catch (PlatformDown) {
         }
