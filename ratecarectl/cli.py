@@ -188,9 +188,14 @@ def main(ctx: click.Context, socket_path: str, timeout: float) -> None:
 @click.option("--check", is_flag=True,
               help="Exit 0 only when every breaker shown is closed (or has no breaker), 1 otherwise: for scripts.")
 @click.option("--wide", is_flag=True, help="Every column, and reasons in full (the table fits 80 columns without).")
+@click.option("--cluster", is_flag=True,
+              help="Every host on this database, from their snapshots: stale hosts marked, a line per platform.")
 @click.pass_context
-def status(ctx: click.Context, platform: str | None, as_json: bool, check: bool, wide: bool) -> None:
+def status(ctx: click.Context, platform: str | None, as_json: bool, check: bool, wide: bool, cluster: bool) -> None:
     """Circuit breaker state of every platform, or of one."""
+    if cluster:
+        _cluster_status(ctx, platform, as_json, check)
+        return
     data = _call(ctx, lambda c: c.status())
     platforms = data["platforms"]
     if platform is not None:
@@ -204,6 +209,53 @@ def status(ctx: click.Context, platform: str | None, as_json: bool, check: bool,
         _status_table(data, platforms, platform is None, wide)
     if check and not all_closed:
         sys.exit(EXIT_FAILURE)
+
+
+def _cluster_status(ctx: click.Context, platform: str | None, as_json: bool, check: bool) -> None:
+    data = _call(ctx, lambda c: c.cluster_status())
+    if platform is not None:
+        data["platforms"] = [p for p in data["platforms"] if p["platform"] == platform]
+        if not data["platforms"]:
+            _fail(f"unknown platform {platform!r}", EXIT_FAILURE, "unknown_platform")
+        for host in data["hosts"]:
+            host["breakers"] = [b for b in host["breakers"] if b["platform"] == platform]
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        rows = [["HOST", "PLATFORM", "STATE", "RETRY IN", "BACKOFF", "SNAPSHOT"]]
+        for host in data["hosts"]:
+            age = "live (this host)" if host["this_host"] else f"{_seconds(host['age_seconds'])} ago"
+            if host["stale"]:
+                age = f"STALE, {age}"
+            for breaker in host["breakers"]:
+                state = breaker["state"] + (f" (held {breaker['hold']['state']})" if breaker["hold"] else "")
+                rows.append([host["host"], breaker["platform"], state, _seconds(breaker["retry_after"]),
+                             str(breaker["backoff_level"]), age])
+        _table(rows, lambda col, text: STATE_COLOURS.get(text.split(" ")[0]) if col == 2 else None)
+        click.echo("")
+        for line in data["platforms"]:
+            click.echo(line["summary"])
+        stale = [host["host"] for host in data["hosts"] if host["stale"]]
+        if stale:
+            click.echo(f"stale (no snapshot for over {data['stale_after_seconds']:g} s: stopped, or cut off from "
+                       f"the database): {', '.join(stale)}")
+    if check and any(line["open"] or line["half_open"] for line in data["platforms"]):
+        sys.exit(EXIT_FAILURE)
+
+
+def _cluster_sent(answer: dict[str, Any]) -> str:
+    command = answer["command"]
+    what = command["action"] + (f" {command['platform']}" if command["platform"] else " of every breaker")
+    return (f"{what}: sent to every host as cluster command {command['id']}; here ({command['host']}): "
+            f"{answer['applied_here']}.\nThe other hosts apply it within their settings_refresh; "
+            "`ratecarectl status --cluster` shows them.")
+
+
+_CLUSTER_DROPPED = ("ratecared closed the connection before answering; the command may or may not have been "
+                    "recorded: see `ratecarectl events`")
+cluster_option = click.option("--cluster", is_flag=True,
+                              help="Every host on this database: a command each daemon applies within its "
+                                   "settings_refresh, and acknowledges.")
 
 
 # The status table without --wide: these columns, and REASON cut to what is left of TABLE_WIDTH.
@@ -253,9 +305,14 @@ def _status_table(data: dict[str, Any], platforms: list[dict[str, Any]], totals:
 @main.command()
 @click.argument("platform", required=False, shell_complete=_complete_platform)
 @json_option
+@cluster_option
 @click.pass_context
-def reset(ctx: click.Context, platform: str | None, as_json: bool) -> None:
+def reset(ctx: click.Context, platform: str | None, as_json: bool, cluster: bool) -> None:
     """Close one platform's breaker, or every breaker."""
+    if cluster:
+        answer = _call(ctx, lambda c: c.cluster("reset", platform), when_dropped=_CLUSTER_DROPPED)
+        click.echo(json.dumps(answer, indent=2) if as_json else _cluster_sent(answer))
+        return
     outcome = _call(ctx, lambda c: c.reset_outcome(platform),
                     when_dropped="ratecared closed the connection before answering; the reset may or may"
                                  " not have been done: see `ratecarectl status`")
@@ -296,13 +353,20 @@ def _length(ctx: click.Context, param: click.Parameter, value: str) -> float:
               help="How long: 90s, 30m, 2h, 1d, 1h30m (at most 30d).")
 @click.option("--reason", required=True, callback=_not_empty, help="Why, for status and the events.")
 @json_option
+@cluster_option
 @click.pass_context
-def hold(ctx: click.Context, platform: str, state: str, seconds: float, reason: str, as_json: bool) -> None:
+def hold(ctx: click.Context, platform: str, state: str, seconds: float, reason: str, as_json: bool,
+         cluster: bool) -> None:
     """Hold a breaker open or closed for a while.
 
     Open refuses every call, closed allows every call and nothing trips it. The hold ends by itself when its time is up, or with `release`; the breaker
     then goes on from closed. Holds survive restarts.
     """
+    if cluster:
+        answer = _call(ctx, lambda c: c.cluster("hold", platform, state=state, seconds=seconds, reason=reason),
+                       when_dropped=_CLUSTER_DROPPED)
+        click.echo(json.dumps(answer, indent=2) if as_json else _cluster_sent(answer))
+        return
     entry = _call(ctx, lambda c: c.hold(platform, state, seconds, reason),
                   when_dropped="ratecared closed the connection before answering; the hold may or may not have"
                                " been set: see `ratecarectl status`")
@@ -312,12 +376,17 @@ def hold(ctx: click.Context, platform: str, state: str, seconds: float, reason: 
 @main.command()
 @click.argument("platform", shell_complete=_complete_platform)
 @json_option
+@cluster_option
 @click.pass_context
-def release(ctx: click.Context, platform: str, as_json: bool) -> None:
+def release(ctx: click.Context, platform: str, as_json: bool, cluster: bool) -> None:
     """End a breaker's hold now.
 
     The breaker goes on from closed.
     """
+    if cluster:
+        answer = _call(ctx, lambda c: c.cluster("release", platform), when_dropped=_CLUSTER_DROPPED)
+        click.echo(json.dumps(answer, indent=2) if as_json else _cluster_sent(answer))
+        return
     entry = _call(ctx, lambda c: c.release(platform),
                   when_dropped="ratecared closed the connection before answering; the hold may or may not have"
                                " been released: see `ratecarectl status`")

@@ -352,6 +352,19 @@ class Client:
     def status(self) -> dict[str, Any]:
         return self.request("GET", "/api/v1/circuit-breaker/status")
 
+    def cluster_status(self) -> dict[str, Any]:
+        """Every host's breakers on this database: `hosts` (stale ones marked) and a summary per platform."""
+        return self.request("GET", "/api/v1/circuit-breaker/status?cluster=1", timeout=max(self.timeout, 10.0))
+
+    def cluster(self, action: str, platform: str | None = None, **body: Any) -> dict[str, Any]:
+        """`hold`, `release` or `reset` for every host (root or the admin group): the command as recorded, and
+        what it did here; the other hosts apply it within their settings_refresh."""
+        path = "reset" if action == "reset" else f"{_segment(platform or '')}/{action}"
+        if action == "reset" and platform:
+            body["platform"] = platform
+        return self.request("POST", f"/api/v1/circuit-breaker/{path}", {**body, "cluster": True},
+                            timeout=max(self.timeout, 10.0))
+
     def reset(self, platform: str | None = None) -> list[str]:
         """The breakers the reset covered; reset_outcome says which of them it closed."""
         return self.reset_outcome(platform)["reset"]

@@ -34,6 +34,7 @@ from ratecared import settings as settings_mod
 from ratecared.breaker.machine import State
 from ratecared.breaker.registry import Registry
 from ratecared.breaker_journal import BreakerJournal
+from ratecared.cluster import ClusterCommands
 from ratecared.config import EX_CONFIG, Config, CurrentConfig
 from ratecared.control.api import Api, Scrapes, metrics_only
 from ratecared.control.server import ControlServer, Request, SocketInUse, bind_tcp, bind_unix, check_unix
@@ -81,7 +82,9 @@ class Daemon:
             lambda wall: breaker_state.save(self.db, self.registry, self.host, wall, self.journal), self.log)
         self.settings = LiveSettings(self.db, lambda: self.config().circuit_breaker.platforms,
                                      self._apply_breaker_policy, self.log)
-        self.store = StoreThread(self.snapshots, self.settings.refresh, self.config, self._write_events)
+        self.cluster = ClusterCommands(self.db, self.registry, self.host, logs.get("ratecared.breaker"),
+                                       lambda: self.config().daemon.snapshot_interval)
+        self.store = StoreThread(self.snapshots, self._refresh, self.config, self._write_events)
         self.runner = Runner(self.config, self.db, self.host, JOBS, settings=self.settings.current,
                              refresh_settings=self.settings.refresh, disabled_by=DISABLED_BY)
         self.health = Health(self.db, self.snapshots.state, self.settings.state, self.status_line, self.host,
@@ -185,6 +188,8 @@ class Daemon:
             self.log.error("cannot read breaker snapshots", error=str(exc))
             return EX_UNAVAILABLE
         self.registry.tick()
+        # A cluster command still in force (a hold on every host) holds here too from the start.
+        self._apply_cluster_commands()
         return 0
 
     def _open_database(self) -> int:
@@ -225,7 +230,7 @@ class Daemon:
         scrapes = Scrapes(exposition(Collector(self.registry.status, self.runner.figures, self.db.probe)), executor)
         api = Api(self.registry, self.runner, settings=self.settings, health=self.health, reload=self.reload,
                   is_admin=lambda peer: access.is_admin(peer, self.config().daemon.admin_group), executor=executor,
-                  scrapes=scrapes, events=self.events, tz=lambda: self.config().daemon.tz)
+                  scrapes=scrapes, events=self.events, cluster=self.cluster, tz=lambda: self.config().daemon.tz)
 
         def on_error(request: Request) -> None:
             self.log.exception("request failed", method=request.method, path=request.path)
@@ -315,6 +320,18 @@ class Daemon:
         executor.shutdown(wait=False, cancel_futures=True)
         outcome = {True: "written", False: "failed", None: "timed out: the database did not answer"}[saved]
         self.log.info("stopped", final_snapshot=outcome)
+
+    def _refresh(self) -> None:
+        """The store thread's periodic re-read: the settings table, then the cluster's commands."""
+        self.settings.refresh()
+        self._apply_cluster_commands()
+
+    def _apply_cluster_commands(self) -> None:
+        try:
+            self.cluster.apply_pending()
+        except DatabaseError as exc:
+            # Tried again at the next refresh: nothing is lost, the commands wait in the table.
+            self.log.warning("cannot apply the cluster's commands yet", error=str(exc))
 
     def _write_events(self) -> None:
         self.events.write()

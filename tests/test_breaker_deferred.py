@@ -98,7 +98,8 @@ def served(tmp_path: Path) -> Iterator[Served]:
     executor = ThreadPoolExecutor(max_workers=1)
     api = Api(registry, None, settings=None, health=lambda: {}, reload=lambda peer: {},  # type: ignore[arg-type]
               is_admin=lambda peer: True, executor=executor, scrapes=Scrapes(lambda: b"", executor),
-              events=EventLog(None, "web1", log), tz=lambda: ZoneInfo("UTC"))  # type: ignore[arg-type]
+              events=EventLog(None, "web1", log), cluster=None,  # type: ignore[arg-type]
+              tz=lambda: ZoneInfo("UTC"))
     path = tmp_path / "ratecared.sock"
     sock = bind_unix(path, None)
     loop = asyncio.new_event_loop()

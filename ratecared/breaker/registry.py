@@ -264,6 +264,12 @@ class Registry:
             seen = self._record(changes, now, breakers)
         return Later(Reset(names, held), seen, changes)
 
+    def hold(self, platform: str, state: State, seconds: float, reason: str, who: str) -> BreakerView:
+        return self._settled(self.hold_later(platform, state, seconds, reason, who))
+
+    def release(self, platform: str, who: str) -> BreakerView | None:
+        return self._settled(self.release_later(platform, who))
+
     def hold_later(self, platform: str, state: State, seconds: float, reason: str,
                    who: str) -> Later[BreakerView]:
         """Hold one breaker open or closed (Breaker.hold_for); the answer is the breaker as held.

@@ -26,6 +26,7 @@ from ratecared.breaker.machine import (
     FAILING, MAX_HOLD_SECONDS, REPORTED, BreakerView, Decision, Hold, Kind, Outcome, Report, State,
 )
 from ratecared.breaker.registry import Later, Registry, Reset, Unguarded, UnknownPlatform
+from ratecared.cluster import Command
 from ratecared.control.server import Peer, Request, Response, error_response
 from ratecared.db import DatabaseError
 from ratecared.events import Event
@@ -106,6 +107,15 @@ class Jobs(Protocol):
     def runs(self, job: str, limit: int = 20) -> list[dict[str, Any]]: ...
 
     def cancel(self, job: str, by: str) -> dict[str, Any]: ...
+
+
+class Cluster(Protocol):
+    """What the API needs for every host at once (cluster.ClusterCommands)."""
+
+    def issue(self, action: str, platform: str | None, who: str, reason: str, state: State | None = None,
+              seconds: float | None = None) -> tuple[Command, str]: ...
+
+    def view(self, local: list[BreakerView]) -> dict[str, Any]: ...
 
 
 class SettingsTable(Protocol):
@@ -241,8 +251,9 @@ class Api:
     def __init__(self, registry: Registry, jobs: Jobs, *, settings: SettingsTable,
                  health: Callable[[], dict[str, Any]], reload: Callable[[Peer], dict[str, Any]],
                  is_admin: Callable[[Peer], bool], executor: Executor, scrapes: Scrapes, events: Events,
-                 tz: Callable[[], ZoneInfo]) -> None:
+                 cluster: Cluster, tz: Callable[[], ZoneInfo]) -> None:
         self.registry = registry
+        self.cluster = cluster
         self.scrapes = scrapes
         self.events = events
         # The daemon's zone, for the wall times answers show (a hold's end, events).
@@ -432,7 +443,38 @@ class Api:
             waiting.set_result(None)
 
     def _status(self, request: Request) -> Response | Awaitable[Response]:
+        cluster = parse_qs(request.query).get("cluster", ["0"])[0]
+        if cluster not in ("0", "1"):
+            raise ApiError(400, "invalid_request", "cluster must be 0 or 1")
+        if cluster == "1":
+            return self._cluster_status()
         return self._when_settled(self.registry.status_later(), self._status_answer)
+
+    async def _cluster_status(self) -> Response:
+        try:
+            return success(await self._in_thread(lambda: self.cluster.view(self.registry.status())))
+        except DatabaseError as exc:
+            raise ApiError(503, "database_error", f"cannot read the other hosts' snapshots: {exc}") from None
+
+    def _is_cluster(self, body: dict[str, Any]) -> bool:
+        cluster = body.get("cluster", False)
+        if not isinstance(cluster, bool):
+            raise ApiError(400, "invalid_request", '"cluster" must be true or false')
+        return cluster
+
+    async def _issue(self, action: str, platform: str | None, request: Request, reason: str,
+                     state: State | None = None, seconds: float | None = None) -> Response:
+        """A command for every host: recorded, applied here at once; the others apply it within settings_refresh."""
+        by = str(who(request.peer))
+        try:
+            command, here = await self._in_thread(
+                lambda: self.cluster.issue(action, platform, by, reason, state, seconds))
+        except DatabaseError as exc:
+            raise ApiError(503, "database_error", f"the command could not be recorded for every host, so no host "
+                                                  f"has it: {exc}") from None
+        self.breaker_log.info("cluster command issued", command=command.id, action=action, platform=platform,
+                              by=by, peer_uid=request.peer.uid, applied_here=here)
+        return success({"cluster": True, "command": command.as_json(), "applied_here": here})
 
     def _hold_json(self, hold: Hold, seconds_left: float) -> dict[str, Any]:
         """A hold as answers show it: its end as a wall time in the daemon's zone."""
@@ -473,6 +515,8 @@ class Api:
         if platform is not None:
             self._known(platform)
         by = str(who(request.peer))
+        if self._is_cluster(body):
+            return self._issue("reset", platform, request, f"reset by {by}")
         later = self.registry.reset_later(platform, reason=f"reset by {by}", who=by)
 
         def answer(reset: Reset) -> Response:
@@ -588,6 +632,9 @@ class Api:
                            f'"seconds" must be a number over 0 and at most {MAX_HOLD_SECONDS:.0f} (30 days)')
         if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON:
             raise ApiError(400, "invalid_request", f'"reason" must say why, in 1 to {MAX_REASON} characters')
+        if self._is_cluster(body):
+            self._known(platform)
+            return self._issue("hold", platform, request, reason.strip(), State(state), float(seconds))
         try:
             later = self.registry.hold_later(platform, State(state), float(seconds), reason.strip(),
                                              str(who(request.peer)))
@@ -599,6 +646,9 @@ class Api:
 
     def _release(self, platform: str, request: Request) -> Response | Awaitable[Response]:
         self._require_admin(request, "release")
+        if self._is_cluster(self._body(request)):
+            self._known(platform)
+            return self._issue("release", platform, request, f"released by {who(request.peer)}")
         try:
             later = self.registry.release_later(platform, str(who(request.peer)))
         except UnknownPlatform as exc:

@@ -94,6 +94,9 @@ class SQLite:
     def migration(self, text: str) -> str:
         return text.replace("{{AUTO_ID}}", "INTEGER PRIMARY KEY").replace("{{TABLE_OPTIONS}}", "")
 
+    # The id the connection's last INSERT gave its row.
+    last_insert_id = "SELECT last_insert_rowid()"
+
     def describe(self) -> str:
         return f"sqlite:///{self.path}"
 
@@ -189,6 +192,8 @@ class MySQL:
         return text.replace("{{AUTO_ID}}", "BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY").replace(
             "{{TABLE_OPTIONS}}", " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
         )
+
+    last_insert_id = "SELECT LAST_INSERT_ID()"
 
     def describe(self) -> str:
         where = self.unix_socket or f"{self.host}:{self.port}"
