@@ -80,9 +80,12 @@ test-newest: $(VENV)/.installed
 	@echo "== tests on the newest dependencies"
 	$(REQUIRE) $(VENV)/bin/python -m pytest -q --ignore=tests/system
 
+# The newest dependencies run the daemons on uvloop, Debian 12's versions on asyncio's own loop, and the
+# booted Debian 12 on Debian's python3-uvloop, which the package recommends.
 test-debian12: $(VENV_DEB12)/.installed
-	@echo "== tests on Debian 12's dependency versions"
-	$(REQUIRE) $(VENV_DEB12)/bin/python -m pytest -q -p no:cacheprovider --ignore=tests/system
+	@echo "== tests on Debian 12's dependency versions, on asyncio's own event loop"
+	$(REQUIRE) RATECARED_TEST_EVENT_LOOP=asyncio $(VENV_DEB12)/bin/python -m pytest -q -p no:cacheprovider \
+		--ignore=tests/system
 
 # The .deb installed on a Debian 12 booted with systemd (root only; CI is root).
 test-system: $(VENV)/.installed deb

@@ -35,6 +35,11 @@ The attackers of `attack` and `flood` connect as the bench's user: as root
 every one of them gets a slot (the worst case for memory), as another user
 only daemon.max_connections_per_uid (64) do.
 
+The daemon serves on the loop `daemon.event_loop = "auto"` gives it: uvloop when it
+is installed. single and batch then run again on a second daemon on the other
+loop (asyncio's own, or uvloop when installed and the first is not), printed
+beside the first and not judged.
+
 A latency sample is one pair of round trips (acquire + report), timed with
 time.perf_counter_ns in the client. Reports are always success=true, so the
 breakers stay closed. The daemon's VmRSS is sampled from /proc every 100 ms.
@@ -66,6 +71,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import math
 import multiprocessing as mp
@@ -103,6 +109,8 @@ FLOOR_ATTACK_P99_MS = 20.0    # the legitimate client's pairs under attack and f
 FLOOR_ATTACK_RSS_MB = 100.0   # daemon peak VmRSS under attack and flood
 FLOOR_ROOT_STATUS_MS = 100.0  # root's status p99 in fair
 FLOOR_LOCKED_P99_MS = 5.0     # decisions' p99 in durable, the database locked, hung or killed
+GOAL_SINGLE_RATIO = 0.5   # issue 12's goals for the event loop, printed beside the floors
+GOAL_BATCH = 100_000
 ATTACKS = ("attack", "flood", "fair")
 
 RECV_BYTES = 16384        # replies are under 1 KiB; a bigger buffer only costs allocation
@@ -609,6 +617,46 @@ def durable_mariadb_phase(tmp: Path, args, children: list, log) -> dict | None:
         server.close()
 
 
+def _event_loop(path: str) -> str:
+    """The loop a daemon serves on, as its health says."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    try:
+        sock.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: ratecared\r\n\r\n")
+        return json.loads(_body(_read_response(sock)))["data"]["event_loop"]
+    finally:
+        sock.close()
+
+
+def other_loop_phases(tmp: Path, loop: str, phases: dict, args, children: list, log) -> dict | None:
+    """single and batch again on a second daemon, on asyncio's own loop when the first is on uvloop, or on
+    uvloop when it is installed and the first is not: beside the first, never judged. Its ratio is to the
+    same echo run. None when there is no other loop here."""
+    modes = [m for m in ("single", "batch") if m in phases]
+    other = "asyncio" if loop.startswith("uvloop") else "uvloop"
+    if not modes or (other == "uvloop" and importlib.util.find_spec("uvloop") is None):
+        return None
+    daemon = subprocess.Popen(_daemon_argv(_write_config(tmp, name=other, event_loop=other), None),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    children.append(daemon)
+    try:
+        path = str(tmp / f"rc-{other}.sock")
+        wait_ready(daemon, path)
+        out: dict = {"loop": _event_loop(path)}
+        for mode in modes:
+            log(f"{mode}: daemon on {out['loop']}, {args.clients} clients x {args.seconds:g} s ...")
+            d = run_phase(path, mode, daemon.pid, args, validate=True, children=children)
+            for k in ("t0", "t1", "last_acquire", "last_report"):
+                d.pop(k)
+            d["ratio_to_echo"] = round(d["pairs_per_s"] / phases[mode]["echo"]["pairs_per_s"], 3)
+            out[mode] = d
+        return out
+    finally:
+        _stop(daemon)
+        children.remove(daemon)
+
+
 # -- /proc ---------------------------------------------------------------------------
 
 
@@ -770,7 +818,7 @@ def run_phase(path: str, mode: str, server_pid: int, args, validate: bool, child
 # -- main ----------------------------------------------------------------------------
 
 
-def _write_config(tmp: Path, url: str | None = None, name: str = "") -> Path:
+def _write_config(tmp: Path, url: str | None = None, name: str = "", event_loop: str = "auto") -> Path:
     """The bench daemon's config: SQLite in `tmp` unless `url`; `name` tells a second daemon's socket apart."""
     suffix = f"-{name}" if name else ""
     config = tmp / f"ratecared{suffix}.toml"
@@ -787,8 +835,9 @@ def _write_config(tmp: Path, url: str | None = None, name: str = "") -> Path:
         f'socket_group = "{group}"\n'
         'admin_group = ""\n'
         f'state_dir = "{tmp}/state{suffix}"\n'
+        f'event_loop = "{event_loop}"\n'
         "[database]\n"
-        f'url = "{url or f"sqlite:///{tmp}/rc.db"}"\n'
+        f'url = "{url or f"sqlite:///{tmp}/rc{suffix}.db"}"\n'
         "auto_migrate = true\n"
         "connect_timeout = 1\n"
         "[logging]\n"
@@ -836,6 +885,8 @@ def bench(args, log) -> dict:
         log(f"daemon pid {daemon.pid} ready on {sock_path}; RSS {(rss_kb(daemon.pid) or 0) / 1024:.1f} MB")
 
         phases: dict[str, dict] = {}
+        loop = _event_loop(sock_path)
+        log(f"daemon on {loop}")
         threads = 0     # the daemon's, at the end of each phase: for the unit's TasksMax
         for mode in [m for m in args.phases if m in ("single", "batch")]:
             log(f"{mode}: daemon, {args.clients} clients x {args.seconds:g} s ...")
@@ -849,6 +900,7 @@ def bench(args, log) -> dict:
             d["ratio_to_echo"] = round(d["pairs_per_s"] / e["pairs_per_s"], 3)
             phases[mode] = {"daemon": d, "echo": e}
             threads = max(threads, rss_kb(daemon.pid, "Threads:") or 0)
+        other = other_loop_phases(tmp, loop, phases, args, children, log)
 
         for mode in [m for m in args.phases if m in ATTACKS]:
             if mode == "fair" and os.geteuid() != 0:
@@ -882,6 +934,8 @@ def bench(args, log) -> dict:
             "daemon_vmhwm_mb": round(hwm / 1024, 1) if hwm else None,
             "daemon_threads": threads,
             "cprofile": args.cprofile,
+            "event_loop": loop,
+            "other_loop": other,
             "phases": phases,
         }
     except Exception:
@@ -964,7 +1018,13 @@ def report_text(result: dict, checks) -> str:
                        f"{r['host_busy_pct']:>8.0f}% {r['host_other_pct']:>4.0f}% {r['errors']:>6}")
         d = p["daemon"]
         out.append(f"{mode:<7} ratio daemon/echo throughput: {d['ratio_to_echo']:.3f}   "
-                   f"daemon peak RSS in phase: {d['peak_rss_mb']:.1f} MB")
+                   f"daemon peak RSS in phase: {d['peak_rss_mb']:.1f} MB   (daemon on {result['event_loop']})")
+        other = (result["other_loop"] or {}).get(mode)
+        if other is not None:
+            out.append(f"{mode:<7} the same on {result['other_loop']['loop']}: {other['pairs_per_s']:,.0f} pairs/s, "
+                       f"{other['decisions_per_s']:,.0f} decisions/s, p50 {other['p50_ms']:.3f} ms, "
+                       f"p99 {other['p99_ms']:.3f} ms, {other['server_cpu_us_per_pair']:.1f} us/pair, "
+                       f"ratio {other['ratio_to_echo']:.3f} (not judged)")
         busy = max(p["daemon"]["host_other_pct"], p["echo"]["host_other_pct"])
         if busy > 10:
             out.append(f"{mode:<7} warning: processes outside the bench used up to {busy:.0f}% of the host; "
@@ -995,6 +1055,9 @@ def report_text(result: dict, checks) -> str:
     out.append("srv CPU: server process CPU, 100% = one core; srv wait: share of the time its event loop was "
                "runnable but waiting for a CPU;\nsrv/cli us/pair: CPU microseconds per acquire+report pair; "
                "host busy/other: whole host, and the part used outside the bench (100% = all CPUs)")
+    out.append("")
+    out.append(f"goals (issue 12, not judged): single ratio to the echo >= {GOAL_SINGLE_RATIO:g}, batched "
+               f"decisions >= {GOAL_BATCH:,}/s")
     out.append("")
     out.append("floors:")
     out.extend(verdict_lines(checks, name_width=38, value_width=14))

@@ -286,15 +286,15 @@ def _status_table(data: dict[str, Any], platforms: list[dict[str, Any]], totals:
         rows = _fit_reason(rows)
     _table(rows, lambda col, text: STATE_COLOURS.get(text.split(" ")[0]) if col == 1 else None)
     held = [p for p in platforms if p.get("hold")]
-    backing_off = [p for p in platforms if p.get("backoff_level")]
+    # Level 1 is one trip: its open time is the plain timeout, nothing to point out.
+    backing_off = [p for p in platforms if p.get("backoff_level", 0) > 1]
     if held or backing_off:
         click.echo("")
     for p in held:
         click.echo(_hold_line(p))
     for p in backing_off:
         level = p["backoff_level"]
-        click.echo(f"{p['platform']}: back-off level {level}, {level} trip{'s' if level > 1 else ''} in a row "
-                   "not yet worn off")
+        click.echo(f"{p['platform']}: back-off level {level}, {level} trips in a row not yet worn off")
     if totals:
         click.echo(
             f"\n{data['total_platforms']} platforms: {data['closed']} closed, {data['open']} open, "

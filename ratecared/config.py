@@ -20,6 +20,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
+from ratecared import event_loop
+
 DEFAULT_PATH = Path("/etc/ratecared/ratecared.toml")
 EX_CONFIG = 78
 
@@ -58,6 +60,8 @@ class DaemonConfig:
     host: str = ""
     # Where the breaker journal lives (breaker_journal.py); see default_state_dir().
     state_dir: Path = Path("/var/lib/ratecared")
+    # "auto" (uvloop when installed), "uvloop" or "asyncio" (ratecared.event_loop).
+    event_loop: str = "auto"
 
     @property
     def tz(self) -> ZoneInfo:
@@ -176,6 +180,7 @@ class Config:
                 "max_body_bytes": self.daemon.max_body_bytes,
                 "host": self.daemon.host,
                 "state_dir": str(self.daemon.state_dir),
+                "event_loop": self.daemon.event_loop,
             },
             "database": {
                 "url": mask_url(self.database.url),
@@ -383,7 +388,13 @@ def _parse(path: Path, raw: dict[str, Any]) -> Config:
         idle_timeout=d.number("idle_timeout", DaemonConfig.idle_timeout, 0.05, 3600),
         max_body_bytes=d.integer("max_body_bytes", DaemonConfig.max_body_bytes, 1024, 64 << 20),
         host=d.string("host", "") or socket.gethostname(),
+        event_loop=d.string("event_loop", DaemonConfig.event_loop).lower(),
     )
+    if daemon.event_loop not in event_loop.CHOICES:
+        raise ConfigError(path, "daemon.event_loop", f"must be auto, uvloop or asyncio, not {daemon.event_loop!r}")
+    if daemon.event_loop == "uvloop" and not event_loop.available():
+        raise ConfigError(path, "daemon.event_loop", "is uvloop, which is not installed (apt install python3-uvloop, "
+                                                     "or use auto)")
     state_dir = d.path_("state_dir", None)
     if daemon.reserved_admin_connections >= daemon.max_connections:
         raise ConfigError(path, "daemon.reserved_admin_connections",

@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ratecared import __version__, access, breaker_state, logs
+from ratecared import __version__, access, breaker_state, event_loop, logs
 from ratecared import settings as settings_mod
 from ratecared.breaker.machine import State
 from ratecared.breaker.registry import Registry
@@ -87,8 +87,10 @@ class Daemon:
         self.store = StoreThread(self.snapshots, self._refresh, self.config, self._write_events)
         self.runner = Runner(self.config, self.db, self.host, JOBS, settings=self.settings.current,
                              refresh_settings=self.settings.refresh, disabled_by=DISABLED_BY)
+        # The loop is chosen once: daemon.event_loop needs a restart.
+        self.loop_factory, self.loop_name = event_loop.factory(config.daemon.event_loop)
         self.health = Health(self.db, self.snapshots.state, self.settings.state, self.status_line, self.host,
-                             self.journal, config.daemon.tz)
+                             self.journal, config.daemon.tz, self.loop_name)
         self.reload = Reloader(self.config, self._apply, self._settings_reply, self.notify, self.status_line,
                                self.log)
         # The flock on the state directory's lock file, held for the process's life.
@@ -159,7 +161,8 @@ class Daemon:
         except OSError as exc:
             self.log.error("cannot bind the control socket", path=str(config.daemon.socket), error=str(exc))
             return 1
-        return asyncio.run(self._serve(sock, metrics_sock))
+        with asyncio.Runner(loop_factory=self.loop_factory) as runner:
+            return runner.run(self._serve(sock, metrics_sock))
 
     def _restore_breakers(self, config: Config) -> int:
         """Hold the state directory, replay the journal over the snapshot: 0, or the exit code."""
@@ -255,6 +258,7 @@ class Daemon:
         self.store.start()
         self.runner.start()
         self.log.info("ready", socket=str(self.config().daemon.socket), platforms=len(self.registry.platforms),
+                      event_loop=self.loop_name,
                       **({"metrics": self.config().metrics.listen} if metrics_sock is not None else {}))
         self.notify("READY=1", f"STATUS={self.status_line()}", f"MAINPID={os.getpid()}")
         next_watchdog = 0.0

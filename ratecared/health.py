@@ -28,8 +28,9 @@ class Health:
 
     def __init__(self, database: Database, snapshots: Callable[[], SnapshotState],
                  settings: Callable[[], SettingsState], status_line: Callable[[], str], host: str,
-                 journal: JournalView, tz: ZoneInfo) -> None:
+                 journal: JournalView, tz: ZoneInfo, event_loop: str) -> None:
         self._db = database
+        self._event_loop = event_loop
         # Times are shown in the daemon's zone, as the jobs' are (daemon.timezone: a restart applies it).
         self._tz = tz
         self._journal = journal
@@ -62,6 +63,7 @@ class Health:
             "host": self._host,
             "uptime_seconds": round(time.monotonic() - self._started, 1),
             "timezone": self._tz.key,
+            "event_loop": self._event_loop,
             "database": db,
             "journal": self._journal_health(),
             "settings": settings_mod.as_dict(settings.settings),

@@ -20,8 +20,8 @@ from ratecared.config import Config, ConfigError, CurrentConfig, check_host, loa
 from ratecared.control.server import Peer
 
 # Dotted keys of Config.masked() that only a restart applies; a prefix covers its section.
-RESTART_KEYS = ("daemon.socket", "daemon.host", "daemon.timezone", "daemon.state_dir", "database.", "logging.dir",
-                "metrics.listen")
+RESTART_KEYS = ("daemon.socket", "daemon.host", "daemon.timezone", "daemon.state_dir", "daemon.event_loop",
+                "database.", "logging.dir", "metrics.listen")
 
 
 def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -45,6 +45,9 @@ def write_config(directory: Path, url: str | None = None, **sections: dict[str, 
         "database": {"url": url or f"sqlite:///{directory / 'rc.db'}", "auto_migrate": True},
         "logging": {"dir": str(directory / "logs"), "level": "info"},
     }
+    # The Makefile runs one suite on each loop (ratecared.event_loop): Debian 12's versions on asyncio's own.
+    if os.environ.get("RATECARED_TEST_EVENT_LOOP"):
+        base["daemon"]["event_loop"] = os.environ["RATECARED_TEST_EVENT_LOOP"]
     for name, values in sections.items():
         _table(base, name.replace("__", ".")).update(values)
     path = directory / "ratecared.toml"
