@@ -46,12 +46,13 @@ class SettingWarning:
         return f"setting {self.key}={self.value!r} {self.problem}; using {self.using}"
 
 
-def _integer(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
+def _ranged(convert: Callable[[str], Any], what: str, low: float, high: float) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
         try:
-            value = int(text.strip())
+            value = convert(text.strip())
         except ValueError:
-            raise ValueError("is not a whole number") from None
+            raise ValueError(f"is not {what}") from None
+        # NaN fails both comparisons, so it is out of range too.
         if not low <= value <= high:
             raise ValueError(f"is out of range {low}..{high}")
         return value
@@ -59,18 +60,12 @@ def _integer(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
-def _decimal(low: float, high: float) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text.strip())
-        except ValueError:
-            raise ValueError("is not a number") from None
-        # NaN fails both comparisons, so it is out of range too.
-        if not low <= value <= high:
-            raise ValueError(f"is out of range {low:g}..{high:g}")
-        return value
+def _integer(low: int, high: int) -> Callable[[str], int]:
+    return _ranged(int, "a whole number", low, high)
 
-    return parse
+
+def _decimal(low: float, high: float) -> Callable[[str], float]:
+    return _ranged(float, "a number", low, high)
 
 
 def _boolean(text: str) -> bool:

@@ -57,3 +57,20 @@ def test_a_platform_list_naming_none_known_guards_all_and_says_so() -> None:
 
 def test_all_means_every_platform() -> None:
     assert parse({"circuit-breaker-platforms": "all"})[0].breaker_platforms is None
+
+
+def test_the_outcome_and_back_off_keys_are_parsed_and_checked() -> None:
+    settings, warnings = parse({"circuit-breaker-slow-call-ms": "2500", "circuit-breaker-backoff-multiplier": "1.5",
+                                "circuit-breaker-max-open-seconds": "7200"})
+    assert warnings == []
+    assert (settings.slow_call_ms, settings.backoff_multiplier, settings.max_open_seconds) == (2500, 1.5, 7200.0)
+    settings, warnings = parse({"circuit-breaker-slow-call-ms": "-1", "circuit-breaker-backoff-multiplier": "nan",
+                                "circuit-breaker-max-open-seconds": "0"})
+    assert (settings.slow_call_ms, settings.backoff_multiplier, settings.max_open_seconds) == (0, 1.0, 3600.0)
+    assert sorted(str(w) for w in warnings) == [
+        "setting circuit-breaker-backoff-multiplier='nan' is out of range 1..10; using the default",
+        "setting circuit-breaker-max-open-seconds='0' is out of range 1..604800; using the default",
+        "setting circuit-breaker-slow-call-ms='-1' is out of range 0..3600000; using the default",
+    ]
+    assert str(parse({"circuit-breaker-backoff-multiplier": "double"})[1][0]) == (
+        "setting circuit-breaker-backoff-multiplier='double' is not a number; using the default")
