@@ -18,6 +18,7 @@ database) and is shown as such, not counted.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Protocol
@@ -27,6 +28,7 @@ from ratecared.breaker.registry import Unguarded, UnknownPlatform
 from ratecared.db import Database, parse_timestamp, timestamp
 
 ACTIONS = ("hold", "release", "reset")
+TRIM_EVERY = 3600.0
 # Commands older than the longest hold have nothing left to apply.
 HORIZON = timedelta(seconds=MAX_HOLD_SECONDS)
 STALE_INTERVALS = 3
@@ -81,6 +83,8 @@ class ClusterCommands:
         self._wall = wall
         # One apply at a time (the store thread's refresh, the API's issue): no command applied twice at once.
         self._applying = threading.Lock()
+        # Under _applying: when the table was last trimmed (monotonic).
+        self._trimmed_at = float("-inf")
 
     def issue(self, action: str, platform: str | None, who: str, reason: str,
               state: State | None = None, seconds: float | None = None) -> tuple[Command, str]:
@@ -100,7 +104,12 @@ class ClusterCommands:
             command_id = int(tx.query(self._db.dialect.last_insert_id)[0][0])
         command = Command(command_id, now, self._host, action, platform, state, until, reason[:255], who[:255])
         results = dict(self.apply_pending())
-        return command, results.get(command_id, "applied before this call could")
+        if command_id not in results:
+            # The store thread's refresh came between the insert and this apply, and applied it.
+            results[command_id] = self._db.query(
+                "SELECT result FROM circuit_breaker_command_acks WHERE command_id = ? AND host = ?",
+                (command_id, self._host))[0][0]
+        return command, results[command_id]
 
     def view(self, local: list[BreakerView]) -> dict[str, Any]:
         """Every host's breakers, this host's being `local`; raises DatabaseError."""
@@ -129,7 +138,18 @@ class ClusterCommands:
                 self._log.info("cluster command applied", command=command.id, action=command.action,
                                platform=command.platform, asked_on=command.host, by=command.who, result=result)
                 done.append((command.id, result))
+            if time.monotonic() - self._trimmed_at >= TRIM_EVERY:
+                self._trim(now - HORIZON)
             return done
+
+    def _trim(self, before: datetime) -> None:
+        """Commands past the horizon have nothing left to apply on any host: they and their acknowledgements go."""
+        cutoff = timestamp(before)
+        with self._db.transaction() as tx:
+            tx.execute("DELETE FROM circuit_breaker_command_acks WHERE command_id IN "
+                       "(SELECT id FROM circuit_breaker_commands WHERE at <= ?)", (cutoff,))
+            tx.execute("DELETE FROM circuit_breaker_commands WHERE at <= ?", (cutoff,))
+        self._trimmed_at = time.monotonic()
 
     def _apply(self, command: Command, now: datetime) -> str:
         by = f"{command.who} (cluster command {command.id} from {command.host})"

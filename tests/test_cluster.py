@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import sqlite3
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,7 +16,7 @@ from conftest import DaemonProcess, ctl, fail, wait_for, write_config
 from mariadb import MariaDB
 
 from ratecared.config import DatabaseConfig
-from ratecared.db import Database
+from ratecared.db import Database, timestamp
 
 ME = f"{pwd.getpwuid(os.getuid()).pw_name} (uid {os.getuid()})"
 
@@ -140,3 +142,19 @@ def test_cluster_commands_work_on_sqlite_for_the_one_host_there(daemon: DaemonPr
     view = daemon.client().cluster_status()
     assert len(view["hosts"]) == 1 and view["hosts"][0]["this_host"] and not view["hosts"][0]["stale"]
     assert summary(daemon, "expedia") == "expedia: closed on 1 host"
+
+
+def test_commands_older_than_the_longest_hold_are_never_applied_and_are_trimmed(config_factory, daemon_factory,
+                                                                                tmp_path: Path) -> None:
+    config = config_factory()
+    daemon_factory(config).stop()
+    old = datetime.now(timezone.utc) - timedelta(days=31)
+    conn = sqlite3.connect(tmp_path / "rc.db")
+    conn.execute("INSERT INTO circuit_breaker_commands (at, host, action, platform, hold_state, hold_until, reason, "
+                 "who) VALUES (?, 'web9', 'hold', 'booking', 'open', ?, 'long gone', 'root')",
+                 (timestamp(old), timestamp(old + timedelta(days=60))))
+    conn.commit()
+    daemon = daemon_factory(config)
+    assert entry(daemon)["hold"] is None
+    assert conn.execute("SELECT COUNT(*) FROM circuit_breaker_commands").fetchone() == (0,)
+    conn.close()

@@ -592,7 +592,7 @@ class Breaker:
         """Adopt new settings, keeping state, counters and the open deadline's start."""
         old, self.policy = self.policy, policy
         changes: list[Transition] = []
-        if self.state is State.OPEN:
+        if self.state is State.OPEN and self.hold is None:
             # The open period keeps its start and its draw of jitter; its length follows the new policy.
             length = (policy.open_time(self.backoff_level, self._jitter) if self._asked_open is None
                       else min(self._asked_open, policy.open_cap()))
