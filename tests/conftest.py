@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -92,12 +93,18 @@ class DaemonProcess:
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[str] | None = None
         self.output = ""
+        # Its stdout is read as it comes: a pipe nobody reads fills at 64 KiB, and then the daemon's
+        # next log line blocks it, in the middle of answering a client.
+        self._lines: list[str] = []
+        self._reader: threading.Thread | None = None
 
     def start(self, wait: bool = True) -> "DaemonProcess":
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ratecared", "--config", str(self.config)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env,
         )
+        self._reader = threading.Thread(target=self._drain, args=(self.proc.stdout,), daemon=True)
+        self._reader.start()
         if wait:
             self.wait_ready()
         return self
@@ -138,11 +145,22 @@ class DaemonProcess:
         self.read_output()
         return code
 
+    def _drain(self, stream: Any) -> None:
+        for line in stream:
+            self._lines.append(line)
+
     def read_output(self) -> str:
+        """Everything the daemon has written so far; all of it once it has exited."""
         assert self.proc is not None
-        if self.proc.poll() is not None and self.proc.stdout and not self.proc.stdout.closed:
-            self.output += self.proc.stdout.read()
-            self.proc.stdout.close()
+        if self.proc.poll() is not None and self._reader is not None:
+            self._reader.join(timeout=30)
+            self._reader = None
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+        # One writer (the reader thread) appends; taking the lines it has added so far is safe.
+        taken = len(self._lines)
+        self.output += "".join(self._lines[:taken])
+        del self._lines[:taken]
         return self.output
 
 
