@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import DaemonProcess, ctl, wait_for
+from conftest import DaemonProcess, ctl, rewrite, sqlite_locked, wait_for
 from jobhelpers import HangingWidgets, enable_warming
 from test_jobs_daemon import seeded, slow_purge_config
 from test_ratecarectl import ctl_as_nobody, ctl_interruptible, database_of, needs_root, open_socket_dir
@@ -108,9 +108,12 @@ def read_line(stream, timeout: float = 60) -> str:
     return stream.readline()
 
 
-def test_follow_shows_the_purges_progress_then_its_result(config_factory, daemon_factory) -> None:
-    # Each chunk pauses ten times its own length: the run lasts eleven times its work.
+def test_follow_shows_the_purges_progress_then_its_result(config_factory, daemon_factory, tmp_path) -> None:
+    # Each chunk pauses ten times its own length: the run lasts eleven times its work. Once its progress
+    # is seen, the test holds the database locked, so the purge's next write waits (for up to the
+    # connect_timeout) and the run is still under way when it is cancelled, however fast the machine.
     config = slow_purge_config(config_factory)
+    rewrite(config, "database", connect_timeout=120)
     seeded(config).close()
     daemon = daemon_factory(config)
     following = ratecarectl(daemon, "run", "aggregate_statistics", "--follow")
@@ -122,13 +125,14 @@ def test_follow_shows_the_purges_progress_then_its_result(config_factory, daemon
     run_id = re.match(r"aggregate_statistics: run ([0-9a-f]{12}) (running|queued)", lines[-1]).group(1)
     while "chunks" not in lines[-1]:
         lines.append(read_line(following.stdout))
-    progress = re.fullmatch(rf"aggregate_statistics: run {run_id} running: (\d+) rows, (\d+) chunks, "
-                            r"([\d.]+) rows/s, [\dm.s]+ elapsed\n", lines[-1])
-    assert progress and int(progress.group(2)) > 0 and float(progress.group(3)) > 0, lines
-    # The same figures in the runs API, for any client.
-    shown = latest_run(daemon, "aggregate_statistics")["progress"]
-    assert shown["chunks"] > 0 and shown["rows_per_second"] > 0 and shown["elapsed_seconds"] >= 0
-    assert ctl(daemon.socket, "cancel", "aggregate_statistics")[0] == 0
+    with sqlite_locked(tmp_path / "rc.db"):
+        progress = re.fullmatch(rf"aggregate_statistics: run {run_id} running: (\d+) rows, (\d+) chunks, "
+                                r"([\d.]+) rows/s, [\dm.s]+ elapsed\n", lines[-1])
+        assert progress and int(progress.group(2)) > 0 and float(progress.group(3)) > 0, lines
+        # The same figures in the runs API, for any client.
+        shown = latest_run(daemon, "aggregate_statistics")["progress"]
+        assert shown["chunks"] > 0 and shown["rows_per_second"] > 0 and shown["elapsed_seconds"] >= 0
+        assert ctl(daemon.socket, "cancel", "aggregate_statistics")[0] == 0
     out, err = following.communicate(timeout=60)
     assert following.returncode == 1 and f"aggregate_statistics: interrupted (run {run_id}" in out
     assert f"cancelled by {ME}" in err
