@@ -196,6 +196,15 @@ def test_the_level_decays_by_one_per_healthy_timeout_closed() -> None:
     breaker.advance(240.0)
     assert breaker.backoff_level == 1
     assert breaker.view(240.0).backoff_level == 1
+    # The next period runs from the end of the last one, not from the close.
+    breaker.advance(299.9)
+    assert breaker.backoff_level == 1
+    breaker.advance(300.0)
+    assert breaker.backoff_level == 0
+    trip(breaker, 300.0)
+    breaker.advance(360.0)
+    report(breaker, 360.0, True)
+    report(breaker, 360.0, True)
     breaker.advance(1000.0)
     assert breaker.backoff_level == 0
     trip(breaker, 1000.0)
@@ -282,3 +291,57 @@ def test_new_settings_change_the_open_time_of_a_breaker_open_now() -> None:
     assert limited.retry_after(1.0) == 249.0
     limited.set_policy(replace(BACKOFF, max_open_seconds=100), 1.0)
     assert limited.retry_after(1.0) == 99.0
+
+
+def test_each_outcome_is_counted_every_time() -> None:
+    breaker = Breaker("booking", POLICY)
+    breaker.hold_for(State.CLOSED, 3600, "known good", "root", 0.0)
+    for outcome in (rate_limited(30.0), rate_limited(None), Report(Kind.IGNORED), Report(Kind.IGNORED),
+                    Report(Kind.TIMEOUT), Report(Kind.TIMEOUT)):
+        report(breaker, 1.0, outcome)
+    assert breaker.view(1.0).outcomes == {"success": 0, "failure": 0, "timeout": 2, "rate_limited": 2, "slow": 0,
+                                          "ignored": 2}
+
+
+def test_a_retry_time_of_exactly_the_cap_is_not_capped_and_one_of_none_half_opens_at_once() -> None:
+    breaker = Breaker("booking", POLICY)
+    report(breaker, 0.0, rate_limited(3600.0, "3600"))
+    assert (breaker.retry_after(0.0), breaker.last_reason) == (3600.0, "rate limited by the platform: Retry-After 3600")
+    at_once = Breaker("booking", POLICY)
+    report(at_once, 5.0, rate_limited(0.0, "0"))
+    at_once.advance(5.0)
+    assert at_once.state is State.HALF_OPEN
+
+
+def test_jitter_is_drawn_only_when_backing_off() -> None:
+    # Opened under the seed's rule, the period has no jitter to carry into a back-off set while it is open.
+    breaker = Breaker("booking", POLICY, jitter=lambda: 1.1)
+    trip(breaker, 0.0)
+    breaker.set_policy(BACKOFF, 1.0)
+    assert breaker.retry_after(1.0) == 59.0
+    # A period's length is named to a tenth of a second when it ends.
+    drawn = Breaker("booking", BACKOFF, jitter=lambda: 0.9041)
+    trip(drawn, 0.0)
+    drawn.advance(60.0)
+    assert (drawn.state, drawn.last_reason) == (State.HALF_OPEN, "open for 54.2 s")
+
+
+def test_a_slow_success_while_held_closed_says_so_and_a_one_ms_limit_is_a_limit() -> None:
+    breaker = Breaker("booking", replace(POLICY, slow_call_ms=1))
+    assert report(breaker, 0.0, Report(Kind.SUCCESS, duration_ms=2)) == Outcome(True, State.CLOSED, None, Kind.SLOW)
+    breaker.hold_for(State.CLOSED, 3600, "known good", "root", 0.0)
+    assert report(breaker, 1.0, Report(Kind.SUCCESS, duration_ms=2)) == Outcome(True, State.CLOSED, None, Kind.SLOW)
+    assert breaker.view(1.0).total_slow == 2
+
+
+def test_a_restored_open_breaker_keeps_its_time_whatever_the_new_timeout() -> None:
+    saved = Breaker("booking", POLICY)
+    trip(saved, 0.0)
+    restored = Breaker("booking", POLICY)
+    restored.restore(saved.view(10.0), now=100.0)
+    assert restored.retry_after(100.0) == 50.0
+    restored.set_policy(replace(POLICY, open_seconds=30), 100.0)
+    assert restored.retry_after(100.0) == 50.0
+    # Within the new cap: the 60 s period as it was restored is cut to 40 s from its start.
+    restored.set_policy(replace(POLICY, open_seconds=30, max_open_seconds=40), 100.0)
+    assert restored.retry_after(100.0) == 30.0

@@ -139,9 +139,7 @@ class Counts(NamedTuple):
         """The counts a generation in `state` starts from."""
         # The failure streak outlives OPEN and HALF_OPEN, so that status and
         # the snapshot show what tripped the breaker; only a close ends it.
-        if state is State.CLOSED:
-            return Counts()
-        return Counts(consecutive_failures=self.consecutive_failures, timeouts=self.timeouts, slow=self.slow)
+        return Counts(consecutive_failures=0 if state is State.CLOSED else self.consecutive_failures)
 
 
 @dataclass(frozen=True)
@@ -592,7 +590,7 @@ class Breaker:
         """Adopt new settings, keeping state, counters and the open deadline's start."""
         old, self.policy = self.policy, policy
         changes: list[Transition] = []
-        if self.state is State.OPEN and self.hold is None:
+        if self.state is State.OPEN:
             # The open period keeps its start and its draw of jitter; its length follows the new policy.
             length = (policy.open_time(self.backoff_level, self._jitter) if self._asked_open is None
                       else min(self._asked_open, policy.open_cap()))
