@@ -217,6 +217,9 @@ def test_database_going_away_keeps_breakers_working(mariadb: MariaDB, mysql_url:
         assert health["database"]["reachable"] is False
         assert any(m in health["database"]["error"] for m in ("cannot connect", "gone away", "Lost connection"))
         assert health["daemon"] == "up"
+        # The snapshot the trip asked for has been tried, and failed, before the database is back.
+        wait_for(lambda: "<4>snapshot failed; breakers keep working from memory" in daemon.read_output(),
+                 what="the failed snapshot's warning")
     finally:
         mariadb.start()
     db = Database(DatabaseConfig(url=mysql_url))
