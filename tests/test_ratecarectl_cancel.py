@@ -7,6 +7,7 @@ import os
 import pwd
 import re
 import select
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -109,9 +110,9 @@ def read_line(stream, timeout: float = 60) -> str:
 
 
 def test_follow_shows_the_purges_progress_then_its_result(config_factory, daemon_factory, tmp_path) -> None:
-    # Each chunk pauses ten times its own length: the run lasts eleven times its work. Once its progress
-    # is seen, the test holds the database locked, so the purge's next write waits (for up to the
-    # connect_timeout) and the run is still under way when it is cancelled, however fast the machine.
+    # Each chunk pauses ten times its own length. Once its first chunk is on record, the test holds the
+    # database locked, so the purge's next write waits (for up to the connect_timeout) and the run is
+    # still under way when it is cancelled.
     config = slow_purge_config(config_factory)
     rewrite(config, "database", connect_timeout=120)
     seeded(config).close()
@@ -123,9 +124,18 @@ def test_follow_shows_the_purges_progress_then_its_result(config_factory, daemon
     while lines[-1] == "aggregate_statistics: queued\n":
         lines.append(read_line(following.stdout))
     run_id = re.match(r"aggregate_statistics: run ([0-9a-f]{12}) (running|queued)", lines[-1]).group(1)
-    while "chunks" not in lines[-1]:
-        lines.append(read_line(following.stdout))
+    # The lock is taken as soon as the first chunk is on record, read from the database itself, so the run
+    # cannot end before ratecarectl shows its progress, however fast it goes.
+    watch = sqlite3.connect(tmp_path / "rc.db")
+    try:
+        wait_for(lambda: (lambda row: row is not None and json.loads(row[0] or "{}").get("chunks", 0) > 0)(
+            watch.execute("SELECT details FROM job_runs WHERE run_id = ? AND status = 'running'",
+                          (run_id,)).fetchone()), every=0.002, what="the purge's first chunk on record")
+    finally:
+        watch.close()
     with sqlite_locked(tmp_path / "rc.db"):
+        while "chunks" not in lines[-1]:
+            lines.append(read_line(following.stdout))
         progress = re.fullmatch(rf"aggregate_statistics: run {run_id} running: (\d+) rows, (\d+) chunks, "
                                 r"([\d.]+) rows/s, [\dm.s]+ elapsed\n", lines[-1])
         assert progress and int(progress.group(2)) > 0 and float(progress.group(3)) > 0, lines
