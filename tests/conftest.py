@@ -196,6 +196,11 @@ def fail(daemon: "DaemonProcess", platform: str = "booking", times: int = 5) -> 
     client.close()
 
 
+def entry(daemon: "DaemonProcess", platform: str = "booking") -> dict[str, Any]:
+    """One platform's entry in the daemon's status, as a client reads it."""
+    return next(p for p in daemon.client().status()["platforms"] if p["platform"] == platform)
+
+
 def set_setting(db_path: Path, key: str, value: str) -> None:
     """`UPDATE settings …` in a daemon's SQLite file, as an operator does; see setting_in_effect."""
     conn = sqlite3.connect(db_path)

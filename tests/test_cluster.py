@@ -8,11 +8,11 @@ import pwd
 import sqlite3
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import pytest
 
-from conftest import DaemonProcess, ctl, fail, wait_for, write_config
+from conftest import DaemonProcess, ctl, entry, fail, wait_for, write_config
 from mariadb import MariaDB
 
 from ratecared.config import DatabaseConfig
@@ -34,10 +34,6 @@ def hosts(mysql_url: str, tmp_path: Path, daemon_factory) -> Callable[[str], Dae
                                            daemon={"host": host, "snapshot_interval": interval}))
 
     return start
-
-
-def entry(daemon: DaemonProcess, platform: str = "booking") -> dict[str, Any]:
-    return next(p for p in daemon.client().status()["platforms"] if p["platform"] == platform)
 
 
 def summary(daemon: DaemonProcess, platform: str) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DaemonProcess, ctl, fail, wait_for
+from conftest import DaemonProcess, ctl, entry, fail, wait_for
 from mariadb import MariaDB
 
 from ratecared.client import DaemonError
@@ -21,10 +21,6 @@ from ratecared.config import DatabaseConfig
 from ratecared.db import Database
 
 ME = f"{pwd.getpwuid(os.getuid()).pw_name} (uid {os.getuid()})"
-
-
-def entry(daemon: DaemonProcess, platform: str = "booking") -> dict:
-    return next(p for p in daemon.client().status()["platforms"] if p["platform"] == platform)
 
 
 def acquire_json(daemon: DaemonProcess, platform: str = "booking") -> dict:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from conftest import DaemonProcess, ctl, wait_for
+from conftest import DaemonProcess, ctl, entry, wait_for
 from test_metrics import samples, scrape, value
 
 from ratecared.client import Client
@@ -31,10 +31,6 @@ def permit(daemon: DaemonProcess, platform: str = "booking") -> str:
     code, answer = post(daemon, f"{platform}/acquire")
     assert code == 200 and answer["data"]["allowed"], answer
     return answer["data"]["permit"]
-
-
-def entry(daemon: DaemonProcess, platform: str = "booking") -> dict[str, Any]:
-    return next(p for p in daemon.client().status()["platforms"] if p["platform"] == platform)
 
 
 def report(daemon: DaemonProcess, **body: Any) -> tuple[int, dict[str, Any]]:
