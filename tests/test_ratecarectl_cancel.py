@@ -10,6 +10,7 @@ import select
 import sqlite3
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 from conftest import DaemonProcess, ctl, rewrite, sqlite_locked, wait_for
@@ -140,8 +141,16 @@ def test_follow_shows_the_purges_progress_then_its_result(config_factory, daemon
                                 r"([\d.]+) rows/s, [\dm.s]+ elapsed\n", lines[-1])
         assert progress and int(progress.group(2)) > 0 and float(progress.group(3)) > 0, lines
         # The same figures in the runs API, for any client.
+        # While the lock holds, the record cannot move: the API's figures are the record's, exactly.
         shown = latest_run(daemon, "aggregate_statistics")["progress"]
-        assert shown["chunks"] > 0 and shown["rows_per_second"] > 0 and shown["elapsed_seconds"] >= 0
+        recorded = sqlite3.connect(tmp_path / "rc.db")
+        rows, details, started, progressed = recorded.execute(
+            "SELECT rows_affected, details, started_at, progress_at FROM job_runs WHERE run_id = ?",
+            (run_id,)).fetchone()
+        recorded.close()
+        counted = (datetime.fromisoformat(progressed) - datetime.fromisoformat(started)).total_seconds()
+        assert rows > 0 and (shown["rows"], shown["chunks"]) == (rows, json.loads(details)["chunks"])
+        assert shown["rows_per_second"] == round(rows / counted, 1) and "elapsed_seconds" in shown
         assert ctl(daemon.socket, "cancel", "aggregate_statistics")[0] == 0
     out, err = following.communicate(timeout=60)
     assert following.returncode == 1 and f"aggregate_statistics: interrupted (run {run_id}" in out
