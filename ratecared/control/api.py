@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import json
 from concurrent.futures import Executor, Future
 from datetime import datetime, timedelta, timezone
@@ -286,33 +287,34 @@ class Api:
         self._held: dict[int, asyncio.Future[None]] = {}
 
     def _platform_routes(self) -> dict[tuple[str, str], Callable[[Request], Any]]:
-        """The hot per-platform routes, resolved by one dict lookup instead of split + lambda per request.
-
-        Rebuilt when a reload changes the registry's platforms.
-        """
+        """The hot per-platform routes by method and whole path: one dict lookup before any parsing of the
+        path. Rebuilt when a reload changes the registry's platforms (a new tuple)."""
         platforms = self.registry.platforms
-        if platforms != self._routes_for:
+        if platforms is not self._routes_for:
             hot: dict[tuple[str, str], Callable[[Request], Any]] = {}
             for name in platforms:
-                hot[("POST", f"circuit-breaker/{name}/acquire")] = (
-                    lambda request, name=name: self._acquire(name, request))
-                hot[("POST", f"circuit-breaker/{name}/report")] = lambda request, name=name: self._report(name, request)
+                hot[("POST", f"{PREFIX}circuit-breaker/{name}/acquire")] = functools.partial(self._acquire, name)
+                hot[("POST", f"{PREFIX}circuit-breaker/{name}/report")] = functools.partial(self._report, name)
             self._hot, self._platforms, self._routes_for = hot, frozenset(platforms), platforms
         return self._hot
 
     def handle(self, request: Request) -> Response | Awaitable[Response]:
         route = ""
         try:
-            if request.method == "OPTIONS" and request.path == "*":
-                return Response(200, b"", [("Allow", "GET, HEAD, POST, OPTIONS")])
-            if request.path == METRICS:
-                return self.scrapes.answer(request)
-            if not request.path.startswith(PREFIX):
-                raise ApiError(404, "not_found", f"no such endpoint: {request.path}")
-            route = request.path[len(PREFIX):].rstrip("/")
-            if request.method == "OPTIONS":
-                return Response(200, b"", [("Allow", self._allow(route))])
-            result = self._route(request.method, route)(request)
+            hot = self._platform_routes().get((request.method, request.path))
+            if hot is not None:
+                result = hot(request)
+            else:
+                if request.method == "OPTIONS" and request.path == "*":
+                    return Response(200, b"", [("Allow", "GET, HEAD, POST, OPTIONS")])
+                if request.path == METRICS:
+                    return self.scrapes.answer(request)
+                if not request.path.startswith(PREFIX):
+                    raise ApiError(404, "not_found", f"no such endpoint: {request.path}")
+                route = request.path[len(PREFIX):].rstrip("/")
+                if request.method == "OPTIONS":
+                    return Response(200, b"", [("Allow", self._allow(route))])
+                result = self._route(request.method, route)(request)
         except ApiError as exc:
             allow = [("Allow", self._allow(route))] if exc.status == 405 else None
             return error_response(exc.status, exc.code, exc.message, allow)
@@ -329,7 +331,8 @@ class Api:
     def _route(self, method: str, route: str) -> Callable[[Request], Any]:
         # HEAD is GET without the body, which the server leaves out.
         key = ("GET" if method == "HEAD" else method, route)
-        return self._platform_routes().get(key) or self._static.get(key) or self._dynamic(key[0], route)
+        return (self._platform_routes().get((key[0], PREFIX + route)) or self._static.get(key)
+                or self._dynamic(key[0], route))
 
     def _allow(self, route: str) -> str:
         """The Allow header of a route (RFC 9110 10.2.1): the methods the routes answer on it."""

@@ -36,9 +36,9 @@ import stat
 import struct
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Protocol, cast
+from typing import Any, Awaitable, Callable, Protocol, Sequence, cast
 
 import httptools
 
@@ -121,17 +121,17 @@ class Request:
         return {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in self.raw_headers}
 
 
-@dataclass
+@dataclass(slots=True)
 class Response:
     status: int
     body: bytes
-    headers: list[tuple[str, str]] = field(default_factory=list)
+    headers: Sequence[tuple[str, str]] = ()
     content_type: str = JSON
 
 
 def error_response(status: int, code: str, message: str, headers: list[tuple[str, str]] | None = None) -> Response:
     body = json.dumps({"status": "error", "error": {"code": code, "message": message}}).encode()
-    return Response(status, body, headers or [])
+    return Response(status, body, headers or ())
 
 
 Handler = Callable[[Request], "Response | Awaitable[Response]"]
