@@ -7,7 +7,9 @@ raw HTTP/1.1 from pre-built request bytes (a minimal client, like wrk), and
 compares it with a raw AF_UNIX echo server that answers the same requests,
 with the same framing, with the daemon's own replies replayed byte for byte.
 
-Phases (each runs --seconds against the daemon, then against the echo server):
+Phases (each runs --seconds against the daemon, then against the echo server, then against
+a minimal server on httptools and the daemon's loop that answers the same replies and does
+nothing else: the least any Python server on those parts does; printed, not judged):
 
   single  acquire one platform + report it        = 1 decision per pair
   batch   batch acquire of all 7 + batch report   = 7 decisions per pair
@@ -341,6 +343,42 @@ def _echo_main(lsock: socket.socket, canned_acquire: bytes, canned_report: bytes
                     s.setblocking(True)
                     s.sendall(out[sent:])
                     s.setblocking(False)
+
+
+def _httptools_main(lsock: socket.socket, canned_acquire: bytes, canned_report: bytes) -> None:
+    """The least any Python server on httptools and the daemon's loop can do: parse each request, answer canned
+    bytes. Beside the daemon it shows what the daemon's own work costs; beside the echo, what httptools and the
+    loop cost."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    import asyncio
+
+    import httptools
+
+    from ratecared import event_loop
+
+    class Minimal(asyncio.Protocol):
+        def connection_made(self, transport) -> None:
+            self.transport = transport
+            self.parser = httptools.HttpRequestParser(self)
+            self.acquire = False
+
+        def data_received(self, data: bytes) -> None:
+            self.parser.feed_data(data)
+
+        def on_url(self, url: bytes) -> None:
+            self.acquire = url.endswith(b"/acquire")
+
+        def on_message_complete(self) -> None:
+            self.transport.write(canned_acquire if self.acquire else canned_report)
+
+    async def serve() -> None:
+        await asyncio.get_running_loop().create_unix_server(Minimal, sock=lsock)
+        await asyncio.Event().wait()
+
+    loop_factory, _ = event_loop.factory("auto")
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve())
 
 
 # -- attackers ------------------------------------------------------------------------
@@ -846,12 +884,15 @@ def _write_config(tmp: Path, url: str | None = None, name: str = "", event_loop:
     return config
 
 
-def _echo_phase(tmp: Path, mode: str, canned_acquire: bytes, canned_report: bytes, args, children: list) -> dict:
-    path = str(tmp / f"echo-{mode}.sock")
+def _peer_phase(tmp: Path, mode: str, main, canned_acquire: bytes, canned_report: bytes, args,
+                children: list) -> dict:
+    """One phase against a peer server (`_echo_main` or `_httptools_main`) forked with the daemon's replies."""
+    name = main.__name__.strip("_").removesuffix("_main")
+    path = str(tmp / f"{name}-{mode}.sock")
     lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     lsock.bind(path)
     lsock.listen(1024)
-    server = mp.get_context("fork").Process(target=_echo_main, name=f"bench-echo-{mode}",
+    server = mp.get_context("fork").Process(target=main, name=f"bench-{name}-{mode}",
                                             args=(lsock, canned_acquire, canned_report), daemon=True)
     server.start()
     lsock.close()
@@ -893,12 +934,16 @@ def bench(args, log) -> dict:
             d = run_phase(sock_path, mode, daemon.pid, args, validate=True, children=children)
             d["peak_rss_mb"] = round(sampler.peak_mb(d["t0"], d["t1"]) or 0, 1)
             log(f"{mode}: echo baseline ...")
-            e = _echo_phase(tmp, mode, d["last_acquire"], d["last_report"], args, children)
-            for r in (d, e):
+            e = _peer_phase(tmp, mode, _echo_main, d["last_acquire"], d["last_report"], args, children)
+            log(f"{mode}: minimal httptools server ...")
+            h = _peer_phase(tmp, mode, _httptools_main, d["last_acquire"], d["last_report"], args, children)
+            for r in (d, e, h):
                 for k in ("t0", "t1", "last_acquire", "last_report"):
                     r.pop(k)
             d["ratio_to_echo"] = round(d["pairs_per_s"] / e["pairs_per_s"], 3)
-            phases[mode] = {"daemon": d, "echo": e}
+            d["ratio_to_httptools"] = round(d["pairs_per_s"] / h["pairs_per_s"], 3)
+            h["ratio_to_echo"] = round(h["pairs_per_s"] / e["pairs_per_s"], 3)
+            phases[mode] = {"daemon": d, "echo": e, "httptools": h}
             threads = max(threads, rss_kb(daemon.pid, "Threads:") or 0)
         other = other_loop_phases(tmp, loop, phases, args, children, log)
 
@@ -1000,7 +1045,7 @@ def report_text(result: dict, checks) -> str:
            f"(+{result['warmup']:g} s warm-up), {result['cpus']} CPUs, Python {result['python']}"
            + (f", daemon under cProfile -> {result['cprofile']}" if result["cprofile"] else "")]
     out.append("")
-    head = (f"{'phase':<7} {'server':<7} {'pairs/s':>9} {'decisions/s':>12} {'p50 ms':>8} {'p99 ms':>8} "
+    head = (f"{'phase':<7} {'server':<9} {'pairs/s':>9} {'decisions/s':>12} {'p50 ms':>8} {'p99 ms':>8} "
             f"{'p99.9 ms':>9} {'max ms':>8} {'srv CPU':>8} {'srv wait':>8} {'srv us/pair':>11} {'cli us/pair':>11} {'host busy':>9} "
             f"{'other':>5} {'errors':>6}")
     out.append(head)
@@ -1008,10 +1053,12 @@ def report_text(result: dict, checks) -> str:
     for mode, p in result["phases"].items():
         if mode not in ("single", "batch"):
             continue
-        for who in ("daemon", "echo"):
+        for who in ("daemon", "echo", "httptools"):
+            if who not in p:
+                continue
             r = p[who]
             decisions = f"{r['decisions_per_s']:,.0f}" if who == "daemon" else "-"
-            out.append(f"{mode:<7} {who:<7} {r['pairs_per_s']:>9,.0f} {decisions:>12} {r['p50_ms']:>8.3f} "
+            out.append(f"{mode:<7} {who:<9} {r['pairs_per_s']:>9,.0f} {decisions:>12} {r['p50_ms']:>8.3f} "
                        f"{r['p99_ms']:>8.3f} {r['p999_ms']:>9.3f} {r['max_ms']:>8.3f} {r['server_cpu_pct']:>7.0f}% "
                        f"{r['server_main_thread_runqueue_wait_pct']:>7.0f}% "
                        f"{r['server_cpu_us_per_pair']:>11.1f} {r['client_cpu_us_per_pair']:>11.1f} "
@@ -1019,13 +1066,17 @@ def report_text(result: dict, checks) -> str:
         d = p["daemon"]
         out.append(f"{mode:<7} ratio daemon/echo throughput: {d['ratio_to_echo']:.3f}   "
                    f"daemon peak RSS in phase: {d['peak_rss_mb']:.1f} MB   (daemon on {result['event_loop']})")
+        if "httptools" in p:
+            out.append(f"{mode:<7} ratio daemon/httptools: {d['ratio_to_httptools']:.3f}   httptools/echo: "
+                       f"{p['httptools']['ratio_to_echo']:.3f} (the minimal httptools server on the same loop; "
+                       "not judged)")
         other = (result["other_loop"] or {}).get(mode)
         if other is not None:
             out.append(f"{mode:<7} the same on {result['other_loop']['loop']}: {other['pairs_per_s']:,.0f} pairs/s, "
                        f"{other['decisions_per_s']:,.0f} decisions/s, p50 {other['p50_ms']:.3f} ms, "
                        f"p99 {other['p99_ms']:.3f} ms, {other['server_cpu_us_per_pair']:.1f} us/pair, "
                        f"ratio {other['ratio_to_echo']:.3f} (not judged)")
-        busy = max(p["daemon"]["host_other_pct"], p["echo"]["host_other_pct"])
+        busy = max(r["host_other_pct"] for r in p.values())
         if busy > 10:
             out.append(f"{mode:<7} warning: processes outside the bench used up to {busy:.0f}% of the host; "
                        "the figures are pessimistic")
