@@ -58,14 +58,15 @@ def row_of(view: BreakerView, host: str, wall: datetime) -> dict[str, Any]:
     }
 
 
-_READ = ("platform", "state", "generation", "consecutive_failures", "trip_count", "open_until", "state_since",
+# The columns `view_of` reads, in its order.
+SAVED = ("platform", "state", "generation", "consecutive_failures", "trip_count", "open_until", "state_since",
          "opened_at", "total_successes", "total_failures", "total_rejected", "last_reason", "hold_state",
          "hold_until", "hold_reason", "hold_by") + _SINCE_007
 
 
 def view_of(row: Sequence[Any], wall: datetime) -> BreakerView:
-    """A breaker as a row of `_READ` saved it, seen at wall time `wall`."""
-    return view_of_values(dict(zip(_READ, row)), wall)
+    """A breaker as a row of `SAVED` saved it, seen at wall time `wall`."""
+    return view_of_values(dict(zip(SAVED, row)), wall)
 
 
 def view_of_values(values: Mapping[str, Any], wall: datetime) -> BreakerView:
@@ -129,7 +130,7 @@ def restore(database: Database, registry: Registry, host: str, wall: datetime,
 
     Return a line per restored non-closed breaker.
     """
-    rows = database.query(f"SELECT {', '.join(_READ)} FROM circuit_breaker_state WHERE host = ?", (host,))
+    rows = database.query(f"SELECT {', '.join(SAVED)} FROM circuit_breaker_state WHERE host = ?", (host,))
     restored = registry.restore(newest((view_of(row, wall) for row in rows), journaled))
     return [f"{view.platform} {view.state.value}"
             + (f" for {view.retry_after:.0f} s more" if view.state is State.OPEN else "")

@@ -25,6 +25,7 @@ from typing import Any, Callable, Protocol
 
 from ratecared.breaker.machine import MAX_HOLD_SECONDS, BreakerView, State
 from ratecared.breaker.registry import Unguarded, UnknownPlatform
+from ratecared.breaker_state import SAVED, view_of
 from ratecared.db import Database, parse_timestamp, timestamp
 
 ACTIONS = ("hold", "release", "reset")
@@ -184,8 +185,17 @@ def _command_of(row: tuple) -> Command:
                    parse_timestamp(values["hold_until"]), values["reason"], values["who"])
 
 
-_VIEW = ("host", "platform", "state", "open_until", "hold_state", "hold_until", "hold_reason", "hold_by",
-         "backoff_level", "last_reason", "updated_at")
+def _breaker_json(view: BreakerView, now: datetime) -> dict[str, Any]:
+    """One breaker of one host in the cluster view: this host's live, another's from its snapshot row."""
+    return {
+        "platform": view.platform, "state": view.state.value,
+        "retry_after": max(0.0, round(view.retry_after, 3))
+        if view.state is State.OPEN and view.retry_after is not None else None,
+        "backoff_level": view.backoff_level, "last_reason": view.last_reason,
+        "hold": {"state": view.hold.state.value, "reason": view.hold.reason, "by": view.hold.by,
+                 "until": (now + timedelta(seconds=view.hold_seconds_left or 0)).isoformat(timespec="seconds")}
+        if view.hold else None,
+    }
 
 
 def _summary(platform: str, states: list[str], stale: int) -> str:
@@ -206,32 +216,16 @@ def _summary(platform: str, states: list[str], stale: int) -> str:
 def view(database: Database, host: str, local: list[BreakerView], stale_after: float,
          now: datetime) -> dict[str, Any]:
     """Every host's breakers: this host's as they stand (`local`), the others' from their snapshot rows."""
-    rows = database.query(f"SELECT {', '.join(_VIEW)} FROM circuit_breaker_state WHERE host <> ? "
-                          "ORDER BY host, platform", (host,))
+    rows = database.query(f"SELECT host, updated_at, {', '.join(SAVED)} FROM circuit_breaker_state "
+                          "WHERE host <> ? ORDER BY host, platform", (host,))
     hosts: dict[str, dict[str, Any]] = {host: {
         "host": host, "this_host": True, "updated_at": now.isoformat(timespec="seconds"), "age_seconds": 0.0,
-        "stale": False, "breakers": [
-            {"platform": v.platform, "state": v.state.value, "retry_after": v.retry_after,
-             "backoff_level": v.backoff_level, "last_reason": v.last_reason,
-             "hold": {"state": v.hold.state.value, "reason": v.hold.reason, "by": v.hold.by,
-                      "until": (now + timedelta(seconds=v.hold_seconds_left or 0)).isoformat(timespec="seconds")}
-             if v.hold else None} for v in local]}}
+        "stale": False, "breakers": [_breaker_json(v, now) for v in local]}}
     for row in rows:
-        values = dict(zip(_VIEW, row))
-        updated = parse_timestamp(values["updated_at"]) or now
-        entry = hosts.setdefault(values["host"], {"host": values["host"], "this_host": False,
-                                                  "updated_at": updated, "breakers": []})
+        updated = parse_timestamp(row[1]) or now
+        entry = hosts.setdefault(row[0], {"host": row[0], "this_host": False, "updated_at": updated, "breakers": []})
         entry["updated_at"] = max(entry["updated_at"], updated)
-        open_until = parse_timestamp(values["open_until"])
-        hold_until = parse_timestamp(values["hold_until"])
-        entry["breakers"].append({
-            "platform": values["platform"], "state": values["state"],
-            "retry_after": max(0.0, round((open_until - now).total_seconds(), 3))
-            if values["state"] == "open" and open_until else None,
-            "backoff_level": int(values["backoff_level"] or 0), "last_reason": values["last_reason"],
-            "hold": {"state": values["hold_state"], "reason": values["hold_reason"], "by": values["hold_by"],
-                     "until": hold_until.isoformat(timespec="seconds") if hold_until else None}
-            if values["hold_state"] else None})
+        entry["breakers"].append(_breaker_json(view_of(row[2:], now), now))
     for entry in hosts.values():
         if not entry["this_host"]:
             age = (now - entry["updated_at"]).total_seconds()
