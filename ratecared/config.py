@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
@@ -76,6 +77,11 @@ class DatabaseConfig:
     connect_timeout: float = 5.0
     # How long a starting daemon waits for the database before exiting 69.
     startup_wait: float = 30.0
+    # Purges pause while the database is over these (ratecared.throttle); MySQL/MariaDB only.
+    replicas: tuple[str, ...] = ()
+    max_replica_lag: float = 1.0
+    max_history_length: int = 1_000_000
+    max_threads_running: int = 25
 
     def password(self) -> str | None:
         """The password from `password_file` or systemd's credential directory.
@@ -128,7 +134,9 @@ class JobConfig:
         return {key: getattr(self, key) for key in keys}
 
 
-_PURGE_KEYS = ("chunk_seconds", "pause_ratio", "optimize_min_free_mb")
+_PURGE_KEYS = ("chunk_seconds", "pause_ratio", "optimize_min_free_mb", "deadline")
+# A purge run ends here, paused or not (ratecared.throttle); the next run goes on from where it stopped.
+PURGE_DEADLINE = 3600.0
 _WARMING_KEYS = ("url", "concurrency", "timeout", "deadline", "max_consecutive_failures")
 
 
@@ -188,6 +196,10 @@ class Config:
                 "auto_migrate": self.database.auto_migrate,
                 "connect_timeout": self.database.connect_timeout,
                 "startup_wait": self.database.startup_wait,
+                "replicas": [mask_url(url) for url in self.database.replicas],
+                "max_replica_lag": self.database.max_replica_lag,
+                "max_history_length": self.database.max_history_length,
+                "max_threads_running": self.database.max_threads_running,
             },
             "logging": {"dir": str(self.logging.dir), "level": self.logging.level},
             "jobs": {name: job.as_dict() for name, job in self.jobs.items()},
@@ -342,6 +354,17 @@ class _Section:
             raise ConfigError(self.path, self._key(unknown), "unknown key")
 
 
+def _replicas(path: Path, urls: list[Any]) -> tuple[str, ...]:
+    for url in urls:
+        if not isinstance(url, str) or not url.startswith("mysql://"):
+            raise ConfigError(path, "database.replicas", f"must list mysql:// URLs, not {url!r}")
+        parts = urlsplit(url)
+        if not parts.hostname or not parts.path.strip("/"):
+            raise ConfigError(path, "database.replicas",
+                              f"{mask_url(url)} must name a host and a database: mysql://user@host:port/database")
+    return tuple(urls)
+
+
 def load(path: Path | str | None = None) -> Config:
     """Read and validate the config file; raise ConfigError naming the culprit.
 
@@ -416,8 +439,14 @@ def _parse(path: Path, raw: dict[str, Any]) -> Config:
         auto_migrate=db.boolean("auto_migrate", False),
         connect_timeout=db.number("connect_timeout", DatabaseConfig.connect_timeout, 0.1, 300),
         startup_wait=db.number("startup_wait", DatabaseConfig.startup_wait, 0, 3600),
+        replicas=_replicas(path, db._take("replicas", [], (list,), "a list of mysql:// URLs")),
+        max_replica_lag=db.number("max_replica_lag", DatabaseConfig.max_replica_lag, 0, 86400),
+        max_history_length=db.integer("max_history_length", DatabaseConfig.max_history_length, 1, 1 << 40),
+        max_threads_running=db.integer("max_threads_running", DatabaseConfig.max_threads_running, 1, 100_000),
     )
     db.done()
+    if database.replicas and not url.startswith("mysql://"):
+        raise ConfigError(path, "database.replicas", "names replicas of a SQLite database, which has none")
     daemon = replace(daemon, state_dir=state_dir or default_state_dir(url))
 
     lg = _Section(path, "logging", sections["logging"])
@@ -465,6 +494,7 @@ def _parse(path: Path, raw: dict[str, Any]) -> Config:
                 chunk_seconds=js.number("chunk_seconds", JobConfig.chunk_seconds, 0.001, 10),
                 pause_ratio=js.number("pause_ratio", JobConfig.pause_ratio, 0, 10),
                 optimize_min_free_mb=js.number("optimize_min_free_mb", JobConfig.optimize_min_free_mb, 0, 1 << 30),
+                deadline=js.number("deadline", PURGE_DEADLINE, 1, 86400),
             )
         job = JobConfig(**values)
         js.done()

@@ -54,14 +54,25 @@ class Interrupted(Exception):
     the rows it deleted or wrote rather than nothing.
     """
 
-    def __init__(self, rows: int = 0, details: dict[str, Any] | None = None) -> None:
-        super().__init__("the run was stopped")
+    def __init__(self, rows: int = 0, details: dict[str, Any] | None = None, reason: str | None = None) -> None:
+        super().__init__(reason or "the run was stopped")
         self.rows = rows
         self.details: dict[str, Any] = dict(details or {})
+        # Why the job itself ended the run (its deadline); None when it was asked to stop.
+        self.reason = reason
 
     def including(self, rows: int, details: dict[str, Any]) -> "Interrupted":
         """This interruption with the work the job did before it added."""
-        return Interrupted(self.rows + rows, {**details, **self.details})
+        return Interrupted(self.rows + rows, {**details, **self.details}, self.reason)
+
+
+class Stalled(Exception):
+    """A purge's throttle gives up: the run's deadline came (ratecared.throttle); the message says why."""
+
+
+def unthrottled() -> str | None:
+    """No throttle: a purge called directly, outside a run."""
+    return None
 
 
 @dataclass(frozen=True)
@@ -103,6 +114,9 @@ class JobContext:
     chunks: ChunkPolicy = field(default_factory=ChunkPolicy)
     # Writes the run's progress to its record; the runner provides it.
     record_progress: Callable[[int, dict[str, Any]], None] = _no_record
+    # Called by purges before each chunk: waits while the database is strained, returns why it waited
+    # (None if it did not), raises Stalled at the run's deadline. The runner provides it.
+    throttle: Callable[[], str | None] = unthrottled
     monotonic: Callable[[], float] = time.monotonic
     _recorded_at: float | None = field(default=None, init=False, repr=False)
 

@@ -2,7 +2,7 @@
 
 The new config replaces the old one whole, through the one reference every
 component reads, so each key is in effect when the reply comes. The few keys
-a running daemon cannot take (the socket path, the database, the host name,
+a running daemon cannot take (the socket path, the database's connection, the host name,
 the time zone, the log directory, the metrics listener) keep their old values in effect, and the
 reply names them as needing a restart. It never answers "reloaded" for a
 change it did not apply.
@@ -21,7 +21,8 @@ from ratecared.control.server import Peer
 
 # Dotted keys of Config.masked() that only a restart applies; a prefix covers its section.
 RESTART_KEYS = ("daemon.socket", "daemon.host", "daemon.timezone", "daemon.state_dir", "daemon.event_loop",
-                "database.", "logging.dir", "metrics.listen")
+                "database.url", "database.password_file", "database.auto_migrate", "database.connect_timeout",
+                "database.startup_wait", "logging.dir", "metrics.listen")
 
 
 def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -47,7 +48,11 @@ def in_effect(old: Config, new: Config) -> tuple[Config, list[str], list[str]]:
     kept = dataclasses.replace(
         new,
         path=old.path,
-        database=old.database,
+        # The purges' limits apply from the next run; the connection's keys only at a restart.
+        database=dataclasses.replace(new.database, url=old.database.url, password_file=old.database.password_file,
+                                     auto_migrate=old.database.auto_migrate,
+                                     connect_timeout=old.database.connect_timeout,
+                                     startup_wait=old.database.startup_wait),
         daemon=dataclasses.replace(new.daemon, socket=old.daemon.socket, host=old.daemon.host,
                                    timezone=old.daemon.timezone, state_dir=old.daemon.state_dir),
         logging=dataclasses.replace(new.logging, dir=old.logging.dir),

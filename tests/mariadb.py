@@ -252,6 +252,66 @@ class MariaDB:
         return f"last lines of {self.error_log}:\n" + "\n".join(text.splitlines()[-lines:])
 
 
+class Networked(MariaDB):
+    """A server that also listens on 127.0.0.1, with its binary log: a replication primary or replica."""
+
+    def __init__(self, basedir: Path, port: int, server_id: int) -> None:
+        super().__init__(basedir)
+        self.port = port
+        # The options given last win: these turn networking and the binary log back on.
+        self.server_options = _SERVER_OPTIONS + (
+            "--skip-networking=0", "--bind-address=127.0.0.1", f"--port={port}", f"--server-id={server_id}",
+            "--log-bin=binlog", "--report-host=127.0.0.1", f"--report-port={port}")
+
+
+class Replicated:
+    """A primary and a replica of it, with GTID replication over loopback, each in its own directory."""
+
+    USER, PASSWORD = "repl", "repl-secret"
+
+    def __init__(self, basedir: Path, primary_port: int, replica_port: int) -> None:
+        self.primary = Networked(basedir / "primary", primary_port, 1)
+        self.replica = Networked(basedir / "replica", replica_port, 2)
+
+    def start(self) -> None:
+        self.primary.start()
+        self.replica.start()
+        with self.primary.root_connect() as conn, conn.cursor() as cur:
+            cur.execute("CREATE USER IF NOT EXISTS %s@'127.0.0.1' IDENTIFIED BY %s", (self.USER, self.PASSWORD))
+            cur.execute("GRANT REPLICATION SLAVE ON *.* TO %s@'127.0.0.1'", (self.USER,))
+        with self.replica.root_connect() as conn, conn.cursor() as cur:
+            cur.execute("CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = %s, MASTER_USER = %s, "
+                        "MASTER_PASSWORD = %s, MASTER_USE_GTID = slave_pos",
+                        (self.primary.port, self.USER, self.PASSWORD))
+            cur.execute("START SLAVE")
+
+    def replica_status(self) -> dict[str, Any]:
+        with self.replica.root_connect() as conn, conn.cursor(pymysql.cursors.DictCursor) as cur:
+            cur.execute("SHOW SLAVE STATUS")
+            return cur.fetchone() or {}
+
+    def caught_up(self) -> bool:
+        """Whether the replica has applied everything the primary has written."""
+        with self.primary.root_connect() as conn, conn.cursor() as cur:
+            cur.execute("SELECT @@gtid_binlog_pos")
+            (position,) = cur.fetchone()
+        with self.replica.root_connect() as conn, conn.cursor() as cur:
+            cur.execute("SELECT @@gtid_slave_pos")
+            (applied,) = cur.fetchone()
+        return position == applied
+
+    def sql_thread(self, running: bool) -> None:
+        """Stop or start the replica's SQL thread: it keeps receiving, and applies nothing while stopped."""
+        with self.replica.root_connect() as conn, conn.cursor() as cur:
+            cur.execute("START SLAVE SQL_THREAD" if running else "STOP SLAVE SQL_THREAD")
+
+    def close(self) -> None:
+        try:
+            self.replica.close()
+        finally:
+            self.primary.close()
+
+
 @pytest.fixture(scope="session")
 def mariadb() -> Iterator[MariaDB]:
     """One private server for the whole session: starting it is the slow part."""

@@ -61,6 +61,21 @@ def test_defaults_fill_everything_but_the_url(tmp_path: Path) -> None:
          "host:port"),
         ("[database]\nurl = 'sqlite:////x.db'\n[metrics]\nlisten = ':9187'\n", "metrics.listen", "host:port"),
         ("[database]\nurl = 'sqlite:////x.db'\n[metrics]\nport = 9187\n", "metrics.port", "unknown key"),
+        ("[database]\nurl = 'sqlite:////x.db'\nreplicas = ['mysql://rc@r1/rc']\n", "database.replicas",
+         "SQLite database, which has none"),
+        ("[database]\nurl = 'mysql://rc@db/rc'\nreplicas = ['postgres://r1/rc']\n", "database.replicas",
+         "mysql:// URLs"),
+        ("[database]\nurl = 'mysql://rc@db/rc'\nreplicas = ['mysql://rc@r1']\n", "database.replicas",
+         "must name a host and a database"),
+        ("[database]\nurl = 'mysql://rc@db/rc'\nreplicas = 'mysql://rc@r1/rc'\n", "database.replicas",
+         "a list"),
+        ("[database]\nurl = 'mysql://rc@db/rc'\nmax_replica_lag = -1\n", "database.max_replica_lag", "between"),
+        ("[database]\nurl = 'mysql://rc@db/rc'\nmax_threads_running = 0\n", "database.max_threads_running",
+         "between"),
+        ("[database]\nurl = 'mysql://rc@db/rc'\nmax_history_length = 1.5\n", "database.max_history_length",
+         "an integer"),
+        ("[database]\nurl = 'sqlite:////x.db'\n[jobs.cleanup_expired_cache]\ndeadline = 0\n",
+         "jobs.cleanup_expired_cache.deadline", "between"),
     ],
 )
 def test_errors_name_file_key_and_problem(tmp_path: Path, text: str, key: str, problem: str) -> None:
@@ -132,16 +147,22 @@ NO_GROUPS = "[daemon]\nsocket_group = ''\nadmin_group = ''\n"
 
 
 def test_check_config_prints_the_effective_config_with_the_password_masked(tmp_path: Path) -> None:
-    path = write(tmp_path, "[database]\nurl = 'mysql://rc:hunter2@localhost/rc'\n" + NO_GROUPS)
+    path = write(tmp_path, "[database]\nurl = 'mysql://rc:hunter2@localhost/rc'\n"
+                           "replicas = ['mysql://rc:hunter3@replica1:3307/rc']\n" + NO_GROUPS)
     result = ratecared("--config", str(path), "check-config")
     assert result.returncode == 0
-    assert "hunter2" not in result.stdout
+    assert "hunter2" not in result.stdout and "hunter3" not in result.stdout
     assert '"url": "mysql://rc:***@localhost/rc"' in result.stdout
     assert '"schedule": "0 2 * * *"' in result.stdout
-    jobs = json.loads(result.stdout[result.stdout.index("{"):])["jobs"]
+    shown = json.loads(result.stdout[result.stdout.index("{"):])
+    assert shown["database"]["replicas"] == ["mysql://rc:***@replica1:3307/rc"]
+    assert (shown["database"]["max_replica_lag"], shown["database"]["max_history_length"],
+            shown["database"]["max_threads_running"]) == (1.0, 1_000_000, 25)
+    jobs = shown["jobs"]
     # Each job shows only the keys it reads.
     assert set(jobs["cleanup_expired_cache"]) == {"schedule", "starting_deadline", "chunk_seconds", "pause_ratio",
-                                                  "optimize_min_free_mb"}
+                                                  "optimize_min_free_mb", "deadline"}
+    assert jobs["cleanup_expired_cache"]["deadline"] == 3600
     assert "optimize_min_free_mb" not in jobs["warm_cache"] and jobs["warm_cache"]["concurrency"] == 4
 
 

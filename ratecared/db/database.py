@@ -165,12 +165,18 @@ class Database:
                 self._drop(conn)
             raise DatabaseError(_reason(exc)) from exc
 
-    def _run(self, conn: Any, sql: str, params: Sequence[Any], fetch: bool) -> Any:
+    def _run(self, conn: Any, sql: str, params: Sequence[Any], fetch: bool, named: bool = False) -> Any:
         with self._translated(conn):
             cursor = conn.cursor()
             try:
                 cursor.execute(self.dialect.sql(sql), tuple(params))
-                return list(cursor.fetchall()) if fetch else cursor.rowcount
+                if not fetch:
+                    return cursor.rowcount
+                rows = list(cursor.fetchall())
+                if named:
+                    names = [column[0] for column in cursor.description or ()]
+                    return [dict(zip(names, row)) for row in rows]
+                return rows
             finally:
                 cursor.close()
 
@@ -186,6 +192,10 @@ class Database:
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         return self._run(self._connection(), sql, params, fetch=True)
+
+    def query_named(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """query, each row by column name: for SHOW statements whose columns differ between servers."""
+        return self._run(self._connection(), sql, params, fetch=True, named=True)
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         with self.transaction() as tx:

@@ -199,6 +199,12 @@ class MySQL:
         where = self.unix_socket or f"{self.host}:{self.port}"
         return f"mysql://{self.user}@{where}/{self.database}"
 
+    def at(self, host: str, port: int) -> str:
+        """The URL of this user and database on another server (a replica the primary lists)."""
+        password = "" if self.url_password is None else ":" + quote(self.url_password, safe="")
+        where = f"[{host}]" if ":" in host else host
+        return f"mysql://{quote(self.user, safe='')}{password}@{where}:{port}/{self.database}"
+
     def space(self, query: Query, table: str) -> tuple[int, int]:
         """(DATA_FREE, data + index bytes) of one InnoDB table."""
         rows = query(

@@ -112,14 +112,14 @@ def purge_details(ctx: JobContext, cutoff: str,
     boundary = db.query("SELECT id FROM api_requests WHERE created_at >= ? ORDER BY created_at LIMIT 1", (cutoff,))
     end = int(boundary[0][0]) if boundary else int(db.query("SELECT MAX(id) FROM api_requests")[0][0]) + 1
     walked = delete_id_windows(db, "api_requests", "created_at", cutoff, low, end, ctx.stop, ctx.chunks,
-                               on_chunk=on_chunk)
+                               on_chunk=on_chunk, throttle=ctx.throttle)
     # Rows written late with an old created_at sit beyond the boundary id:
     # a pass along the created_at index finds them.
     try:
         return walked.add(delete_before(db, "api_requests", "created_at", cutoff, ctx.stop, ctx.chunks,
-                                        on_chunk=lambda stats: on_chunk(walked.add(stats))))
+                                        on_chunk=lambda stats: on_chunk(walked.add(stats)), throttle=ctx.throttle))
     except PurgeInterrupted as exc:
-        raise PurgeInterrupted(walked.add(exc.stats)) from None
+        raise PurgeInterrupted(walked.add(exc.stats), exc.reason) from None
 
 
 def run(ctx: JobContext) -> JobResult:

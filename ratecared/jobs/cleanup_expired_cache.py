@@ -52,9 +52,10 @@ def run(ctx: JobContext) -> JobResult:
     try:
         if walk == "primary_key":
             purge = delete_id_windows(db, "cache", "expires_at", now, int(low), int(high) + 1, ctx.stop, ctx.chunks,
-                                      on_chunk=progress)
+                                      on_chunk=progress, throttle=ctx.throttle)
         else:
-            purge = delete_before(db, "cache", "expires_at", now, ctx.stop, ctx.chunks, on_chunk=progress)
+            purge = delete_before(db, "cache", "expires_at", now, ctx.stop, ctx.chunks, on_chunk=progress,
+                                  throttle=ctx.throttle)
     except Interrupted as exc:
         raise exc.including(0, plan) from None
     ctx.log.info("expired cache rows deleted", **plan, **purge.as_details())

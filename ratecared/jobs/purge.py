@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ratecared.db import Database
-from ratecared.job_contract import ChunkPolicy, Interrupted
+from ratecared.job_contract import ChunkPolicy, Interrupted, Stalled, unthrottled
 
 
 @dataclass
@@ -24,6 +24,9 @@ class PurgeStats:
     rows: int = 0
     chunk_seconds: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    # Time spent waiting for the throttle, and the last reason it gave.
+    paused_seconds: float = 0.0
+    paused_for: str | None = None
 
     @property
     def chunks(self) -> int:
@@ -31,24 +34,30 @@ class PurgeStats:
 
     def add(self, other: "PurgeStats") -> "PurgeStats":
         return PurgeStats(self.rows + other.rows, self.chunk_seconds + other.chunk_seconds,
-                          self.seconds + other.seconds)
+                          self.seconds + other.seconds, self.paused_seconds + other.paused_seconds,
+                          other.paused_for or self.paused_for)
 
-    def as_details(self, prefix: str = "") -> dict[str, float | int]:
+    def as_details(self, prefix: str = "") -> dict[str, Any]:
         times = self.chunk_seconds or [0.0]
-        return {
+        details: dict[str, Any] = {
             f"{prefix}rows_deleted": self.rows,
             f"{prefix}chunks": self.chunks,
             f"{prefix}chunk_ms_p50": round(statistics.median(times) * 1000, 1),
             f"{prefix}chunk_ms_max": round(max(times) * 1000, 1),
             f"{prefix}rows_per_second": round(self.rows / self.seconds) if self.seconds > 0 else 0,
         }
+        if self.paused_for is not None:
+            details.update({f"{prefix}paused_seconds": round(self.paused_seconds, 1),
+                            f"{prefix}paused_for": self.paused_for})
+        return details
 
 
 class PurgeInterrupted(Interrupted):
-    """A stop between two chunks: the purge's stats so far, for the job to add its own work to."""
+    """A stop between two chunks, or the run's deadline: the purge's stats so far, for the job to add its own
+    work to."""
 
-    def __init__(self, stats: PurgeStats) -> None:
-        super().__init__(stats.rows, stats.as_details() if stats.chunks else {})
+    def __init__(self, stats: PurgeStats, reason: str | None = None) -> None:
+        super().__init__(stats.rows, stats.as_details() if stats.chunks or stats.paused_for else {}, reason)
         self.stats = stats
 
 
@@ -68,11 +77,14 @@ def delete_in_chunks(
     policy: ChunkPolicy = ChunkPolicy(),
     clock: Callable[[], float] = time.monotonic,
     on_chunk: Callable[[PurgeStats], None] = _ignore,
+    throttle: Callable[[], str | None] = unthrottled,
 ) -> PurgeStats:
     """Call `delete_chunk(size) -> (rows deleted, finished)` until finished.
 
     `on_chunk` sees the stats after every chunk (the run's progress).
-    Raises PurgeInterrupted, with the stats so far, when `stop` is set.
+    `throttle` (ratecared.throttle) is asked before every chunk, and may wait.
+    Raises PurgeInterrupted, with the stats so far, when `stop` is set or the
+    throttle gives up (Stalled).
     """
     stats = PurgeStats()
     size = policy.initial
@@ -84,6 +96,16 @@ def delete_in_chunks(
     per_unit: float | None = None
     started = clock()
     while True:
+        waited = clock()
+        try:
+            paused_for = throttle()
+        except Stalled as exc:
+            stats.seconds = clock() - started
+            raise PurgeInterrupted(stats, str(exc)) from None
+        if paused_for is not None:
+            stats.paused_seconds += clock() - waited
+            stats.paused_for = paused_for
+            on_chunk(stats)
         if stop.is_set():
             stats.seconds = clock() - started
             raise PurgeInterrupted(stats)
@@ -118,7 +140,7 @@ def delete_in_chunks(
 
 def delete_before(
     db: Database, table: str, column: str, before: str, stop: threading.Event, policy: ChunkPolicy = ChunkPolicy(),
-    on_chunk: Callable[[PurgeStats], None] = _ignore,
+    on_chunk: Callable[[PurgeStats], None] = _ignore, throttle: Callable[[], str | None] = unthrottled,
 ) -> PurgeStats:
     """Delete rows of `table` whose `column` < `before`, walking that column's index.
 
@@ -147,12 +169,13 @@ def delete_before(
         deleted = db.execute(f"DELETE FROM {table} WHERE id IN ({marks}) AND {column} < ?", (*ids, before))
         return deleted, len(rows) < size
 
-    return delete_in_chunks(chunk, stop, policy, on_chunk=on_chunk)
+    return delete_in_chunks(chunk, stop, policy, on_chunk=on_chunk, throttle=throttle)
 
 
 def delete_id_windows(
     db: Database, table: str, column: str, before: str, low: int, end: int, stop: threading.Event,
     policy: ChunkPolicy = ChunkPolicy(), on_chunk: Callable[[PurgeStats], None] = _ignore,
+    throttle: Callable[[], str | None] = unthrottled,
 ) -> PurgeStats:
     """Delete rows of `table` with `column` < `before` and `low` <= id < `end`, in windows of ids.
 
@@ -174,4 +197,4 @@ def delete_id_windows(
             position = end if following is None else int(following)
         return deleted, position >= end
 
-    return delete_in_chunks(chunk, stop, policy, on_chunk=on_chunk)
+    return delete_in_chunks(chunk, stop, policy, on_chunk=on_chunk, throttle=throttle)

@@ -47,6 +47,7 @@ from ratecared.job_contract import (SHARE_DONE, ChunkPolicy, Disabled, Interrupt
 from ratecared.scheduler import plan
 from ratecared.scheduler.cron import Schedule
 from ratecared.settings import Settings
+from ratecared.throttle import Throttle
 
 UTC = timezone.utc
 LOCK_NAME = "ratecared:jobs"
@@ -568,15 +569,21 @@ class Runner(threading.Thread):
     def _run_job(self, job: str, running: _Running) -> JobResult:
         config = self.config()
         job_config = config.jobs[job]
+        throttle = Throttle(self.db, config.database, running.stop, job_config.deadline, logger(job))
         ctx = JobContext(
             name=job, database=self.db, settings=self.settings(), config=job_config, tz=config.daemon.tz,
             now=self.clock(), stop=running.stop,
             chunks=ChunkPolicy(target_seconds=job_config.chunk_seconds, pause_ratio=job_config.pause_ratio),
-            record_progress=partial(self._progress, running.run_id),
+            record_progress=partial(self._progress, running.run_id), throttle=throttle,
         )
         try:
             return self.jobs[job](ctx)
         except Interrupted as exc:
+            if exc.reason is not None:
+                ctx.log.warning("run ended at its deadline", reason=exc.reason)
+                return JobResult(RunStatus.INTERRUPTED, rows=exc.rows, details=exc.details,
+                                 error=f"{exc.reason}; the run ended early, keeping what it had done, and the next "
+                                       "run goes on")
             return JobResult(RunStatus.INTERRUPTED, rows=exc.rows, details=exc.details,
                              error=f"{self._stopped_why(running)}; the run ended early, keeping what it had done")
         except DatabaseError as exc:
@@ -585,6 +592,8 @@ class Runner(threading.Thread):
         except Exception as exc:  # noqa: BLE001 - recorded, and the next run tries again
             ctx.log.exception("job failed")
             return JobResult(RunStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+        finally:
+            throttle.close()
 
     def _progress(self, run_id: str, rows: int, details: dict[str, Any]) -> None:
         """Write what the run has done so far to its row, so a killed run keeps it."""
