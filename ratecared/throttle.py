@@ -5,10 +5,11 @@ signals, as pt-archiver's --check-slave-lag and pt-online-schema-change's
 --max-load do:
 
 - the lag of every replica: those `[database] replicas` names and those the
-  primary lists (SHOW SLAVE HOSTS), over `max_replica_lag`; a replica whose
+  primary lists (SHOW REPLICA HOSTS), over `max_replica_lag`; a replica whose
   replication is not running, or whose lag cannot be read, counts as over;
 - InnoDB's history list length, over `max_history_length`: purge lag, the
-  undo a long purge leaves for InnoDB to clean;
+  undo a long purge leaves for InnoDB to clean (where the server reports it,
+  as MariaDB's Innodb_history_list_length does);
 - Threads_running, over `max_threads_running`.
 
 They are read before every chunk. While any is over, the purge pauses and
@@ -85,17 +86,20 @@ class Throttle:
         if history is not None and int(history) > config.max_history_length:
             return (f"InnoDB history list length {int(history):,} "
                     f"(max_history_length {config.max_history_length:,})")
-        for url in self._replica_urls(int(status.get("Slaves_connected") or 0)):
+        # MariaDB counts its replicas; MySQL does not say, so its list is asked for every time.
+        connected = status.get("Slaves_connected")
+        for url in self._replica_urls(connected is None or int(connected) > 0):
             lag = self._lag(url)
             if lag is not None:
                 return lag
         return None
 
-    def _replica_urls(self, connected: int) -> list[str]:
+    def _replica_urls(self, any_connected: bool) -> list[str]:
         urls = list(self._config.replicas)
-        if connected and not self._listing_refused:
+        if any_connected and not self._listing_refused:
             try:
-                hosts = self._db.query("SHOW SLAVE HOSTS")
+                # The REPLICA spellings: MariaDB since 10.5, MySQL since 8.0.22 (8.4 has no others).
+                hosts = self._db.query("SHOW REPLICA HOSTS")
             except DatabaseError as exc:
                 # Once a run: a purge cannot wait on replicas it cannot see, and says how to let it.
                 self._listing_refused = True
@@ -118,15 +122,16 @@ class Throttle:
             replica = self._replicas[url] = Database(replace(self._config, url=url))
         name = replica.describe()
         try:
-            rows = replica.query_named("SHOW SLAVE STATUS")
+            rows = replica.query_named("SHOW REPLICA STATUS")
         except DatabaseError as exc:
             return f"replica {name}: its lag cannot be read: {exc}"
         if not rows:
-            return f"replica {name} is not replicating (SHOW SLAVE STATUS is empty)"
+            return f"replica {name} is not replicating (SHOW REPLICA STATUS is empty)"
         status = rows[0]
         lag = status.get("Seconds_Behind_Master", status.get("Seconds_Behind_Source"))
         if lag is None:
-            io, sql = status.get("Slave_IO_Running"), status.get("Slave_SQL_Running")
+            io = status.get("Slave_IO_Running", status.get("Replica_IO_Running"))
+            sql = status.get("Slave_SQL_Running", status.get("Replica_SQL_Running"))
             return f"replica {name}: replication is not running (IO thread {io}, SQL thread {sql})"
         if float(lag) > self._config.max_replica_lag:
             return f"replica {name} lags {float(lag):g} s (max_replica_lag {self._config.max_replica_lag:g} s)"

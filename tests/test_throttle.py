@@ -126,6 +126,9 @@ def test_a_stopped_replica_pauses_the_purge_and_its_return_lets_it_finish(
     assert count(db) == 3 * DAY_ROWS
     assert [line["event"] for line in job_log(tmp_path)].count("purge paused") == 1
     assert any(line["event"] == "purge resumed" for line in job_log(tmp_path))
+    # The primary has a replica this user may not list: said once a run, and the named one is watched.
+    refused = [line for line in job_log(tmp_path) if line["event"].startswith("cannot list the primary's replicas")]
+    assert len(refused) == 1 and "REPLICATION MASTER ADMIN" in refused[0]["hint"]
     db.close()
 
 
