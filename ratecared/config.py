@@ -82,6 +82,8 @@ class DatabaseConfig:
     max_replica_lag: float = 1.0
     max_history_length: int = 1_000_000
     max_threads_running: int = 25
+    # Not a config key: the throttle's replica connections set it (ratecared.db.dialect.MySQL.io_timeout).
+    io_timeout: float | None = None
 
     def password(self) -> str | None:
         """The password from `password_file` or systemd's credential directory.
@@ -359,6 +361,10 @@ def _replicas(path: Path, urls: list[Any]) -> tuple[str, ...]:
         if not isinstance(url, str) or not url.startswith("mysql://"):
             raise ConfigError(path, "database.replicas", f"must list mysql:// URLs, not {url!r}")
         parts = urlsplit(url)
+        try:
+            parts.port
+        except ValueError as exc:
+            raise ConfigError(path, "database.replicas", f"{mask_url(url)}: {exc}") from None
         if not parts.hostname or not parts.path.strip("/"):
             raise ConfigError(path, "database.replicas",
                               f"{mask_url(url)} must name a host and a database: mysql://user@host:port/database")

@@ -86,26 +86,36 @@ class Throttle:
         if history is not None and int(history) > config.max_history_length:
             return (f"InnoDB history list length {int(history):,} "
                     f"(max_history_length {config.max_history_length:,})")
-        # MariaDB counts its replicas; MySQL does not say, so its list is asked for every time.
         connected = status.get("Slaves_connected")
-        for url in self._replica_urls(connected is None or int(connected) > 0):
+        for url in self._replica_urls(connected):
+            # Each look at a replica may take its timeouts: a stop or the deadline is not kept waiting for
+            # the others.
+            if self._stop.is_set():
+                return None
+            if self._clock() >= self._deadline:
+                raise Stalled(f"run deadline of {self._deadline_seconds:g} s reached while its replicas were "
+                              "being looked at")
             lag = self._lag(url)
             if lag is not None:
                 return lag
         return None
 
-    def _replica_urls(self, any_connected: bool) -> list[str]:
+    def _replica_urls(self, connected: Any) -> list[str]:
+        """The replicas to watch; `connected` is MariaDB's count of them, None from MySQL, which has none."""
         urls = list(self._config.replicas)
-        if any_connected and not self._listing_refused:
+        if (connected is None or int(connected) > 0) and not self._listing_refused:
+            mariadb = connected is not None
             try:
-                # The REPLICA spellings: MariaDB since 10.5, MySQL since 8.0.22 (8.4 has no others).
-                hosts = self._db.query("SHOW REPLICA HOSTS")
+                # MariaDB's spelling since 10.5, and MySQL's since 8.0.22 (8.4 has no other).
+                hosts = self._db.query("SHOW REPLICA HOSTS" if mariadb else "SHOW REPLICAS")
             except DatabaseError as exc:
                 # Once a run: a purge cannot wait on replicas it cannot see, and says how to let it.
                 self._listing_refused = True
-                self._log.warning("cannot list the primary's replicas; their lag is not watched",
-                                  error=str(exc), hint="grant REPLICATION MASTER ADMIN, or name them in "
-                                                       "[database] replicas")
+                denied = str(exc).startswith(("(1227)", "(1044)", "(1045)"))
+                privilege = "REPLICATION MASTER ADMIN" if mariadb else "REPLICATION SLAVE"
+                self._log.warning("cannot list the primary's replicas; their lag is not watched", error=str(exc),
+                                  hint=(f"grant {privilege}, or " if denied else "") + "name them in [database] "
+                                                                                        "replicas")
                 hosts = []
             for row in hosts:
                 host, port = row[1], row[2]
@@ -119,7 +129,9 @@ class Throttle:
         """Why this replica is over the limit, or None when it is not."""
         replica = self._replicas.get(url)
         if replica is None:
-            replica = self._replicas[url] = Database(replace(self._config, url=url))
+            # Every read and write bounded too: a hung replica is one whose lag cannot be read.
+            replica = self._replicas[url] = Database(replace(self._config, url=url,
+                                                             io_timeout=self._config.connect_timeout))
         name = replica.describe()
         try:
             rows = replica.query_named("SHOW REPLICA STATUS")

@@ -88,7 +88,7 @@ class Transaction:
 class Database:
     def __init__(self, config: DatabaseConfig) -> None:
         self.config = config
-        self.dialect: Dialect = from_url(config.url, config.connect_timeout, config.password)
+        self.dialect: Dialect = from_url(config.url, config.connect_timeout, config.password, config.io_timeout)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._all: set[Any] = set()

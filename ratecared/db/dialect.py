@@ -126,6 +126,9 @@ class MySQL:
     unix_socket: str | None
     timeout: float
     password_source: Any = None
+    # Each read and write of the connection, in seconds; None waits as long as a statement takes (the
+    # purges' and rollups' own). A replica watched for its lag is given one, so a hung one cannot hang a purge.
+    io_timeout: float | None = None
 
     name = "mysql"
     space_of = "the table"
@@ -145,6 +148,8 @@ class MySQL:
             charset="utf8mb4",
             autocommit=True,
             connect_timeout=self.timeout,
+            read_timeout=self.io_timeout,
+            write_timeout=self.io_timeout,
             # Timestamps are UTC in the tables whatever the server's zone is.
             init_command="SET time_zone = '+00:00'",
         )
@@ -227,7 +232,7 @@ class MySQL:
 Dialect = SQLite | MySQL
 
 
-def from_url(url: str, timeout: float, password_source: Any = None) -> Dialect:
+def from_url(url: str, timeout: float, password_source: Any = None, io_timeout: float | None = None) -> Dialect:
     """Pick the engine from the URL; `?unix_socket=` selects a local socket for MySQL."""
     if url.startswith("sqlite:///"):
         return SQLite(path=url[len("sqlite:///"):], timeout=timeout)
@@ -247,4 +252,5 @@ def from_url(url: str, timeout: float, password_source: Any = None) -> Dialect:
         unix_socket=query.get("unix_socket", [None])[0],
         timeout=timeout,
         password_source=password_source,
+        io_timeout=io_timeout,
     )
