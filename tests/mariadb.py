@@ -305,6 +305,14 @@ class Replicated:
         with self.replica.root_connect() as conn, conn.cursor() as cur:
             cur.execute("START SLAVE SQL_THREAD" if running else "STOP SLAVE SQL_THREAD")
 
+    def delay(self, seconds: int) -> None:
+        """Have the replica apply each change `seconds` after the primary made it (MASTER_DELAY): a lag the
+        test sets, which grows second by second while changes wait."""
+        with self.replica.root_connect() as conn, conn.cursor() as cur:
+            cur.execute("STOP SLAVE")
+            cur.execute("CHANGE MASTER TO MASTER_DELAY = %s", (int(seconds),))
+            cur.execute("START SLAVE")
+
     def close(self) -> None:
         try:
             self.replica.close()

@@ -7,6 +7,7 @@ over loopback, and a daemon purging on the primary (issue 13, part 2).
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import tempfile
 import threading
@@ -49,13 +50,12 @@ def replicated() -> Iterator[Replicated]:
 
 @pytest.fixture
 def primary_url(replicated: Replicated) -> Iterator[str]:
-    replicated.sql_thread(True)
     name = f"t_{secrets.token_hex(6)}"
     url = replicated.primary.create_database(name, MONITOR_USER, MONITOR_PASSWORD)
     with replicated.primary.root_connect() as conn, conn.cursor() as cur:
         cur.execute(f"GRANT SELECT ON `{name}`.* TO %s@'127.0.0.1'", (MONITOR_USER,))
     yield url
-    replicated.sql_thread(True)
+    replicated.delay(0)
     replicated.primary.drop_database(name)
 
 
@@ -280,4 +280,29 @@ def test_a_hung_replica_pauses_the_purge_and_a_cancel_still_ends_it(
         run = ended(daemon.socket)
     assert run["status"] == "interrupted" and run["error"].startswith("cancelled by "), run
     assert count(db) == before
+    db.close()
+
+
+@pytest.mark.mariadb
+def test_a_replica_lagging_past_the_limit_pauses_the_purge_until_it_catches_up(
+        replicated: Replicated, primary_url: str, config_factory, daemon_factory, tmp_path: Path) -> None:
+    db = seeded(primary_url, 6, replicated)
+    before = count(db)
+    replicated.delay(3600)
+    # A change for the replica to hold back.
+    db.execute("UPDATE settings SET updated_at = CURRENT_TIMESTAMP(3) WHERE `key` = 'cache-cleanup-enabled'")
+    wait_for(lambda: (replicated.replica_status().get("Seconds_Behind_Master") or 0) >= 2,
+             what="the replica to lag 2 s")
+    daemon = daemon_factory(config_factory(url=primary_url, daemon={"timezone": "UTC"},
+                                           database={"replicas": [replica_url(replicated, primary_url)],
+                                                     "max_replica_lag": 1}))
+    assert ctl(daemon.socket, "run", "aggregate_statistics")[0] == 0
+    paused = first_pause(tmp_path)
+    assert re.search(r"^replica mysql://\S+ lags \d+ s \(max_replica_lag 1 s\)$", paused["reason"]), paused
+    assert count(db) == before
+    replicated.delay(0)
+    run = ended(daemon.socket)
+    assert run["status"] == "success", run
+    assert " lags " in run["details"]["paused_for"]
+    assert count(db) == 3 * DAY_ROWS
     db.close()
