@@ -80,10 +80,16 @@ def behind_a_stopped_replica(replicated: Replicated, primary_url: str, config_fa
     db = seeded(primary_url, 6, replicated)
     before = count(db)
     replicated.sql_thread(False)
-    daemon = daemon_factory(config_factory(url=primary_url, daemon={"timezone": "UTC"},
-                                           database={"replicas": [replica_url(replicated, primary_url)]},
-                                           jobs__aggregate_statistics=aggregation))
-    return db, before, daemon
+    return db, before, watching(replicated, primary_url, config_factory, daemon_factory, {}, **aggregation)
+
+
+def watching(replicated: Replicated, primary_url: str, config_factory, daemon_factory, database: dict[str, Any],
+             **aggregation: Any) -> Any:
+    """A daemon on the primary that watches the replica, with more `[database]` keys and aggregation keys."""
+    return daemon_factory(config_factory(
+        url=primary_url, daemon={"timezone": "UTC"},
+        database={"replicas": [replica_url(replicated, primary_url)], **database},
+        jobs__aggregate_statistics=aggregation))
 
 
 def job_log(directory: Path, name: str = "aggregate.log") -> list[dict]:
@@ -268,9 +274,7 @@ def test_a_hung_replica_pauses_the_purge_and_a_cancel_still_ends_it(
         replicated: Replicated, primary_url: str, config_factory, daemon_factory, tmp_path: Path) -> None:
     db = seeded(primary_url, 6, replicated)
     before = count(db)
-    daemon = daemon_factory(config_factory(url=primary_url, daemon={"timezone": "UTC"},
-                                           database={"replicas": [replica_url(replicated, primary_url)],
-                                                     "connect_timeout": 1}))
+    daemon = watching(replicated, primary_url, config_factory, daemon_factory, {"connect_timeout": 1})
     # SIGSTOP: it takes connections and answers nothing. Each look at it ends at the connection's timeout.
     with replicated.replica.hung():
         assert ctl(daemon.socket, "run", "aggregate_statistics")[0] == 0
@@ -293,9 +297,7 @@ def test_a_replica_lagging_past_the_limit_pauses_the_purge_until_it_catches_up(
     db.execute("UPDATE settings SET updated_at = CURRENT_TIMESTAMP(3) WHERE `key` = 'cache-cleanup-enabled'")
     wait_for(lambda: (replicated.replica_status().get("Seconds_Behind_Master") or 0) >= 2,
              what="the replica to lag 2 s")
-    daemon = daemon_factory(config_factory(url=primary_url, daemon={"timezone": "UTC"},
-                                           database={"replicas": [replica_url(replicated, primary_url)],
-                                                     "max_replica_lag": 1}))
+    daemon = watching(replicated, primary_url, config_factory, daemon_factory, {"max_replica_lag": 1})
     assert ctl(daemon.socket, "run", "aggregate_statistics")[0] == 0
     paused = first_pause(tmp_path)
     assert re.search(r"^replica mysql://\S+ lags \d+ s \(max_replica_lag 1 s\)$", paused["reason"]), paused
