@@ -19,7 +19,7 @@ from ratecared import access
 from ratecared.config import Config, ConfigError, CurrentConfig, check_host, load
 from ratecared.control.server import Peer
 
-# Dotted keys of Config.masked() that only a restart applies; a prefix covers its section.
+# Dotted keys of Config.masked(), each a field of its section's dataclass, that only a restart applies.
 RESTART_KEYS = ("daemon.socket", "daemon.host", "daemon.timezone", "daemon.state_dir", "daemon.event_loop",
                 "database.url", "database.password_file", "database.auto_migrate", "database.connect_timeout",
                 "database.startup_wait", "logging.dir", "metrics.listen")
@@ -35,29 +35,19 @@ def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _needs_restart(key: str) -> bool:
-    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESTART_KEYS)
-
-
 def in_effect(old: Config, new: Config) -> tuple[Config, list[str], list[str]]:
     """The config to run with after a reload, the changed keys it applies, and those that need a restart."""
     before, after = _flat(old.masked()), _flat(new.masked())
     changed = sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
-    restart = [key for key in changed if _needs_restart(key)]
-    applied = [key for key in changed if not _needs_restart(key)]
-    kept = dataclasses.replace(
-        new,
-        path=old.path,
-        # The purges' limits apply from the next run; the connection's keys only at a restart.
-        database=dataclasses.replace(new.database, url=old.database.url, password_file=old.database.password_file,
-                                     auto_migrate=old.database.auto_migrate,
-                                     connect_timeout=old.database.connect_timeout,
-                                     startup_wait=old.database.startup_wait),
-        daemon=dataclasses.replace(new.daemon, socket=old.daemon.socket, host=old.daemon.host,
-                                   timezone=old.daemon.timezone, state_dir=old.daemon.state_dir),
-        logging=dataclasses.replace(new.logging, dir=old.logging.dir),
-        metrics=old.metrics,
-    )
+    restart = [key for key in changed if key in RESTART_KEYS]
+    applied = [key for key in changed if key not in RESTART_KEYS]
+    # The restart keys keep their old values; every other key, the purges' limits included, is the new one.
+    sections: dict[str, dict[str, Any]] = {}
+    for key in RESTART_KEYS:
+        section, name = key.split(".")
+        sections.setdefault(section, {})[name] = getattr(getattr(old, section), name)
+    kept = dataclasses.replace(new, path=old.path, **{
+        section: dataclasses.replace(getattr(new, section), **values) for section, values in sections.items()})
     return kept, applied, restart
 
 
