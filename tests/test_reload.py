@@ -107,6 +107,23 @@ def test_keys_that_need_a_restart_are_named_and_keep_their_old_value(config_fact
     assert daemon.client().status()["total_platforms"] == 7
 
 
+def test_the_purges_limits_apply_and_the_connection_and_loop_wait_for_a_restart(config_factory,
+                                                                                daemon_factory) -> None:
+    config = config_factory()
+    daemon = daemon_factory(config)
+    # The suites run on either loop: ask for the other one.
+    other = "auto" if os.environ.get("RATECARED_TEST_EVENT_LOOP") == "asyncio" else "asyncio"
+    rewrite(config, "database", max_threads_running=7, connect_timeout=9)
+    rewrite(config, "daemon", event_loop=other)
+    code, out, err = reload(daemon)
+    assert (code, out) == (0, "reloaded: applied database.max_threads_running\n")
+    assert err == "restart needed to apply: daemon.event_loop, database.connect_timeout\n"
+    # Asked again, it names both again: neither is in effect.
+    answer = daemon.client().reload()
+    assert (answer["applied"], answer["restart_needed_for"]) == ([], ["daemon.event_loop",
+                                                                     "database.connect_timeout"])
+
+
 def test_a_new_schedule_shows_in_jobs_when_the_reload_answers(config_factory, daemon_factory) -> None:
     config = config_factory(daemon={"timezone": "UTC"})
     daemon = daemon_factory(config)
