@@ -301,7 +301,14 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+# Lock wait timeout and deadlock: PyMySQL raises them as OperationalError, but they end one statement and
+# leave the session whole, with its named locks (the jobs' lock among them) still held.
+_STATEMENT_ONLY = (1205, 1213)
+
+
 def _is_connection_error(exc: BaseException) -> bool:
+    if isinstance(exc, pymysql.err.OperationalError) and exc.args and exc.args[0] in _STATEMENT_ONLY:
+        return False
     if isinstance(exc, (pymysql.err.OperationalError, pymysql.err.InterfaceError)):
         return True
     return isinstance(exc, sqlite3.OperationalError) and "locked" not in str(exc)
