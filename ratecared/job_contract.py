@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Any, Callable
 from zoneinfo import ZoneInfo
@@ -18,7 +18,7 @@ import structlog
 
 from ratecared.config import JobConfig
 from ratecared.db import Database, parse_timestamp, timestamp
-from ratecared.localtime import UTC, place
+from ratecared.localtime import day_span
 from ratecared.settings import Settings
 
 # A run writes what it has done so far to its record at most this often:
@@ -148,10 +148,8 @@ class JobContext:
 
     def day_bounds(self, day: date) -> tuple[str, str]:
         """[start, end) of a local day as stored UTC timestamps; 23 or 25 h on DST days."""
-        start = place(datetime(day.year, day.month, day.day), self.tz)
-        nxt = day + timedelta(days=1)
-        end = place(datetime(nxt.year, nxt.month, nxt.day), self.tz)
-        return timestamp(start.astimezone(UTC)), timestamp(end.astimezone(UTC))
+        start, end = day_span(day, self.tz)
+        return timestamp(start), timestamp(end)
 
 
 Job = Callable[[JobContext], JobResult]

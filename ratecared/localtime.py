@@ -8,7 +8,7 @@ local days both use it, and neither imports the other.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 UTC = timezone.utc
@@ -31,3 +31,10 @@ def place(naive: datetime, tz: ZoneInfo) -> datetime:
     while not exists(probe, tz):
         probe += timedelta(minutes=1)
     return probe.replace(tzinfo=tz)
+
+
+def day_span(day: date, tz: ZoneInfo) -> tuple[datetime, datetime]:
+    """[start, end) of a local day, in UTC; 23 or 25 h on DST days."""
+    nxt = day + timedelta(days=1)
+    return (place(datetime(day.year, day.month, day.day), tz).astimezone(UTC),
+            place(datetime(nxt.year, nxt.month, nxt.day), tz).astimezone(UTC))
