@@ -129,11 +129,13 @@ class JobConfig:
     timeout: float = 10.0
     deadline: float = 600.0
     max_consecutive_failures: int = 5
+    # The aggregation's: "rows" (chunked deletes) or "partitions" (api_requests by day, a day dropped whole).
+    retention: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The keys this job reads: warming's when it has a URL, the purges' otherwise."""
         keys = ("schedule", "starting_deadline") + (_WARMING_KEYS if self.url is not None else _PURGE_KEYS)
-        return {key: getattr(self, key) for key in keys}
+        return {key: getattr(self, key) for key in keys + (("retention",) if self.retention else ())}
 
 
 _PURGE_KEYS = ("chunk_seconds", "pause_ratio", "optimize_min_free_mb", "deadline")
@@ -290,7 +292,7 @@ def _system_zone() -> ZoneInfo:
 
 
 JOB_DEFAULTS: dict[str, dict[str, Any]] = {
-    "aggregate_statistics": {"schedule": "0 2 * * *", "starting_deadline": 20 * 3600},
+    "aggregate_statistics": {"schedule": "0 2 * * *", "starting_deadline": 20 * 3600, "retention": "rows"},
     "cleanup_expired_cache": {"schedule": "0 3 * * *", "starting_deadline": 20 * 3600},
     "warm_cache": {
         "schedule": "0 6 * * *",
@@ -502,6 +504,14 @@ def _parse(path: Path, raw: dict[str, Any]) -> Config:
                 optimize_min_free_mb=js.number("optimize_min_free_mb", JobConfig.optimize_min_free_mb, 0, 1 << 30),
                 deadline=js.number("deadline", PURGE_DEADLINE, 1, 86400),
             )
+        if "retention" in defaults:
+            retention = js.string("retention", defaults["retention"])
+            if retention not in ("rows", "partitions"):
+                raise ConfigError(path, f"jobs.{name}.retention", f'must be "rows" or "partitions", not {retention!r}')
+            if retention == "partitions" and not url.startswith("mysql://"):
+                raise ConfigError(path, f"jobs.{name}.retention",
+                                  '"partitions" needs MySQL or MariaDB: SQLite has no table partitions; use "rows"')
+            values["retention"] = retention
         job = JobConfig(**values)
         js.done()
         jobs[name] = job

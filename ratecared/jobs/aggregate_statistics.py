@@ -6,6 +6,11 @@ late rows. A day is rolled as DELETE + INSERT … SELECT in one transaction:
 absolute values, so a rerun gives the same rows, and the database does the
 counting. Retention deletes whole local days, oldest first, in committed
 chunks along the primary key, and never a day that has no summary.
+
+With `retention = "partitions"` (MySQL/MariaDB, after `ratecared partition`)
+a past day goes whole, by DROP PARTITION (ratecared.jobs.day_partitions),
+once its summary has been checked again against its rows; the days ahead
+are made in the same run.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from datetime import date, timedelta
 from typing import Any, Callable
 
 from ratecared.db import Database, parse_timestamp, timestamp
-from ratecared.job_contract import Interrupted, JobContext, JobResult, RunStatus
+from ratecared.job_contract import Interrupted, JobContext, JobResult, RunStatus, Stalled
+from ratecared.jobs import day_partitions
 from ratecared.jobs.purge import PurgeInterrupted, PurgeStats, delete_before, delete_id_windows
 from ratecared.jobs.space import optimize_if_it_pays
 
@@ -122,7 +128,63 @@ def purge_details(ctx: JobContext, cutoff: str,
         raise PurgeInterrupted(walked.add(exc.stats), exc.reason) from None
 
 
+def _summarised_whole(ctx: JobContext, part: day_partitions.Partition) -> list[str]:
+    """Check that every local day with rows in `part` has a summary counting all its rows, just before the
+    partition is dropped; a day whose summary misses rows written since (late rows) is rolled again.
+    Returns the days rolled again."""
+    db = ctx.database
+    oldest = parse_timestamp(db.query(f"SELECT MIN(created_at) FROM api_requests PARTITION ({part.name})")[0][0])
+    rolled: list[str] = []
+    if oldest is None:
+        return rolled
+    day = oldest.astimezone(ctx.tz).date()
+    while ctx.day_bounds(day)[0][:19] < str(part.end):
+        start, end = ctx.day_bounds(day)
+        count = int(db.query("SELECT COUNT(*) FROM api_requests WHERE created_at >= ? AND created_at < ?",
+                             (start, end))[0][0])
+        summary = db.query("SELECT total_requests FROM api_statistics_summary WHERE stat_date = ?",
+                           (day.isoformat(),))
+        if count and (not summary or int(summary[0][0]) != count):
+            roll_day(ctx, day)
+            rolled.append(day.isoformat())
+        day += timedelta(days=1)
+    return rolled
+
+
+def drop_past_days(ctx: JobContext, cutoff: str) -> dict[str, Any]:
+    """Make the days ahead, then drop, oldest first, each day partition wholly before `cutoff`."""
+    db = ctx.database
+    added, add_seconds = day_partitions.add_ahead(db, ctx.today, ctx.tz)
+    done: dict[str, Any] = {"retention": "partitions", "partitions_added": added,
+                            "add_ms": round(add_seconds * 1000, 1), "partitions_dropped": [], "rows_dropped": 0,
+                            "drop_ms_max": 0.0, "days_rolled_again": []}
+    if added:
+        ctx.log.info("day partitions added", partitions=added, ms=done["add_ms"])
+    for part in day_partitions.partitions(db):
+        if part.end is None or part.end > cutoff[:19]:
+            break
+        try:
+            paused_for = ctx.throttle()
+        except Stalled as exc:
+            raise Interrupted(done["rows_dropped"], done, str(exc)) from None
+        if paused_for is not None:
+            done["paused_for"] = paused_for
+        if ctx.stop.is_set():
+            raise Interrupted(done["rows_dropped"], done)
+        done["days_rolled_again"] += _summarised_whole(ctx, part)
+        rows = day_partitions.rows_in(db, part)
+        seconds = day_partitions.drop(db, part)
+        done["partitions_dropped"].append(part.name)
+        done["rows_dropped"] += rows
+        done["drop_ms_max"] = max(done["drop_ms_max"], round(seconds * 1000, 1))
+        ctx.log.info("day partition dropped", partition=part.name, rows=rows, ms=round(seconds * 1000, 1))
+        ctx.progress(done["rows_dropped"], done)
+    return done
+
+
 def run(ctx: JobContext) -> JobResult:
+    if day_partitions.is_half_converted(ctx.database):
+        return JobResult(RunStatus.FAILED, error=day_partitions.HALF_CONVERTED)
     days = days_to_roll(ctx)
     done: dict[str, Any] = {"days_summarised": [], "requests_summarised": 0, "widget_rows": 0,
                             "retention_days": ctx.settings.retention_days}
@@ -138,6 +200,14 @@ def run(ctx: JobContext) -> JobResult:
         ctx.check()
         cutoff = retention_cutoff(ctx)
         done["cutoff"] = ctx.shown(cutoff)
+        if ctx.config.retention == "partitions":
+            if day_partitions.partitions(ctx.database):
+                dropped = drop_past_days(ctx, cutoff)
+                return JobResult(RunStatus.SUCCESS, rows=_rows_written(done) + dropped["rows_dropped"],
+                                 details={**done, **dropped})
+            done["retention_warning"] = ("retention is \"partitions\" but api_requests is not partitioned: "
+                                         "rows were purged; run `ratecared partition` to convert it")
+            ctx.log.warning("api_requests is not partitioned", advice=done["retention_warning"])
         purge = purge_details(ctx, cutoff, on_chunk=lambda stats: ctx.progress(
             _rows_written(done) + stats.rows, {**done, **stats.as_details()}))
     except Interrupted as exc:

@@ -1,0 +1,265 @@
+"""Day-partitioned retention on a real MariaDB: `ratecared partition [--revert]` on a live table with the app's
+inserts running beside it, and the aggregation dropping past days whole."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlparse
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from conftest import wait_for, write_config
+from jobhelpers import REQUEST_COLUMNS, days_of_requests, insert_rows, make_context, request_row
+from mariadb import MariaDB
+from ratecared.config import DatabaseConfig
+from ratecared.db import Database, migrations
+from ratecared.job_contract import ChunkPolicy
+from ratecared.jobs import aggregate_statistics, day_partitions
+from ratecared.settings import Settings
+
+TZ = "Europe/Istanbul"
+
+
+@pytest.fixture
+def db(mysql_url: str) -> Iterator[Database]:
+    database = Database(DatabaseConfig(url=mysql_url))
+    migrations.apply(database)
+    yield database
+    database.close()
+
+
+def now() -> datetime:
+    return datetime.now(ZoneInfo(TZ))
+
+
+def summaries(db: Database) -> list[tuple]:
+    return [(str(d)[:10], int(n)) for d, n in db.query(
+        "SELECT stat_date, total_requests FROM api_statistics_summary ORDER BY stat_date")]
+
+
+def partition(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ratecared", "--config", str(config), "partition", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def primary_key(db: Database) -> list[str]:
+    return [name for (name,) in db.query(
+        "SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE WHERE TABLE_SCHEMA = DATABASE()"
+        " AND TABLE_NAME = 'api_requests' AND CONSTRAINT_NAME = 'PRIMARY' ORDER BY ORDINAL_POSITION")]
+
+
+def tables(db: Database) -> set[str]:
+    return {name for (name,) in db.query(
+        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()"
+        " AND TABLE_NAME LIKE 'api_requests%'")}
+
+
+class AppInserts:
+    """The app's insert loop: one row at a time, as PHP writes them, without an id; each insert timed."""
+
+    def __init__(self, url: str) -> None:
+        self.db = Database(DatabaseConfig(url=url))
+        self.stopping = threading.Event()
+        self.latencies: list[float] = []
+        self.errors: list[str] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            begun = time.monotonic()
+            try:
+                self.db.execute(f"INSERT INTO api_requests ({', '.join(REQUEST_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?)",
+                                request_row(5, now()))
+                self.latencies.append(time.monotonic() - begun)
+            except Exception as exc:  # noqa: BLE001 - every failed insert is what the test reports
+                self.errors.append(str(exc))
+            time.sleep(0.002)
+
+    def __enter__(self) -> "AppInserts":
+        self.thread.start()
+        wait_for(lambda: len(self.latencies) >= 5, timeout=60)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.thread.join(30)
+        self.db.close()
+
+
+def converted_config(tmp_path: Path, url: str, **database: object) -> Path:
+    return write_config(tmp_path, url, database=dict(database),
+                        jobs__aggregate_statistics={"retention": "partitions", "chunk_seconds": 0.005,
+                                                    "pause_ratio": 0.5})
+
+
+def test_partition_converts_a_live_table_and_revert_goes_back_with_the_app_inserting(
+        db: Database, mysql_url: str, tmp_path: Path) -> None:
+    today = now()
+    days_of_requests(db, TZ, today, days=12, per_day=2000)
+    aggregate_statistics.run(make_context(db, "aggregate_statistics", today))
+    before = summaries(db)
+    config = converted_config(tmp_path, mysql_url)
+    with AppInserts(mysql_url) as app:
+        done = partition(config)
+        inserted_while_converting = len(app.latencies)
+        assert done.returncode == 0, done.stderr
+        assert "api_requests is partitioned by day" in done.stdout
+        # The rows the table held at the swap: the 24,000 and the app's first ones.
+        moved = int(re.search(r"([\d,]+) rows moved", done.stdout)[1].replace(",", ""))
+        assert 24_000 < moved <= 24_000 + inserted_while_converting
+        parts = day_partitions.partitions(db)
+        assert parts[-1].name == "pfuture"
+        assert day_partitions.name_of((today + timedelta(days=7)).date()) in [p.name for p in parts]
+        assert primary_key(db) == ["id", "created_at"]
+        assert tables(db) == {"api_requests"}
+        wait_for(lambda: len(app.latencies) > inserted_while_converting + 5, timeout=60)
+
+        back = partition(config, "--revert")
+        assert back.returncode == 0, back.stderr
+        assert "api_requests is one unpartitioned table" in back.stdout
+    assert app.errors == []
+    # No insert waited on the swaps or the moves for as long as a second.
+    assert max(app.latencies) < 1.0, sorted(app.latencies)[-5:]
+    assert day_partitions.partitions(db) == []
+    assert primary_key(db) == ["id"]
+    assert tables(db) == {"api_requests"}
+    total, distinct = db.query("SELECT COUNT(*), COUNT(DISTINCT id) FROM api_requests")[0]
+    assert int(total) == int(distinct) == 24_000 + len(app.latencies)
+    # The same summaries, from the rows as they are now.
+    aggregate_statistics.run(make_context(db, "aggregate_statistics", today))
+    assert summaries(db) == before
+
+
+def test_partition_mode_drops_past_days_whole_after_checking_their_summaries(
+        db: Database, mysql_url: str, tmp_path: Path) -> None:
+    today = now()
+    days_of_requests(db, TZ, today, days=40, per_day=50)
+    assert partition(converted_config(tmp_path, mysql_url)).returncode == 0
+    keep_all = make_context(db, "aggregate_statistics", today, settings=Settings(retention_days=60),
+                            retention="partitions")
+    assert aggregate_statistics.run(keep_all).details["partitions_dropped"] == []
+    # A late row for a day already summarised, 35 days back: its summary must count it before the day goes.
+    late_day = (today - timedelta(days=35)).date()
+    insert_rows(db, "api_requests", REQUEST_COLUMNS,
+                [request_row(9, datetime(late_day.year, late_day.month, late_day.day, 12, tzinfo=ZoneInfo(TZ)))])
+
+    result = aggregate_statistics.run(make_context(db, "aggregate_statistics", today,
+                                                   settings=Settings(retention_days=30), retention="partitions"))
+    assert result.status == "success"
+    dropped = result.details["partitions_dropped"]
+    assert dropped == [day_partitions.name_of((today - timedelta(days=back)).date()) for back in range(40, 30, -1)]
+    assert result.details["rows_dropped"] == 10 * 50 + 1
+    assert result.details["days_rolled_again"] == [late_day.isoformat()]
+    assert dict(summaries(db))[late_day.isoformat()] == 51
+    assert result.details["drop_ms_max"] < 1000
+    oldest = db.query("SELECT MIN(created_at) FROM api_requests")[0][0].replace(tzinfo=ZoneInfo("UTC"))
+    assert oldest.astimezone(ZoneInfo(TZ)).date() == (today - timedelta(days=30)).date()
+    assert len(summaries(db)) == 40
+
+
+def test_a_conversion_killed_mid_move_loses_nothing_and_the_summaries_wait_for_it(
+        db: Database, mysql_url: str, mariadb: MariaDB, tmp_path: Path) -> None:
+    today = now()
+    days_of_requests(db, TZ, today, days=5, per_day=400)
+    config = converted_config(tmp_path, mysql_url, max_threads_running=4)
+    # Sleeping statements the test holds keep the move paused before its first chunk (the purges' throttle).
+    sleepers = [mariadb.root_connect() for _ in range(4)]
+    threads = [threading.Thread(target=_sleep, args=(conn,), daemon=True) for conn in sleepers]
+    for thread in threads:
+        thread.start()
+    command = subprocess.Popen([sys.executable, "-m", "ratecared", "--config", str(config), "partition"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: day_partitions.DRAINING in tables(db), timeout=120)
+        command.kill()
+        command.wait(30)
+    finally:
+        with mariadb.root_connect() as conn, conn.cursor() as cur:
+            cur.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE INFO = 'SELECT SLEEP(600)'")
+            for (thread_id,) in cur.fetchall():
+                cur.execute(f"KILL {int(thread_id)}")
+    refused = aggregate_statistics.run(make_context(db, "aggregate_statistics", today))
+    assert refused.status == "failed"
+    assert "run it again to finish" in str(refused.error)
+    assert summaries(db) == []
+
+    again = partition(config)
+    assert again.returncode == 0, again.stderr
+    assert "holds rows of an earlier conversion" in again.stdout
+    assert tables(db) == {"api_requests"}
+    assert int(db.query("SELECT COUNT(*) FROM api_requests")[0][0]) == 2000
+    assert aggregate_statistics.run(make_context(db, "aggregate_statistics", today)).status == "success"
+    assert [n for _, n in summaries(db)] == [400] * 5
+
+
+def _sleep(conn) -> None:
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT SLEEP(600)")
+    except Exception:  # noqa: BLE001 - killed by the test
+        pass
+    finally:
+        conn.close()
+
+
+def test_partition_on_sqlite_and_partitions_retention_on_sqlite_are_refused(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    done = partition(config)
+    assert done.returncode == 78
+    assert "need MySQL or MariaDB" in done.stderr
+    config = write_config(tmp_path, jobs__aggregate_statistics={"retention": "partitions"})
+    checked = subprocess.run([sys.executable, "-m", "ratecared", "--config", str(config), "check-config"],
+                             capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 78
+    assert "jobs.aggregate_statistics.retention" in checked.stderr
+    assert "SQLite has no table partitions" in checked.stderr
+
+
+def test_partitions_retention_on_an_unpartitioned_table_purges_rows_and_says_so(db: Database) -> None:
+    today = now()
+    days_of_requests(db, TZ, today, days=35, per_day=20)
+    result = aggregate_statistics.run(make_context(db, "aggregate_statistics", today,
+                                                   settings=Settings(retention_days=30), retention="partitions"))
+    assert result.status == "success"
+    assert "run `ratecared partition`" in result.details["retention_warning"]
+    assert result.details["rows_deleted"] == 5 * 20
+
+
+def test_a_ddl_behind_a_long_query_waits_a_second_at_a_time_and_keeps_the_jobs_lock(
+        db: Database, mysql_url: str, mariadb: MariaDB) -> None:
+    today = now()
+    day_partitions.convert(db, True, today.date(), ZoneInfo(TZ), threading.Event(), ChunkPolicy(), print)
+    schema = urlparse(mysql_url).path.lstrip("/")
+    # A report the app runs in a transaction holds the table's metadata lock until it commits.
+    report = mariadb.root_connect()
+    report.begin()
+    report.cursor().execute(f"SELECT COUNT(*) FROM {schema}.api_requests")
+    retries: list[int] = []
+
+    def retried(attempt: int) -> None:
+        retries.append(attempt)
+        if attempt == 2:
+            report.commit()
+
+    later = today.date() + timedelta(days=20)
+    with AppInserts(mysql_url) as app, db.named_lock(day_partitions.JOBS_LOCK) as got:
+        assert got
+        day_partitions.ddl(db, "ALTER TABLE api_requests{wait} REORGANIZE PARTITION pfuture INTO"
+                               f" ({day_partitions._definitions([later], ZoneInfo(TZ))})", on_retry=retried)
+        holder, me = db.query(f"SELECT IS_USED_LOCK('{day_partitions.JOBS_LOCK}'), CONNECTION_ID()")[0]
+        assert holder == me
+        wait_for(lambda: len(app.latencies) > 20, timeout=60)
+    report.close()
+    assert retries[:2] == [1, 2]
+    assert day_partitions.name_of(later) in [p.name for p in day_partitions.partitions(db)]
+    assert app.errors == []
+    # No insert queued behind the ALTER while it waited for the report: it gives up at once (NOWAIT).
+    assert max(app.latencies) < 1.0, sorted(app.latencies)[-5:]
