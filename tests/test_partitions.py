@@ -94,6 +94,18 @@ class AppInserts:
         self.db.close()
 
 
+def late_row(db: Database, day) -> None:
+    """A row the app writes late, at noon of `day`."""
+    insert_rows(db, "api_requests", REQUEST_COLUMNS,
+                [request_row(9, datetime(day.year, day.month, day.day, 12, tzinfo=ZoneInfo(TZ)))])
+
+
+def by_partitions(db: Database, today: datetime, retention_days: int):
+    return aggregate_statistics.run(make_context(db, "aggregate_statistics", today,
+                                                 settings=Settings(retention_days=retention_days),
+                                                 retention="partitions"))
+
+
 def converted_config(tmp_path: Path, url: str, **database: object) -> Path:
     return write_config(tmp_path, url, database=dict(database),
                         jobs__aggregate_statistics={"retention": "partitions", "chunk_seconds": 0.005,
@@ -143,16 +155,12 @@ def test_partition_mode_drops_past_days_whole_after_checking_their_summaries(
     today = now()
     days_of_requests(db, TZ, today, days=40, per_day=50)
     assert partition(converted_config(tmp_path, mysql_url)).returncode == 0
-    keep_all = make_context(db, "aggregate_statistics", today, settings=Settings(retention_days=60),
-                            retention="partitions")
-    assert aggregate_statistics.run(keep_all).details["partitions_dropped"] == []
+    assert by_partitions(db, today, 60).details["partitions_dropped"] == []
     # A late row for a day already summarised, 35 days back: its summary must count it before the day goes.
     late_day = (today - timedelta(days=35)).date()
-    insert_rows(db, "api_requests", REQUEST_COLUMNS,
-                [request_row(9, datetime(late_day.year, late_day.month, late_day.day, 12, tzinfo=ZoneInfo(TZ)))])
+    late_row(db, late_day)
 
-    result = aggregate_statistics.run(make_context(db, "aggregate_statistics", today,
-                                                   settings=Settings(retention_days=30), retention="partitions"))
+    result = by_partitions(db, today, 30)
     assert result.status == "success"
     dropped = result.details["partitions_dropped"]
     assert dropped == [day_partitions.name_of((today - timedelta(days=back)).date()) for back in range(40, 30, -1)]
@@ -165,7 +173,7 @@ def test_partition_mode_drops_past_days_whole_after_checking_their_summaries(
     assert len(summaries(db)) == 40
 
 
-def test_a_conversion_killed_mid_move_loses_nothing_and_the_summaries_wait_for_it(
+def test_a_conversion_killed_after_its_swap_loses_nothing_and_the_summaries_wait_for_it(
         db: Database, mysql_url: str, mariadb: MariaDB, tmp_path: Path) -> None:
     today = now()
     days_of_requests(db, TZ, today, days=5, per_day=400)
@@ -175,6 +183,7 @@ def test_a_conversion_killed_mid_move_loses_nothing_and_the_summaries_wait_for_i
     threads = [threading.Thread(target=_sleep, args=(conn,), daemon=True) for conn in sleepers]
     for thread in threads:
         thread.start()
+    wait_for(lambda: _sleeping(mariadb) == 4, timeout=60)
     command = subprocess.Popen([sys.executable, "-m", "ratecared", "--config", str(config), "partition"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -198,6 +207,12 @@ def test_a_conversion_killed_mid_move_loses_nothing_and_the_summaries_wait_for_i
     assert int(db.query("SELECT COUNT(*) FROM api_requests")[0][0]) == 2000
     assert aggregate_statistics.run(make_context(db, "aggregate_statistics", today)).status == "success"
     assert [n for _, n in summaries(db)] == [400] * 5
+
+
+def _sleeping(mariadb: MariaDB) -> int:
+    with mariadb.root_connect() as conn, conn.cursor() as cur:
+        cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO = 'SELECT SLEEP(600)'")
+        return int(cur.fetchone()[0])
 
 
 def _sleep(conn) -> None:
@@ -226,8 +241,7 @@ def test_partition_on_sqlite_and_partitions_retention_on_sqlite_are_refused(tmp_
 def test_partitions_retention_on_an_unpartitioned_table_purges_rows_and_says_so(db: Database) -> None:
     today = now()
     days_of_requests(db, TZ, today, days=35, per_day=20)
-    result = aggregate_statistics.run(make_context(db, "aggregate_statistics", today,
-                                                   settings=Settings(retention_days=30), retention="partitions"))
+    result = by_partitions(db, today, 30)
     assert result.status == "success"
     assert "run `ratecared partition`" in result.details["retention_warning"]
     assert result.details["rows_deleted"] == 5 * 20
@@ -263,3 +277,48 @@ def test_a_ddl_behind_a_long_query_waits_a_second_at_a_time_and_keeps_the_jobs_l
     assert app.errors == []
     # No insert queued behind the ALTER while it waited for the report: it gives up at once (NOWAIT).
     assert max(app.latencies) < 1.0, sorted(app.latencies)[-5:]
+
+
+def test_a_late_row_for_a_day_already_dropped_never_shrinks_its_summary(db: Database, mysql_url: str,
+                                                                        tmp_path: Path) -> None:
+    today = now()
+    days_of_requests(db, TZ, today, days=40, per_day=50)
+    assert partition(converted_config(tmp_path, mysql_url)).returncode == 0
+    by_partitions(db, today, 35)
+    # Day -36 is gone; its late row lands in the oldest partition left, day -35's.
+    gone = (today - timedelta(days=36)).date()
+    late_row(db, gone)
+    result = by_partitions(db, today, 30)
+    assert result.status == "success"
+    assert result.details["days_rolled_again"] == []
+    assert dict(summaries(db))[gone.isoformat()] == 50
+
+
+def test_a_full_pfuture_is_not_split_under_the_apps_inserts(db: Database) -> None:
+    today = now()
+    # Converted a fortnight ago, and no run since: today's rows are all in pfuture.
+    day_partitions.convert(db, True, (today - timedelta(days=14)).date(), ZoneInfo(TZ), threading.Event(),
+                           ChunkPolicy(), print)
+    insert_rows(db, "api_requests", REQUEST_COLUMNS,
+                [request_row(1, today - timedelta(seconds=i)) for i in range(day_partitions.FUTURE_ROWS_MOVED + 1)])
+    result = aggregate_statistics.run(make_context(db, "aggregate_statistics", today, retention="partitions"))
+    assert result.status == "success"
+    assert result.details["partitions_added"] == []
+    assert "ratecared partition --revert" in result.details["partitions_warning"]
+    assert int(db.query("SELECT COUNT(*) FROM api_requests PARTITION (pfuture)")[0][0]) == \
+        day_partitions.FUTURE_ROWS_MOVED + 1
+
+
+def test_revert_refuses_a_table_whose_ids_repeat(db: Database, mysql_url: str, tmp_path: Path) -> None:
+    today = now()
+    config = converted_config(tmp_path, mysql_url)
+    assert partition(config).returncode == 0
+    moment = today - timedelta(days=1)
+    for seconds in (0, 1):
+        db.execute(f"INSERT INTO api_requests (id, {', '.join(REQUEST_COLUMNS)}) VALUES (7, ?, ?, ?, ?, ?, ?)",
+                   request_row(1, moment - timedelta(seconds=seconds)))
+    back = partition(config, "--revert")
+    assert back.returncode == 1
+    assert "id 7 is on more than one row" in back.stderr
+    assert day_partitions.partitions(db) != []
+    assert tables(db) == {"api_requests"}

@@ -129,37 +129,42 @@ def purge_details(ctx: JobContext, cutoff: str,
 
 
 def _summarised_whole(ctx: JobContext, part: day_partitions.Partition) -> list[str]:
-    """Check that every local day with rows in `part` has a summary counting all its rows, just before the
-    partition is dropped; a day whose summary misses rows written since (late rows) is rolled again.
-    Returns the days rolled again."""
+    """Check that every local day with rows in `part` has a summary counting all of them, just before the
+    partition is dropped: a day with more rows than its summary counts (late rows, written since) is
+    rolled again. Never with fewer: the rest of such a day went with an earlier partition, and rolling it
+    would shrink its summary. Returns the days rolled again."""
     db = ctx.database
     oldest = parse_timestamp(db.query(f"SELECT MIN(created_at) FROM api_requests PARTITION ({part.name})")[0][0])
     rolled: list[str] = []
     if oldest is None:
         return rolled
     day = oldest.astimezone(ctx.tz).date()
-    while ctx.day_bounds(day)[0][:19] < str(part.end):
+    while True:
         start, end = ctx.day_bounds(day)
+        if start[:19] >= str(part.end):
+            return rolled
         count = int(db.query("SELECT COUNT(*) FROM api_requests WHERE created_at >= ? AND created_at < ?",
                              (start, end))[0][0])
         summary = db.query("SELECT total_requests FROM api_statistics_summary WHERE stat_date = ?",
                            (day.isoformat(),))
-        if count and (not summary or int(summary[0][0]) != count):
+        if count and (not summary or int(summary[0][0]) < count):
             roll_day(ctx, day)
             rolled.append(day.isoformat())
         day += timedelta(days=1)
-    return rolled
 
 
 def drop_past_days(ctx: JobContext, cutoff: str) -> dict[str, Any]:
     """Make the days ahead, then drop, oldest first, each day partition wholly before `cutoff`."""
     db = ctx.database
-    added, add_seconds = day_partitions.add_ahead(db, ctx.today, ctx.tz)
+    added, add_seconds, not_added = day_partitions.add_ahead(db, ctx.today, ctx.tz)
     done: dict[str, Any] = {"retention": "partitions", "partitions_added": added,
                             "add_ms": round(add_seconds * 1000, 1), "partitions_dropped": [], "rows_dropped": 0,
                             "drop_ms_max": 0.0, "days_rolled_again": []}
     if added:
         ctx.log.info("day partitions added", partitions=added, ms=done["add_ms"])
+    if not_added:
+        done["partitions_warning"] = not_added
+        ctx.log.warning("no day partitions made", reason=not_added)
     for part in day_partitions.partitions(db):
         if part.end is None or part.end > cutoff[:19]:
             break

@@ -4,7 +4,9 @@ conversion of a live table both ways (`ratecared partition [--revert]`).
 A day's rows live in partition p20261201, whose range ends where that local day ends (stored in UTC: 23
 or 25 hours on DST days). The last partition, pfuture, takes every row past the days made so far, so an
 insert never fails for want of a partition, even after the daemon has been down for a week; making days
-splits it (REORGANIZE PARTITION), which costs nothing while it is empty.
+splits it (REORGANIZE PARTITION), which costs nothing while it is empty. When pfuture holds more than
+FUTURE_ROWS_MOVED rows (the daemon did not run for over a week), splitting it would copy them with the
+app's inserts held: the run makes no days then and says how to re-split the table without blocking.
 
 MySQL wants the partitioning column in every unique key: the primary key becomes (id, created_at).
 
@@ -14,9 +16,9 @@ moment later, as pt-online-schema-change does, so no insert waits on it for long
 
 The conversion makes the new table empty beside the old one, swaps the two in one RENAME TABLE, and then
 moves the old rows over in committed chunks, each chunk inserted and deleted in one transaction: a kill at
-any point loses no row and copies none twice, and running it again finishes the move. The aggregation
-refuses to summarise while rows are still in the old table (`DRAINING`), and the conversion holds the jobs'
-lock while it runs, so no summary counts a half-moved day.
+any point loses no row and copies none twice, and running it again finishes the move. It holds the jobs'
+lock until the swap is made, so no job runs across it, and the aggregation refuses to summarise while rows
+are still in the old table (`DRAINING`), so no summary counts a half-moved day; the other jobs go on.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from zoneinfo import ZoneInfo
 
 from ratecared.db import Database, DatabaseError, parse_timestamp
 from ratecared.job_contract import ChunkPolicy, unthrottled
-from ratecared.jobs.purge import PurgeStats, delete_in_chunks
+from ratecared.jobs.purge import PurgeStats, in_id_windows
 from ratecared.localtime import day_span
 
 TABLE = "api_requests"
@@ -39,14 +41,19 @@ DRAINING = "api_requests_draining"
 BUILDING = "api_requests_building"
 FUTURE = "pfuture"
 DAYS_AHEAD = 7
+# pfuture is split only while it holds at most this many rows: copying them holds the app's inserts.
+FUTURE_ROWS_MOVED = 10_000
 # The conversion makes at most this many day partitions behind today; older rows share the first one.
-MOST_DAYS_BEHIND = 1000
+# The swap's RENAME takes longer with every partition: 1,009 took 768 ms on the test machine.
+MOST_DAYS_BEHIND = 400
 LOCK_WAIT = 1
 RETRY_EVERY = 0.1
 DDL_PATIENCE = 120.0
 # New ids start this far past the old table's largest, for the rows the app inserts while the swap is made.
 ID_GAP = 1_000_000
 JOBS_LOCK = "ratecared:jobs"
+# One conversion at a time, for its whole length.
+CONVERSION_LOCK = "ratecared:partition"
 HALF_CONVERTED = (f"{TABLE} is being converted: rows are still in {DRAINING}; `ratecared partition` is moving "
                   "them, or was stopped: run it again to finish")
 
@@ -86,16 +93,21 @@ def partitions(db: Database, table: str = TABLE) -> list[Partition]:
     for name, description in rows:
         if name == FUTURE:
             out.append(Partition(name, None, None))
-        else:
-            out.append(Partition(name, datetime.strptime(name[1:], "%Y%m%d").date(), str(description).strip("'")))
+            continue
+        try:
+            day = datetime.strptime(name, "p%Y%m%d").date()
+        except ValueError:
+            raise PartitionError(f"{table} has a partition ratecared did not make ({name}): retention by "
+                                 "partitions keeps to its own; use retention = \"rows\"") from None
+        out.append(Partition(name, day, str(description).strip("'")))
     return out
 
 
 def ddl(db: Database, statement: str, patience: float = DDL_PATIENCE,
-        on_retry: Callable[[int], None] = lambda attempt: None) -> float:
+        on_retry: Callable[[int], None] = lambda attempt: None, stop: threading.Event | None = None) -> float:
     """Run a DDL statement, `{wait}` in it marking where MariaDB takes NOWAIT, without queueing the app's
     writes behind it for long: again and again while a long query holds the table, for up to `patience`
-    seconds; return the seconds of the attempt that ran.
+    seconds, or until `stop` is set (PartitionError); return the seconds of the attempt that ran.
 
     MariaDB: NOWAIT, tried every RETRY_EVERY (its partition ALTERs wait twice for the lock, so a 1 s
     lock_wait_timeout held writes for 2 s). MySQL: lock_wait_timeout = LOCK_WAIT, tried again after
@@ -116,8 +128,9 @@ def ddl(db: Database, statement: str, patience: float = DDL_PATIENCE,
         except DatabaseError as exc:
             if not str(exc).startswith("(1205)") or time.monotonic() >= give_up:
                 raise
+            if stop is not None and stop.wait(pause):
+                raise PartitionError("stopped while waiting for a query that holds the table") from None
             on_retry(attempt)
-            time.sleep(pause)
         finally:
             if not nowait:
                 try:
@@ -126,18 +139,24 @@ def ddl(db: Database, statement: str, patience: float = DDL_PATIENCE,
                     pass    # a dropped connection's next one has the default
 
 
-def add_ahead(db: Database, today: date, tz: ZoneInfo) -> tuple[list[str], float]:
+def add_ahead(db: Database, today: date, tz: ZoneInfo) -> tuple[list[str], float, str | None]:
     """Make the day partitions through today + DAYS_AHEAD that are missing, out of pfuture; return their
-    names and the statement's seconds."""
+    names, the statement's seconds, and why none were made when pfuture holds too many rows to split."""
     days = [p.day for p in partitions(db) if p.day is not None]
     if not days:
-        return [], 0.0
+        return [], 0.0, None
     first = max(days[-1] + timedelta(days=1), today - timedelta(days=1))
     wanted = [first + timedelta(days=n) for n in range((today + timedelta(days=DAYS_AHEAD) - first).days + 1)]
     if not wanted:
-        return [], 0.0
+        return [], 0.0, None
+    held = len(db.query(f"SELECT 1 FROM {TABLE} PARTITION ({FUTURE}) LIMIT {FUTURE_ROWS_MOVED + 1}"))
+    if held > FUTURE_ROWS_MOVED:
+        return [], 0.0, (f"{FUTURE} holds over {FUTURE_ROWS_MOVED:,} rows (no run made days for over "
+                         f"{DAYS_AHEAD} days): splitting it would hold the app's inserts while they are copied, "
+                         "so no days were made and its rows are kept until `ratecared partition --revert` then "
+                         "`ratecared partition` re-split the table without blocking")
     seconds = ddl(db, f"ALTER TABLE {TABLE}{{wait}} REORGANIZE PARTITION {FUTURE} INTO ({_definitions(wanted, tz)})")
-    return [name_of(day) for day in wanted], seconds
+    return [name_of(day) for day in wanted], seconds, None
 
 
 def drop(db: Database, partition: Partition) -> float:
@@ -185,10 +204,20 @@ def _build(db: Database, partitioned: bool, today: date, tz: ZoneInfo) -> int:
     return len(days) + 1
 
 
-def _swap(db: Database, on_retry: Callable[[int], None]) -> float:
-    top = db.query(f"SELECT MAX(id) FROM {TABLE}")[0][0]
-    db.execute(f"ALTER TABLE {BUILDING} AUTO_INCREMENT = {int(top or 0) + ID_GAP}")
-    return ddl(db, f"RENAME TABLE {TABLE}{{wait}} TO {DRAINING}, {BUILDING} TO {TABLE}", on_retry=on_retry)
+def _swap(db: Database, stop: threading.Event, say: Callable[[str], None]) -> float:
+    def past_the_old_ids() -> None:
+        # Again before every attempt: the app goes on inserting into the old table while the swap waits.
+        top = db.query(f"SELECT MAX(id) FROM {TABLE}")[0][0]
+        db.execute(f"ALTER TABLE {BUILDING} AUTO_INCREMENT = {int(top or 0) + ID_GAP}")
+
+    def retried(attempt: int) -> None:
+        if attempt % 50 == 1:
+            say(f"a query holds {TABLE}: the swap waits for it, without holding up the app's writes ...")
+        past_the_old_ids()
+
+    past_the_old_ids()
+    return ddl(db, f"RENAME TABLE {TABLE}{{wait}} TO {DRAINING}, {BUILDING} TO {TABLE}", on_retry=retried,
+               stop=stop)
 
 
 def drain(db: Database, stop: threading.Event, policy: ChunkPolicy,
@@ -197,21 +226,17 @@ def drain(db: Database, stop: threading.Event, policy: ChunkPolicy,
     """Move every row of DRAINING into the table, in id windows, each moved in one transaction; then drop
     DRAINING. Raises PurgeInterrupted when `stop` is set between two chunks."""
     columns = _columns(db, DRAINING)
-    low = db.query(f"SELECT MIN(id), MAX(id) FROM {DRAINING}")[0]
-    position = int(low[0]) if low[0] is not None else 0
-    end = int(low[1]) + 1 if low[1] is not None else 0
+    low, high = db.query(f"SELECT MIN(id), MAX(id) FROM {DRAINING}")[0]
 
-    def chunk(size: int) -> tuple[int, bool]:
-        nonlocal position
-        upper = min(position + size, end)
+    def move(first: int, upper: int) -> int:
         with db.transaction() as tx:
             moved = tx.execute(f"INSERT INTO {TABLE} ({columns}) SELECT {columns} FROM {DRAINING}"
-                               " WHERE id >= ? AND id < ?", (position, upper))
-            tx.execute(f"DELETE FROM {DRAINING} WHERE id >= ? AND id < ?", (position, upper))
-        position = upper
-        return moved, position >= end
+                               " WHERE id >= ? AND id < ?", (first, upper))
+            tx.execute(f"DELETE FROM {DRAINING} WHERE id >= ? AND id < ?", (first, upper))
+        return moved
 
-    stats = delete_in_chunks(chunk, stop, policy, on_chunk=on_chunk, throttle=throttle) if end else PurgeStats()
+    stats = (in_id_windows(db, DRAINING, int(low), int(high) + 1, move, stop, policy, on_chunk, throttle)
+             if low is not None else PurgeStats())
     left = db.query(f"SELECT COUNT(*) FROM {DRAINING}")[0][0]
     if left:
         raise PartitionError(f"{left} rows are still in {DRAINING} after the move; nothing was dropped")
@@ -223,22 +248,27 @@ def convert(db: Database, partitioned: bool, today: date, tz: ZoneInfo, stop: th
             policy: ChunkPolicy, say: Callable[[str], None],
             throttle: Callable[[], str | None] = unthrottled) -> Converted:
     """Make the live table partitioned by day (or, `partitioned` False, not), finishing first any move an
-    earlier run left; holds the jobs' lock throughout."""
-    if db.name != "mysql":
-        raise PartitionError("day partitions need MySQL or MariaDB; SQLite has none")
-    with db.named_lock(JOBS_LOCK, stop=stop, waiting=lambda holder: say(
-            f"waiting for the job that holds the jobs' lock (connection {holder}) to finish ...")) as got:
-        if not got:
-            raise PartitionError("stopped while waiting for the jobs' lock; nothing was changed")
+    earlier run left. One conversion runs at a time; no job runs across its swap."""
+    with db.named_lock(CONVERSION_LOCK, wait=0) as alone:
+        if not alone:
+            raise PartitionError("another `ratecared partition` is converting the table")
         done = Converted(partitioned)
         if db.has_table(DRAINING):
             say(f"{DRAINING} holds rows of an earlier conversion: moving them first ...")
             done.moved = _drain_saying(db, stop, policy, say, throttle)
         if bool(partitions(db)) == partitioned:
             return done
-        done.partitions = _build(db, partitioned, today, tz)
-        done.swap_seconds = _swap(db, on_retry=lambda attempt: attempt % 50 == 1 and say(
-            f"a query holds {TABLE}: the swap waits for it, without holding up the app's writes ..."))
+        if not partitioned:
+            twice = db.query(f"SELECT id FROM {TABLE} GROUP BY id HAVING COUNT(*) > 1 LIMIT 1")
+            if twice:
+                raise PartitionError(f"id {twice[0][0]} is on more than one row, and an unpartitioned table's "
+                                     "primary key is the id alone; nothing was changed")
+        with db.named_lock(JOBS_LOCK, stop=stop, waiting=lambda holder: say(
+                f"waiting for the job that holds the jobs' lock (connection {holder}) to finish ...")) as got:
+            if not got:
+                raise PartitionError("stopped while waiting for the jobs' lock; nothing was changed")
+            done.partitions = _build(db, partitioned, today, tz)
+            done.swap_seconds = _swap(db, stop, say)
         done.swapped = True
         say(f"{TABLE} swapped for a new{' day-partitioned' if partitioned else ''} table in "
             f"{done.swap_seconds * 1000:.0f} ms; moving the old rows into it ...")

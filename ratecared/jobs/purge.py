@@ -177,7 +177,21 @@ def delete_id_windows(
     policy: ChunkPolicy = ChunkPolicy(), on_chunk: Callable[[PurgeStats], None] = _ignore,
     throttle: Callable[[], str | None] = unthrottled,
 ) -> PurgeStats:
-    """Delete rows of `table` with `column` < `before` and `low` <= id < `end`, in windows of ids.
+    """Delete rows of `table` with `column` < `before` and `low` <= id < `end`, in windows of ids."""
+    return in_id_windows(
+        db, table, low, end,
+        lambda first, upper: db.execute(f"DELETE FROM {table} WHERE id >= ? AND id < ? AND {column} < ?",
+                                        (first, upper, before)),
+        stop, policy, on_chunk, throttle)
+
+
+def in_id_windows(
+    db: Database, table: str, low: int, end: int, act: Callable[[int, int], int], stop: threading.Event,
+    policy: ChunkPolicy = ChunkPolicy(), on_chunk: Callable[[PurgeStats], None] = _ignore,
+    throttle: Callable[[], str | None] = unthrottled,
+) -> PurgeStats:
+    """Call `act(first, upper) -> rows` for windows [first, upper) of `table`'s ids from `low` to `end`,
+    sized as delete_in_chunks sizes them.
 
     Walking the primary key visits pages in order and sends no rows to
     Python; a window that finds few rows jumps over the gap to the next id.
@@ -189,12 +203,11 @@ def delete_id_windows(
     def chunk(size: int) -> tuple[int, bool]:
         nonlocal position
         upper = min(position + size, end)
-        deleted = db.execute(f"DELETE FROM {table} WHERE id >= ? AND id < ? AND {column} < ?",
-                             (position, upper, before))
+        done = act(position, upper)
         position = upper
-        if deleted < size // 2 and position < end:
+        if done < size // 2 and position < end:
             following = db.query(f"SELECT MIN(id) FROM {table} WHERE id >= ? AND id < ?", (position, end))[0][0]
             position = end if following is None else int(following)
-        return deleted, position >= end
+        return done, position >= end
 
     return delete_in_chunks(chunk, stop, policy, on_chunk=on_chunk, throttle=throttle)
