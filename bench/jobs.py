@@ -29,6 +29,13 @@ measures each job against a floor taken in the same run, on the same data:
      whose every request takes 200 ms
      floor: 100 / 4 x 0.2 s = 5 s                         pass: job <= 1.3 x floor
   5  the daemon's VmRSS, sampled every 100 ms through all of it: peak < 80 MB
+  6  day partitions: the rows of figure 2 (3 x N past retention, 3 x N/10 kept,
+     summarised), converted by `ratecared partition` (the real command), then
+     aggregate_statistics with retention = "partitions" (set by a reload)
+     dropping the three old days; beside both, the app's insert loop (one row
+     every 2 ms on its own connection, each insert timed)
+            pass: each day's DROP PARTITION < 1 s (goal 100 ms), and no
+                  app insert over 1 s during the conversion or the drops
 
 N is 1,000,000 (scaled by --rows-scale). Before every timed purge, of a peer
 or of the job, the data is loaded the same way, ANALYZEd, and InnoDB is let
@@ -59,7 +66,7 @@ Usage:
     .venv/bin/python bench/jobs.py                     # full size, about 20 minutes on a quiet machine
     .venv/bin/python bench/jobs.py --rows-scale 0.1    # a quick, smaller run (about 2 minutes)
     .venv/bin/python bench/jobs.py --json              # one JSON object on stdout
-    .venv/bin/python bench/jobs.py --figures 1,4       # only some figures (RSS always)
+    .venv/bin/python bench/jobs.py --figures 1,4       # only some figures (RSS always; 1-4 and 6)
     .venv/bin/python bench/jobs.py --quiet-wait 0      # never wait for other processes
 
 Progress goes to stderr; the table (or the JSON) to stdout. Exit status 0 when
@@ -118,6 +125,9 @@ VS_ARCHIVER_LIMIT = 1.0       # job rows/s >= 1.0 x pt-archiver's, the better of
 CHUNK_MS_LIMIT = 250.0        # no single purge statement over 250 ms
 WARM_LIMIT = 1.3              # warming <= 1.3 x floor
 RSS_LIMIT_MB = 80.0
+DROP_LIMIT_MS = 1000.0        # a day's DROP PARTITION, whatever its rows (goal 100 ms)
+DROP_GOAL_MS = 100.0
+INSERT_LIMIT_MS = 1000.0      # the app's longest insert while the table is converted or its days dropped
 
 RETENTION_DAYS = 3
 OLD_DAYS = (12, 11, 10)       # purged: days this many days before today (UTC)
@@ -368,7 +378,7 @@ def _term_with_parent() -> None:
     ctypes.CDLL(None).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG: no orphaned daemon
 
 
-def write_config(tmp: Path, url: str, warm_port: int) -> Path:
+def write_config(tmp: Path, url: str, warm_port: int, retention: str = "rows") -> Path:
     config = tmp / "ratecared.toml"
     purge_job = f'schedule = "{NEVER}"\nstarting_deadline = 0\noptimize_min_free_mb = 1000000\n'
     config.write_text(
@@ -380,7 +390,7 @@ def write_config(tmp: Path, url: str, warm_port: int) -> Path:
         "auto_migrate = true\n"
         "[logging]\n"
         f'dir = "{tmp / "logs"}"\n'
-        "[jobs.aggregate_statistics]\n" + purge_job +
+        "[jobs.aggregate_statistics]\n" + purge_job + f'retention = "{retention}"\n' +
         "[jobs.cleanup_expired_cache]\n" + purge_job +
         "[jobs.warm_cache]\n"
         f'schedule = "{NEVER}"\nstarting_deadline = 0\n'
@@ -565,6 +575,42 @@ def described(d: dict[str, Any]) -> str:
 
 
 
+class AppInserts:
+    """The app's insert loop on its own connection: a row every 2 ms, as PHP writes them (no id), each timed."""
+
+    def __init__(self, server: BenchMariaDB) -> None:
+        self.sql = Sql(server, "bench")
+        self.stopping = threading.Event()
+        self.latencies: list[float] = []
+        self.errors: list[str] = []
+        self.inserted = 0
+        self.thread = threading.Thread(target=self._run, name="app-inserts", daemon=True)
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            started = time.perf_counter()
+            try:
+                self.sql.execute("INSERT INTO api_requests (widget_id, platform, status_code, response_time_ms,"
+                                 " cache_hit, created_at) VALUES (1, 'booking', 200, 5, 1, UTC_TIMESTAMP())")
+                self.latencies.append(time.perf_counter() - started)
+                self.inserted += 1
+            except Exception as exc:  # noqa: BLE001 - every failed insert is reported
+                self.errors.append(str(exc))
+            time.sleep(0.002)
+
+    def longest_ms(self) -> float:
+        return round(max(self.latencies, default=0.0) * 1000, 1)
+
+    def __enter__(self) -> "AppInserts":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.thread.join(30)
+        self.sql.conn.close()
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, log: Callable[[str], None]) -> None:
         self.args = args
@@ -579,6 +625,8 @@ class Bench:
         self.pids: dict[str, int] = {}
         self.quiet_waited = 0.0
         self.pt_archiver = ""
+        self.config = Path()
+        self.url = ""
 
     def today(self) -> date:
         return datetime.now(UTC).date()
@@ -924,6 +972,67 @@ class Bench:
                 "server_peak_concurrency": http.peak_active, "ratio": round(det["duration_seconds"] / floor, 3),
                 "others_pct": cpu["others_pct"]}
 
+    # 6 ------------------------------------------------------------------------------------
+
+    def partitions(self) -> dict[str, Any]:
+        n, sql = self.n, self.sql
+        today = self.today()
+        old_days = [today - timedelta(days=back) for back in OLD_DAYS]
+        self.log(f"6. day partitions: {3 * n:,} requests on {old_days[0]}..{old_days[-1]} and {3 * (n // 10):,}"
+                 " recent, converted, then the old days dropped")
+        self.truncate("api_requests", "api_statistics_summary", "api_statistics_widget_daily")
+        set_setting(sql, "cache-statistics-retention-days", RETENTION_DAYS)
+
+        def load() -> None:
+            for day in old_days:
+                load_requests(sql, day, n)
+                summarise(sql, day)
+            for back in RECENT_DAYS:
+                load_requests(sql, today - timedelta(days=back), n // 10)
+                summarise(sql, today - timedelta(days=back))
+
+        self.prepare("requests", load, "api_requests")
+        total = sql.count("api_requests")
+        with AppInserts(self.mariadb) as app:
+            started = time.monotonic()
+            done = subprocess.run([*_daemon_argv(self.config), "partition"], capture_output=True, text=True,
+                                  timeout=3600)
+            convert_s = time.monotonic() - started
+            if done.returncode != 0:
+                raise BenchError(f"ratecared partition exited {done.returncode}: {done.stderr.strip()}")
+            convert_insert_ms = app.longest_ms()
+            self.log(f"  converted {total:,} rows in {convert_s:.1f} s; the app's longest insert"
+                     f" {convert_insert_ms:.1f} ms of {len(app.latencies):,}")
+            self.check_same_day(today)
+            write_config(self.config.parent, self.url, self.http.server_address[1], retention="partitions")
+            with Client(self.sock, timeout=60) as client:
+                client.reload()
+            app.latencies.clear()
+            result, cpu = self.measured(lambda: run_job(self.sock, "aggregate_statistics"))
+            drop_insert_ms = app.longest_ms()
+        write_config(self.config.parent, self.url, self.http.server_address[1])
+        with Client(self.sock, timeout=60) as client:
+            client.reload()
+        det = result["details"]
+        self.check_same_day(today)
+        wanted = [f"p{day:%Y%m%d}" for day in old_days]
+        # The empty days between the old ones and retention go too.
+        if det.get("partitions_dropped", [])[:3] != wanted or det.get("rows_dropped") != 3 * n:
+            raise BenchError(f"partition retention dropped {det.get('partitions_dropped')} /"
+                             f" {det.get('rows_dropped')} rows, expected {wanted} / {3 * n}")
+        left = sql.count("api_requests")
+        if left != total - 3 * n + app.inserted:
+            raise BenchError(f"{left} rows left after the drops, expected {total - 3 * n + app.inserted}")
+        if app.errors:
+            raise BenchError(f"the app's inserts failed: {app.errors[:3]}")
+        self.log(f"  dropped {len(det['partitions_dropped'])} days ({3 * n:,} rows): longest DROP {det['drop_ms_max']:.1f} ms, run"
+                 f" {det['duration_seconds']:.2f} s; the app's longest insert {drop_insert_ms:.1f} ms;"
+                 f" others {cpu['others_pct']:.0f}% CPU")
+        return {"rows_per_day": n, "converted_rows": total, "convert_s": round(convert_s, 1),
+                "convert_rows_per_s": round(total / convert_s), "convert_insert_ms_max": convert_insert_ms,
+                "drop_ms_max": det["drop_ms_max"], "job_s": det["duration_seconds"],
+                "drop_insert_ms_max": drop_insert_ms, "app_inserts": app.inserted, "others_pct": cpu["others_pct"]}
+
     # the whole run ------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
@@ -950,6 +1059,7 @@ class Bench:
             http_thread = threading.Thread(target=self.http.serve_forever, name="widget-http", daemon=True)
             http_thread.start()
             config = write_config(tmp, url, self.http.server_address[1])
+            self.config, self.url = config, url
             self.sock = str(tmp / "rc.sock")
             daemon_out = open(tmp / "daemon.out", "wb")
             self.daemon = subprocess.Popen(_daemon_argv(config), stdin=subprocess.DEVNULL, stdout=daemon_out,
@@ -965,7 +1075,8 @@ class Bench:
 
             results: dict[str, Any] = {}
             phase_rss: dict[str, float] = {}
-            for key, fn in (("1", self.aggregation), ("2", self.purge), ("3", self.cache), ("4", self.warming)):
+            for key, fn in (("1", self.aggregation), ("2", self.purge), ("3", self.cache), ("4", self.warming),
+                            ("6", self.partitions)):
                 if key not in self.args.figures:
                     continue
                 t0 = time.monotonic()
@@ -1066,6 +1177,19 @@ def figures(result: dict[str, Any]) -> list[dict[str, Any]]:
         add(f"4 warm {w['widgets']} widgets x {w['delay_s'] * 1000:.0f} ms / {w['concurrency']}: job s",
             f"{w['job_s']:.3f}", f"{w['floor_s']:.3f}", w["ratio"], f"<= {WARM_LIMIT:g} x", w["ratio"] <= WARM_LIMIT,
             w["others_pct"])
+    if "partitions" in result:
+        d = result["partitions"]
+        add(f"6 partitions: longest DROP of a day of {d['rows_per_day']:,} rows, ms", f"{d['drop_ms_max']:.1f}",
+            "-", None, f"< {DROP_LIMIT_MS:g} ms", d["drop_ms_max"] < DROP_LIMIT_MS, d["others_pct"])
+        add(f"6 partitions: DROP under the goal of {DROP_GOAL_MS:g} ms (info)", f"{d['drop_ms_max']:.1f}", "-",
+            None, "-", None)
+        add("6 partitions: app's longest insert while dropped, ms", f"{d['drop_insert_ms_max']:.1f}", "-", None,
+            f"< {INSERT_LIMIT_MS:g} ms", d["drop_insert_ms_max"] < INSERT_LIMIT_MS)
+        add("6 partitions: app's longest insert while converted, ms",
+            f"{d['convert_insert_ms_max']:.1f}", "-", None, f"< {INSERT_LIMIT_MS:g} ms",
+            d["convert_insert_ms_max"] < INSERT_LIMIT_MS)
+        add(f"6 partitions: conversion of {d['converted_rows']:,} rows, rows/s (info)", f"{d['convert_rows_per_s']:,}",
+            "-", None, "-", None)
     r = result["rss"]
     add("5 daemon peak VmRSS MB", f"{r['peak_mb']:.1f}", "-", None, f"< {RSS_LIMIT_MB:g} MB",
         r["peak_mb"] < RSS_LIMIT_MB)
@@ -1139,7 +1263,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delete-rounds", type=int, default=2,
                         help="purge and cleanup rounds of the job and its peers, the order reversed each round;"
                              " best of each counts [2]")
-    parser.add_argument("--figures", default="1,2,3,4", help="comma-separated subset of 1,2,3,4 [all];"
+    parser.add_argument("--figures", default="1,2,3,4,6", help="comma-separated subset of 1,2,3,4,6 [all];"
                         " the RSS figure is always reported")
     parser.add_argument("--quiet-wait", type=float, default=120.0,
                         help="before each timed section, wait up to this many seconds for other processes to"
@@ -1148,8 +1272,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)
     args.figures = {f.strip() for f in args.figures.split(",") if f.strip()}
-    if not args.figures or not args.figures <= {"1", "2", "3", "4"}:
-        parser.error("--figures takes a comma-separated subset of 1,2,3,4")
+    if not args.figures or not args.figures <= {"1", "2", "3", "4", "6"}:
+        parser.error("--figures takes a comma-separated subset of 1,2,3,4,6")
     if not 0 < args.rows_scale <= 10 or args.rounds < 1 or args.delete_rounds < 1:
         parser.error("--rows-scale must be in (0, 10], --rounds and --delete-rounds >= 1")
 
