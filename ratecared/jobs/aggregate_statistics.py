@@ -141,7 +141,7 @@ def _summarised_whole(ctx: JobContext, part: day_partitions.Partition) -> list[s
     day = oldest.astimezone(ctx.tz).date()
     while True:
         start, end = ctx.day_bounds(day)
-        if start[:19] >= str(part.end):
+        if parse_timestamp(start) >= part.end:
             return rolled
         count = int(db.query("SELECT COUNT(*) FROM api_requests WHERE created_at >= ? AND created_at < ?",
                              (start, end))[0][0])
@@ -166,7 +166,7 @@ def drop_past_days(ctx: JobContext, cutoff: str) -> dict[str, Any]:
         done["partitions_warning"] = not_added
         ctx.log.warning("no day partitions made", reason=not_added)
     for part in day_partitions.partitions(db):
-        if part.end is None or part.end > cutoff[:19]:
+        if part.end is None or part.end > parse_timestamp(cutoff):
             break
         try:
             paused_for = ctx.throttle()

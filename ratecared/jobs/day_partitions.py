@@ -67,8 +67,8 @@ class Partition:
     name: str
     # The local day it holds (and, for the first, every row before it); None for pfuture.
     day: date | None
-    # Its rows' created_at are below this (a stored UTC timestamp); None for pfuture.
-    end: str | None
+    # Its rows' created_at are below this instant; None for pfuture.
+    end: datetime | None
 
 
 def name_of(day: date) -> str:
@@ -77,6 +77,11 @@ def name_of(day: date) -> str:
 
 def _bound(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _days(first: date, last: date) -> list[date]:
+    """Every day from `first` to `last`, both included."""
+    return [first + timedelta(days=n) for n in range((last - first).days + 1)]
 
 
 def _definitions(days: list[date], tz: ZoneInfo) -> str:
@@ -99,7 +104,7 @@ def partitions(db: Database, table: str = TABLE) -> list[Partition]:
         except ValueError:
             raise PartitionError(f"{table} has a partition ratecared did not make ({name}): retention by "
                                  "partitions keeps to its own; use retention = \"rows\"") from None
-        out.append(Partition(name, day, str(description).strip("'")))
+        out.append(Partition(name, day, parse_timestamp(str(description).strip("'"))))
     return out
 
 
@@ -146,7 +151,7 @@ def add_ahead(db: Database, today: date, tz: ZoneInfo) -> tuple[list[str], float
     if not days:
         return [], 0.0, None
     first = max(days[-1] + timedelta(days=1), today - timedelta(days=1))
-    wanted = [first + timedelta(days=n) for n in range((today + timedelta(days=DAYS_AHEAD) - first).days + 1)]
+    wanted = _days(first, today + timedelta(days=DAYS_AHEAD))
     if not wanted:
         return [], 0.0, None
     held = len(db.query(f"SELECT 1 FROM {TABLE} PARTITION ({FUTURE}) LIMIT {FUTURE_ROWS_MOVED + 1}"))
@@ -198,7 +203,7 @@ def _build(db: Database, partitioned: bool, today: date, tz: ZoneInfo) -> int:
     oldest = parse_timestamp(db.query(f"SELECT MIN(created_at) FROM {TABLE}")[0][0])
     first = today if oldest is None else min(today, oldest.astimezone(tz).date())
     first = max(first, today - timedelta(days=MOST_DAYS_BEHIND))
-    days = [first + timedelta(days=n) for n in range((today + timedelta(days=DAYS_AHEAD) - first).days + 1)]
+    days = _days(first, today + timedelta(days=DAYS_AHEAD))
     db.execute(f"ALTER TABLE {BUILDING} DROP PRIMARY KEY, ADD PRIMARY KEY (id, created_at)"
                f" PARTITION BY RANGE COLUMNS (created_at) ({_definitions(days, tz)})")
     return len(days) + 1
