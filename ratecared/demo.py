@@ -146,16 +146,25 @@ def _cache(rng: random.Random, now: datetime, widget_ids: Sequence[int]) -> list
             expires_at = created_at + (now - created_at) * rng.uniform(0.1, 0.95)
         else:
             expires_at = now + timedelta(minutes=rng.uniform(1, 6 * 60))
-        payload = {
-            "widget_id": widget_id,
-            "platform": platform,
-            "currency": rng.choice(CURRENCIES),
-            "rates": [{"room": room, "price": round(rng.uniform(45, 420), 2)}
-                      for room in rng.sample(ROOM_TYPES, rng.randint(1, 3))],
-        }
-        rows.append((f"rates:{widget_id}:{platform}", widget_id, json.dumps(payload),
+        rows.append((cache_key(widget_id, platform), widget_id, json.dumps(rates(rng, widget_id, platform)),
                      timestamp(created_at), timestamp(expires_at)))
     return rows
+
+
+def cache_key(widget_id: int, platform: str) -> str:
+    """The app's cache key for one platform's rates of one widget."""
+    return f"rates:{widget_id}:{platform}"
+
+
+def rates(rng: random.Random, widget_id: int, platform: str) -> dict[str, Any]:
+    """One platform's answer for a widget, as the app caches it."""
+    return {
+        "widget_id": widget_id,
+        "platform": platform,
+        "currency": rng.choice(CURRENCIES),
+        "rates": [{"room": room, "price": round(rng.uniform(45, 420), 2)}
+                  for room in rng.sample(ROOM_TYPES, rng.randint(1, 3))],
+    }
 
 
 def _insert(tx: Transaction, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

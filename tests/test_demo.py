@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 import subprocess
 import sys
@@ -139,24 +140,81 @@ def test_cli_exits_78_on_a_bad_config(tmp_path: Path) -> None:
     assert "database.url" in result.stderr
 
 
-def test_widget_standin_serves_rates_and_runs_the_daemon_command(tmp_path: Path) -> None:
+def free_port() -> int:
     import socket as socketlib
 
     probe = socketlib.socket()
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
     probe.close()
+    return port
+
+
+def standin_config(tmp_path: Path, port: int) -> Path:
+    """A migrated SQLite database and a warming URL on `port`."""
     config = write_config(tmp_path)
-    config.write_text(config.read_text() + f'\n[jobs.warm_cache]\nurl = "http://127.0.0.1:{port}/api/v1/widgets/{{widget_id}}/rates"\n')
-    script = (f"import urllib.request, json, sys; r = urllib.request.urlopen('http://127.0.0.1:{port}/api/v1/widgets/7/rates');"
-              "sys.exit(0 if json.load(r)['data']['widget_id'] == 7 else 5)")
-    result = subprocess.run([sys.executable, "-m", "ratecared.demo_app", "--config", str(config), "--",
-                             sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    config.write_text(config.read_text() + f'\n[jobs.warm_cache]\nurl = "http://127.0.0.1:{port}/api/v1/widgets/{{widget_id}}/rates"\n'
+                      '[circuit_breaker]\nplatforms = ["booking", "agoda"]\n')
+    database = Database(ratecared_config.load(config).database)
+    migrations.apply(database)
+    database.close()
+    return config
+
+
+# Run as the stand-in's command: two requests for widget 7, each line "X-Cache platforms".
+TWO_REQUESTS = """
+import json, sys, urllib.request
+for _ in range(2):
+    r = urllib.request.urlopen('http://127.0.0.1:{port}/api/v1/widgets/7/rates')
+    body = json.load(r)
+    print(r.headers['X-Cache'], body['data']['widget_id'], ','.join(x['platform'] for x in body['data']['rates']))
+"""
+
+
+def test_widget_standin_answers_a_miss_from_the_platforms_then_from_the_cache(tmp_path: Path) -> None:
+    port = free_port()
+    config = standin_config(tmp_path, port)
+    result = subprocess.run([sys.executable, "-m", "ratecared.demo_app", "--config", str(config), "--platform-ms", "1",
+                             "--", sys.executable, "-c", TWO_REQUESTS.format(port=port)],
+                            capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert f"widget stand-in: http://127.0.0.1:{port}" in result.stderr
+    assert result.stdout.splitlines() == ["MISS 7 booking,agoda", "HIT 7 booking,agoda"]
+    database = Database(ratecared_config.load(config).database)
+    stored = database.query("SELECT cache_key, widget_id, payload, created_at, expires_at FROM cache ORDER BY cache_key")
+    database.close()
+    assert [row[:2] for row in stored] == [("rates:7:agoda", 7), ("rates:7:booking", 7)]
+    for _, _, payload, created_at, expires_at in stored:
+        assert json.loads(payload)["widget_id"] == 7
+        lived = datetime.fromisoformat(expires_at) - datetime.fromisoformat(created_at)
+        assert lived == timedelta(hours=6)
     failing = subprocess.run([sys.executable, "-m", "ratecared.demo_app", "--config", str(config), "--",
                               sys.executable, "-c", "raise SystemExit(3)"], capture_output=True, timeout=60)
     assert failing.returncode == 3
+
+
+def test_widget_standin_calls_the_platforms_again_for_an_expired_row(tmp_path: Path) -> None:
+    port = free_port()
+    config = standin_config(tmp_path, port)
+    database = Database(ratecared_config.load(config).database)
+    now = datetime.now(timezone.utc)
+    old = json.dumps({"widget_id": 7, "platform": "booking", "rates": [], "currency": "EUR"})
+    database.executemany("INSERT INTO cache (cache_key, widget_id, payload, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+                         [("rates:7:booking", 7, old, timestamp(now - timedelta(hours=7)),
+                           timestamp(now - timedelta(hours=1))),
+                          ("rates:7:agoda", 7, old.replace("booking", "agoda"), timestamp(now),
+                           timestamp(now + timedelta(hours=1)))])
+    result = subprocess.run([sys.executable, "-m", "ratecared.demo_app", "--config", str(config), "--platform-ms", "1",
+                             "--", sys.executable, "-c", TWO_REQUESTS.format(port=port)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["MISS 7 booking,agoda", "HIT 7 booking,agoda"]
+    fresh = database.query("SELECT cache_key, payload FROM cache WHERE expires_at > ? ORDER BY cache_key",
+                           (timestamp(now),))
+    database.close()
+    assert [key for key, _ in fresh] == ["rates:7:agoda", "rates:7:booking"]
+    assert json.loads(fresh[0][1])["rates"] == [], "the fresh agoda row was answered, not fetched again"
+    assert json.loads(fresh[1][1])["rates"] != [], "the expired booking row was fetched again"
 
 
 def test_a_taken_standin_port_is_one_line_not_a_traceback(tmp_path: Path) -> None:
