@@ -1,4 +1,5 @@
 """Purges wait for the database: a real replica's replication, the primary's running threads, the run's deadline.
+The conversion to day partitions waits the same way, and the replica drops the days the primary drops.
 
 A primary and a replica, two private MariaDB servers with GTID replication
 over loopback, and a daemon purging on the primary (issue 13, part 2).
@@ -9,6 +10,8 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import subprocess
+import sys
 import tempfile
 import threading
 from contextlib import suppress
@@ -307,4 +310,77 @@ def test_a_replica_lagging_past_the_limit_pauses_the_purge_until_it_catches_up(
     assert run["status"] == "success", run
     assert " lags " in run["details"]["paused_for"]
     assert count(db) == 3 * DAY_ROWS
+    db.close()
+
+
+def _partitions(server: Any, database: str) -> list[tuple[str, int]]:
+    """(partition, rows) of `database`.api_requests on one server, in order; rows counted, not estimated."""
+    with server.root_connect(database=database) as conn, conn.cursor() as cur:
+        cur.execute("SELECT PARTITION_NAME FROM information_schema.PARTITIONS WHERE TABLE_SCHEMA = %s"
+                    " AND TABLE_NAME = 'api_requests' AND PARTITION_NAME IS NOT NULL ORDER BY PARTITION_ORDINAL_POSITION",
+                    (database,))
+        names = [name for (name,) in cur.fetchall()]
+        out = []
+        for name in names:
+            cur.execute(f"SELECT COUNT(*) FROM api_requests PARTITION ({name})")
+            out.append((name, int(cur.fetchone()[0])))
+        return out
+
+
+def _tables(server: Any, database: str) -> set[str]:
+    with server.root_connect() as conn, conn.cursor() as cur:
+        cur.execute("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s"
+                    " AND TABLE_NAME LIKE 'api_requests%%'", (database,))
+        return {name for (name,) in cur.fetchall()}
+
+
+@pytest.mark.mariadb
+def test_a_partition_conversion_waits_for_a_stopped_replica_and_the_replica_drops_the_same_days(
+        replicated: Replicated, primary_url: str, config_factory, daemon_factory, tmp_path: Path) -> None:
+    database = primary_url.split("/")[3].split("?")[0]
+    db = seeded(primary_url, 6, replicated)
+    before = count(db)
+    replicated.sql_thread(False)
+    config = config_factory(url=primary_url, daemon={"timezone": "UTC"},
+                            database={"replicas": [replica_url(replicated, primary_url)]},
+                            jobs__aggregate_statistics={"retention": "partitions"})
+    command = subprocess.Popen([sys.executable, "-m", "ratecared", "--config", str(config), "partition"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    said: list[str] = []
+    reader = threading.Thread(target=lambda: said.extend(command.stdout), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any(line.startswith("purge paused") for line in said), what="the move to pause")
+        paused = next(line for line in said if line.startswith("purge paused"))
+        assert "replication is not running (IO thread Yes, SQL thread No)" in paused
+        # Swapped, and not one row moved while the replica stands still.
+        assert _tables(replicated.primary, database) == {"api_requests", "api_requests_draining"}
+        assert int(db.query("SELECT COUNT(*) FROM api_requests_draining")[0][0]) == before
+        replicated.sql_thread(True)
+        assert command.wait(120) == 0, "".join(said)
+    finally:
+        if command.poll() is None:
+            command.kill()
+        command.wait(30)
+        reader.join(30)
+    assert any(line.startswith("purge resumed") for line in said), said
+    assert count(db) == before
+    wait_for(replicated.caught_up, what="the replica to apply the conversion")
+    converted = _partitions(replicated.primary, database)
+    assert sum(rows for _, rows in converted) == before
+    assert _partitions(replicated.replica, database) == converted
+    assert _tables(replicated.replica, database) == {"api_requests"}
+
+    # The aggregation drops the three days past retention (3) by partition, and the replica drops the same.
+    daemon = watching(replicated, primary_url, config_factory, daemon_factory, {}, retention="partitions")
+    assert ctl(daemon.socket, "run", "aggregate_statistics", "--wait")[0] == 0
+    run = last_run(daemon.socket, "aggregate_statistics")
+    assert run["details"]["partitions_dropped"] == [name for name, _ in converted[:3]], run
+    assert run["details"]["rows_dropped"] == 3 * DAY_ROWS, run
+    assert count(db) == 3 * DAY_ROWS
+    wait_for(replicated.caught_up, what="the replica to apply the drops")
+    assert _partitions(replicated.replica, database) == _partitions(replicated.primary, database)
+    with replicated.replica.root_connect(database=database) as conn, conn.cursor() as cur:
+        cur.execute("SELECT COUNT(*) FROM api_requests")
+        assert int(cur.fetchone()[0]) == 3 * DAY_ROWS
     db.close()
