@@ -37,6 +37,13 @@ measures each job against a floor taken in the same run, on the same data:
             pass: each day's DROP PARTITION < 1 s (goal 100 ms), and no
                   app insert over 1 s during the conversion or the drops
 
+  7  growth (only when asked: --figures 7): the jobs alone, no peers, at each
+     of --growth's sizes (1, 3 and 10 x 1,000,000 rows): aggregate_statistics of
+     N requests, its purge of N detail rows past retention, cleanup_expired_cache
+     of N expired cache rows; each time against the first size's, per row
+            pass: every purge and cleanup statement < 250 ms at every size
+            (goal: times linear in the rows)
+
 N is 1,000,000 (scaled by --rows-scale). Before every timed purge, of a peer
 or of the job, the data is loaded the same way, ANALYZEd, and InnoDB is let
 settle (dirty pages flushed, purge caught up), so all start from the same state.
@@ -68,6 +75,7 @@ Usage:
     .venv/bin/python bench/jobs.py --json              # one JSON object on stdout
     .venv/bin/python bench/jobs.py --figures 1,4       # only some figures (RSS always; 1-4 and 6)
     .venv/bin/python bench/jobs.py --quiet-wait 0      # never wait for other processes
+    .venv/bin/python bench/jobs.py --figures 7         # growth at 1, 3 and 10 M rows (about 25 minutes)
 
 Progress goes to stderr; the table (or the JSON) to stdout. Exit status 0 when
 every figure passes, 1 when one fails or the bench cannot run, 130 on Ctrl-C.
@@ -383,7 +391,7 @@ def write_config(tmp: Path, url: str, warm_port: int, retention: str = "rows") -
     purge_job = f'schedule = "{NEVER}"\nstarting_deadline = 0\noptimize_min_free_mb = 1000000\n'
     config.write_text(
         "[daemon]\n"
-        f'socket = "{tmp / "rc.sock"}"\n'
+        f'socket = "{tmp / "rc.sock"}"\nstate_dir = "{tmp / "state"}"\n'
         'socket_group = ""\nadmin_group = ""\ntimezone = "UTC"\nhost = "bench"\n'
         "[database]\n"
         f'url = "{url}"\n'
@@ -681,6 +689,17 @@ class Bench:
 
     # 1 ------------------------------------------------------------------------------------
 
+    def aggregated(self, today: date, day: date, n: int) -> float:
+        """One aggregation run of `n` requests on `day`, checked; its duration in seconds."""
+        det = run_job(self.sock, "aggregate_statistics")["details"]
+        self.check_same_day(today)
+        if det.get("days_summarised") != [day.isoformat()] or det.get("requests_summarised") != n:
+            raise BenchError(f"aggregation summarised {det.get('days_summarised')}"
+                             f" / {det.get('requests_summarised')} rows, expected [{day}] / {n}")
+        if det.get("rows_deleted"):
+            raise BenchError(f"aggregation deleted {det['rows_deleted']} rows with 3650 days' retention")
+        return float(det["duration_seconds"])
+
     def aggregation(self) -> dict[str, Any]:
         n, sql = self.n, self.sql
         today = self.today()
@@ -705,15 +724,7 @@ class Bench:
         reference = summary_of(sql, day)
 
         def job() -> float:
-            result = run_job(self.sock, "aggregate_statistics")
-            det = result["details"]
-            self.check_same_day(today)
-            if det.get("days_summarised") != [d] or det.get("requests_summarised") != n:
-                raise BenchError(f"aggregation summarised {det.get('days_summarised')}"
-                                 f" / {det.get('requests_summarised')} rows, expected [{d}] / {n}")
-            if det.get("rows_deleted"):
-                raise BenchError(f"aggregation deleted {det['rows_deleted']} rows with 3650 days' retention")
-            return float(det["duration_seconds"])
+            return self.aggregated(today, day, n)
 
         rounds: list[dict[str, Any]] = []
         for i in range(self.args.rounds):
@@ -860,7 +871,7 @@ class Bench:
                            for i in range(self.args.delete_rounds)],
                 "job_others_pct": max(r["cpu"]["others_pct"] for r in runs["job"])}
 
-    def purge(self) -> dict[str, Any]:
+    def purge(self, job_only: bool = False) -> dict[str, Any]:
         n, sql = self.n, self.sql
         recent_n = max(100, n // 10)
         today = self.today()
@@ -887,11 +898,13 @@ class Bench:
                                  f" left {left}; expected {old} before {cutoff}, {kept} left")
 
         set_setting(sql, "cache-statistics-retention-days", RETENTION_DAYS)
+        if job_only:
+            return self.timed_job("aggregate_statistics", "api_requests", load, check)
         out = self.delete_figure("aggregate_statistics", "api_requests", "created_at", lambda: cutoff, old, load, check)
         out.update(kept=kept, days_summarised=out["job"]["details"].get("days_summarised"))
         return out
 
-    def cache(self) -> dict[str, Any]:
+    def cache(self, job_only: bool = False) -> dict[str, Any]:
         sql = self.sql
         expired = self.n
         live = max(100, self.n // 5)
@@ -919,11 +932,55 @@ class Bench:
                 raise BenchError(f"cleanup deleted {det.get('rows_deleted')} rows and left {left};"
                                  f" expected {expired} and {live}")
 
+        if job_only:
+            out = self.timed_job("cleanup_expired_cache", "cache", load, check)
+            self.truncate("cache")
+            return out
         out = self.delete_figure("cleanup_expired_cache", "cache", "expires_at", lambda: ts(datetime.now(UTC)),
                                  expired, load, check)
         self.truncate("cache")
         out.update(kept=live)
         return out
+
+    # 7 ------------------------------------------------------------------------------------
+
+    def growth(self) -> dict[str, Any]:
+        """The jobs alone at each of --growth's sizes: N requests aggregated, N detail rows purged, N cache rows cleaned."""
+        sizes = []
+        for scale in self.args.growth:
+            n = int(FULL_ROWS * scale)
+            self.log(f"7. growth x{scale:g}: the jobs alone on {n:,} rows each")
+            today = self.today()
+            day = today - timedelta(days=1)
+            self.truncate("api_requests", "api_statistics_summary", "api_statistics_widget_daily")
+            set_setting(self.sql, "cache-statistics-retention-days", 3650)
+            self.prepare("requests", lambda: load_requests(self.sql, day, n), "api_requests")
+            self.wait_quiet()
+            aggregate_s = self.aggregated(today, day, n)
+            self.log(f"  aggregation: {aggregate_s:.2f} s")
+            # purge() loads len(OLD_DAYS) days of self.n rows past retention; cache() self.n expired rows.
+            self.n = n // len(OLD_DAYS)
+            purge = self.purge(job_only=True)
+            self.n = n
+            cleanup = self.cache(job_only=True)
+            sizes.append({"scale": scale, "rows": n, "aggregate_s": round(aggregate_s, 3),
+                          "purge": {"rows": purge["rows"], "s": purge["total_s"],
+                                    "rows_per_s": purge["total_rows_per_s"],
+                                    "chunk_ms_max": purge["details"]["chunk_ms_max"]},
+                          "cleanup": {"rows": cleanup["rows"], "s": cleanup["total_s"],
+                                      "rows_per_s": cleanup["total_rows_per_s"],
+                                      "chunk_ms_max": cleanup["details"]["chunk_ms_max"]},
+                          "others_pct": max(purge["cpu"]["others_pct"], cleanup["cpu"]["others_pct"])})
+        self.truncate("api_requests", "api_statistics_summary", "api_statistics_widget_daily")
+        self.n = max(1000, int(FULL_ROWS * self.args.rows_scale))
+        first = sizes[0]
+        for size in sizes:
+            # 1.0: the time grew as the rows did; over 1, faster than linear.
+            size["vs_linear"] = {
+                "aggregate": round(size["aggregate_s"] / first["aggregate_s"] / (size["rows"] / first["rows"]), 2),
+                **{key: round(size[key]["s"] / first[key]["s"] / (size[key]["rows"] / first[key]["rows"]), 2)
+                   for key in ("purge", "cleanup")}}
+        return {"sizes": sizes}
 
     # 4 ------------------------------------------------------------------------------------
 
@@ -1076,7 +1133,7 @@ class Bench:
             results: dict[str, Any] = {}
             phase_rss: dict[str, float] = {}
             for key, fn in (("1", self.aggregation), ("2", self.purge), ("3", self.cache), ("4", self.warming),
-                            ("6", self.partitions)):
+                            ("6", self.partitions), ("7", self.growth)):
                 if key not in self.args.figures:
                     continue
                 t0 = time.monotonic()
@@ -1190,6 +1247,16 @@ def figures(result: dict[str, Any]) -> list[dict[str, Any]]:
             d["convert_insert_ms_max"] < INSERT_LIMIT_MS)
         add(f"6 partitions: conversion of {d['converted_rows']:,} rows, rows/s (info)", f"{d['convert_rows_per_s']:,}",
             "-", None, "-", None)
+    for size in result.get("growth", {}).get("sizes", ()):
+        x, lin = f"x{size['scale']:g}", size["vs_linear"]
+        add(f"7 growth {x}: aggregate {size['rows']:,} rows, s (info)", f"{size['aggregate_s']:.2f}", "-",
+            lin["aggregate"], "-", None, None)
+        for key, label in (("purge", "purge"), ("cleanup", "cleanup")):
+            run = size[key]
+            add(f"7 growth {x}: {label} {run['rows']:,} rows, s until purged (info)", f"{run['s']:.2f}", "-",
+                lin[key], "-", None, size["others_pct"])
+            add(f"7 growth {x}: {label} longest statement ms", f"{run['chunk_ms_max']:.1f}", "-", None,
+                f"< {CHUNK_MS_LIMIT:g} ms", run["chunk_ms_max"] < CHUNK_MS_LIMIT, size["others_pct"])
     r = result["rss"]
     add("5 daemon peak VmRSS MB", f"{r['peak_mb']:.1f}", "-", None, f"< {RSS_LIMIT_MB:g} MB",
         r["peak_mb"] < RSS_LIMIT_MB)
@@ -1241,6 +1308,9 @@ def report_text(result: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         w = result["warming"]
         out.append(f"warming: a plain {w['concurrency']}-thread client takes {w['plain_client_s']:.3f} s;"
                    f" server peak concurrency under the job {w['server_peak_concurrency']}")
+    if "growth" in result:
+        out.append("growth: ratio = (time at this size / time at the first) / (rows at this size / rows at the"
+                   " first); 1.00 is linear")
     r = result["rss"]
     out.append(f"daemon RSS: peak {r['peak_mb']:.1f} MB over {r['samples']} samples (VmHWM {r['vmhwm_mb']} MB);"
                f" per figure {r['per_figure_mb']}")
@@ -1263,17 +1333,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delete-rounds", type=int, default=2,
                         help="purge and cleanup rounds of the job and its peers, the order reversed each round;"
                              " best of each counts [2]")
-    parser.add_argument("--figures", default="1,2,3,4,6", help="comma-separated subset of 1,2,3,4,6 [all];"
-                        " the RSS figure is always reported")
+    parser.add_argument("--figures", default="1,2,3,4,6", help="comma-separated subset of 1,2,3,4,6,7"
+                        " [1,2,3,4,6]; the RSS figure is always reported")
     parser.add_argument("--quiet-wait", type=float, default=120.0,
                         help="before each timed section, wait up to this many seconds for other processes to"
                              f" leave the CPUs under {QUIET_PCT:g}%% busy; 0: never wait [120]")
+    parser.add_argument("--growth", default="1,3,10",
+                        help="figure 7's sizes, comma-separated multiples of 1,000,000 rows [1,3,10]")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)
     args.figures = {f.strip() for f in args.figures.split(",") if f.strip()}
-    if not args.figures or not args.figures <= {"1", "2", "3", "4", "6"}:
-        parser.error("--figures takes a comma-separated subset of 1,2,3,4,6")
+    if not args.figures or not args.figures <= {"1", "2", "3", "4", "6", "7"}:
+        parser.error("--figures takes a comma-separated subset of 1,2,3,4,6,7")
+    try:
+        args.growth = [float(x) for x in args.growth.split(",") if x.strip()]
+    except ValueError:
+        parser.error("--growth takes comma-separated numbers")
+    if not args.growth or not all(0 < x <= 10 for x in args.growth):
+        parser.error("--growth takes one or more sizes in (0, 10]")
     if not 0 < args.rows_scale <= 10 or args.rounds < 1 or args.delete_rounds < 1:
         parser.error("--rows-scale must be in (0, 10], --rounds and --delete-rounds >= 1")
 
