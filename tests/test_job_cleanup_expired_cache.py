@@ -84,3 +84,33 @@ def test_stop_between_chunks_keeps_what_was_done(database: Database) -> None:
     assert info.value.rows == 100
     assert info.value.details["rows_deleted"] == 100 and info.value.details["walk"] == "primary_key"
     assert database.query("SELECT COUNT(*) FROM cache")[0][0] == 900
+
+
+@pytest.mark.mariadb
+def test_expired_rows_scattered_among_live_ones_are_given_back_by_a_rebuild(mysql_url: str) -> None:
+    from ratecared.config import DatabaseConfig
+    from ratecared.db import migrations
+
+    db = Database(DatabaseConfig(url=mysql_url))
+    migrations.apply(db)
+    # Four of every five rows expired, side by side with the live one: no page empties, no extent is freed.
+    expired, live = NOW - timedelta(hours=1), NOW + timedelta(hours=1)
+    rows = [(f"k{i}", i % 9, '{"rates": "' + "r" * 500 + '"}', timestamp(NOW - timedelta(days=1)),
+             timestamp(live if i % 5 == 4 else expired)) for i in range(20_000)]
+    for start in range(0, len(rows), 2000):
+        insert_rows(db, "cache", COLUMNS, rows[start:start + 2000])
+    db.execute("ANALYZE TABLE cache")
+
+    def used() -> int:
+        db.execute("ANALYZE TABLE cache")
+        return int(db.query("SELECT DATA_LENGTH FROM information_schema.TABLES"
+                            " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'cache'")[0][0])
+
+    before = used()
+    result = cleanup_expired_cache.run(make_context(db, "cleanup_expired_cache", NOW, optimize_min_free_mb=0))
+    assert result.details["rows_deleted"] == 16_000
+    assert result.details["optimized"] is True, result.details
+    assert result.details["free_bytes"] >= 0.7 * result.details["size_bytes"]
+    assert used() < before / 2
+    assert db.query("SELECT COUNT(*) FROM cache")[0][0] == 4000
+    db.close()

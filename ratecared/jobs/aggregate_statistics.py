@@ -218,7 +218,7 @@ def run(ctx: JobContext) -> JobResult:
     except Interrupted as exc:
         raise exc.including(_rows_written(done), done) from None
     ctx.log.info("detail rows purged", cutoff=done["cutoff"], **purge.as_details())
-    space: dict[str, Any] = optimize_if_it_pays(ctx, "api_requests")
+    space: dict[str, Any] = optimize_if_it_pays(ctx, "api_requests", purge.rows)
     return JobResult(RunStatus.SUCCESS, rows=_rows_written(done) + purge.rows,
                      details={**done, **purge.as_details(), **space})
 

@@ -59,5 +59,5 @@ def run(ctx: JobContext) -> JobResult:
     except Interrupted as exc:
         raise exc.including(0, plan) from None
     ctx.log.info("expired cache rows deleted", **plan, **purge.as_details())
-    space = optimize_if_it_pays(ctx, "cache")
+    space = optimize_if_it_pays(ctx, "cache", purge.rows)
     return JobResult(RunStatus.SUCCESS, rows=purge.rows, details={**plan, **purge.as_details(), **space})

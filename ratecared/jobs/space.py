@@ -15,10 +15,10 @@ MIN_FREE_SHARE = 0.2
 MB = 1024 * 1024
 
 
-def optimize_if_it_pays(ctx: JobContext, table: str) -> dict[str, Any]:
-    """Reclaim `table`'s free space when it is over both thresholds; report the figures."""
+def optimize_if_it_pays(ctx: JobContext, table: str, rows_deleted: int) -> dict[str, Any]:
+    """Reclaim `table`'s free space, `rows_deleted` having just gone, when it is over both thresholds."""
     db = ctx.database
-    free, size = db.dialect.space(db.query, table)
+    free, size = db.dialect.space(db.query, table, rows_deleted)
     min_free = int(ctx.config.optimize_min_free_mb * MB)
     pays = free >= min_free and size > 0 and free >= MIN_FREE_SHARE * size
     details: dict[str, Any] = {"free_bytes": free, "size_bytes": size, "space_of": db.dialect.space_of,
