@@ -408,7 +408,8 @@ def faster(before_ms: float, after_ms: float) -> str:
     """As the seed says it ("95% faster": the time saved), and as a ratio."""
     if not after_ms:
         return "n/a"
-    return f"{(1 - after_ms / before_ms) * 100:.1f}% faster, {before_ms / after_ms:,.1f}x"
+    saved = (1 - after_ms / before_ms) * 100
+    return f"{saved:.{3 if saved > 99.9 else 1}f}% faster, {before_ms / after_ms:,.1f}x"
 
 
 def table(r: dict[str, Any]) -> list[tuple[str, str, str]]:
