@@ -385,11 +385,7 @@ class Gains:
             if getattr(self, "sql", None) is not None:
                 self.sql.close()
             if server is not None:
-                try:
-                    server.close()
-                except Exception as exc:  # noqa: BLE001
-                    self.log(f"warning: MariaDB: {exc}")
-                    server.kill()
+                server.close_or_kill(self.log)
             shutil.rmtree(tmp, ignore_errors=True)
 
 

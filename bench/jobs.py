@@ -167,6 +167,14 @@ class BenchMariaDB(harness.MariaDB):
 
     server_options = (*harness._SERVER_OPTIONS, *SERVER_OPTIONS)
 
+    def close_or_kill(self, log: Callable[[str], None]) -> None:
+        """Shut down; killed if that fails, so no bench leaves a server behind."""
+        try:
+            self.close()
+        except Exception as exc:  # noqa: BLE001
+            log(f"warning: MariaDB: {exc}")
+            self.kill()
+
 
 class Sql:
     """The bench's own connection, with the daemon's session settings."""
@@ -1177,11 +1185,7 @@ class Bench:
             if self.sql is not None:
                 self.sql.close()
             if server is not None:
-                try:
-                    server.close()
-                except Exception as exc:  # noqa: BLE001
-                    self.log(f"warning: MariaDB: {exc}")
-                    server.kill()
+                server.close_or_kill(self.log)
             shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -218,8 +218,8 @@ class MySQL:
 
         DATA_FREE counts whole free extents only. Rows deleted here and there,
         as expired cache rows among live ones, leave pages part-empty instead,
-        which only a rebuild compacts: 4 of every 5 rows gone left 3.8 GB of
-        cache with under 1% of it in DATA_FREE (bench/gains.py). Their share is
+        which only a rebuild compacts: with 4 of every 5 rows gone from 3.8 GB
+        of cache, DATA_FREE stayed under the 20% that makes one pay (bench/gains.py). Their share is
         estimated from the rows just deleted against those left (TABLE_ROWS,
         which InnoDB lowers on every delete), and the larger of the two counts.
         """
