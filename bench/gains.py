@@ -19,8 +19,8 @@ keep all of this month) and cleanup_expired_cache, each with its default
 optimize thresholds; then, in the morning, warm_cache.
 
 Measured before and after, on the same data:
-  size     the database's table files on disk (du of its directory) and the
-           bytes in use (data + index - free, information_schema), all tables
+  size     the database's table files on disk (du of its directory) and their
+           data + index bytes (information_schema), all tables
            and the two the jobs work on
   stats    the app's statistics query: requests, hits, errors and mean
            response per day for 30 days, from api_requests before and from
@@ -397,7 +397,8 @@ def gb(n: int) -> str:
 
 
 def less(before: float, after: float) -> str:
-    return f"{(1 - after / before) * 100:+.0f}%".replace("+", "-", 1) if before else "n/a"
+    """The change in size, signed: -79% when it shrank, +17% when it grew."""
+    return f"{(after / before - 1) * 100:+.0f}%" if before else "n/a"
 
 
 def faster(before_ms: float, after_ms: float) -> str:
@@ -420,7 +421,7 @@ def table(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [
         ("database on disk", CLAIMS["size"],
          f"{gb(bs['disk_bytes'])} -> {gb(as_['disk_bytes'])} ({less(bs['disk_bytes'], as_['disk_bytes'])});"
-         f" in use {gb(bs['in_use_bytes'])} -> {gb(as_['in_use_bytes'])}"),
+         f" data + index {gb(bs['in_use_bytes'])} -> {gb(as_['in_use_bytes'])}"),
         ("detail rows -> summary rows", CLAIMS["stats"].split(";")[0],
          f"{bd['rows']:,} -> {ad['rows']:,} detail (last {r['meta']['retention_days']} days kept),"
          f" {bs['summary_rows']} -> {as_['summary_rows']} summary rows"),
@@ -435,7 +436,8 @@ def table(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("a widget's fresh cache entries", CLAIMS["query"],
          f"median {wb['median_ms']:,.1f} -> {wa['median_ms']:,.1f} ms: {faster(wb['median_ms'], wa['median_ms'])}"),
         ("a call to a failed platform", CLAIMS["breaker"],
-         f"{br['without']['median_ms'] / 1000:.2f} s (timeout) -> {br['open']['median_ms']:.3f} ms"
+         f"{br['without']['median_ms'] / 1000:.2f} s (the seed's {PLATFORM_TIMEOUT:g} s timeout)"
+         f" -> {br['open']['median_ms']:.3f} ms"
          f" (breaker open; p99 {br['open']['p99_ms']:.3f} ms)"),
         ("the morning's first widget request", CLAIMS["morning"],
          f"{m['cold']['median_ms']:,.0f} ms cold (platforms modelled at {m['platform_ms']:g} ms)"

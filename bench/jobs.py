@@ -968,8 +968,10 @@ class Bench:
             self.log(f"  aggregation: {aggregate_s:.2f} s")
             # purge() loads len(OLD_DAYS) days of self.n rows past retention; cache() self.n expired rows.
             self.n = n // len(OLD_DAYS)
-            purge = self.purge(job_only=True)
-            self.n = n
+            try:
+                purge = self.purge(job_only=True)
+            finally:
+                self.n = n
             cleanup = self.cache(job_only=True)
             sizes.append({"scale": scale, "rows": n, "aggregate_s": round(aggregate_s, 3),
                           "purge": {"rows": purge["rows"], "s": purge["total_s"],

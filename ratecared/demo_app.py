@@ -78,6 +78,8 @@ class WidgetRates:
 
 class WidgetHandler(BaseHTTPRequestHandler):
     server: "WidgetServer"
+    # A client that connects and sends nothing would hold a worker for good.
+    timeout = 10
 
     def do_GET(self) -> None:
         match = _PATH.match(self.path.split("?")[0])
@@ -87,7 +89,7 @@ class WidgetHandler(BaseHTTPRequestHandler):
         widget_id = int(match[1])
         try:
             answer, hit = self.server.rates.answer(widget_id)
-        except DatabaseError as exc:
+        except (DatabaseError, ValueError) as exc:  # ValueError: a cache payload that is not JSON
             self._reply(503, {"status": "error", "message": f"the cache is unavailable: {exc}"})
             return
         self._reply(200, {"status": "success", "data": {"widget_id": widget_id, "rates": answer}},
@@ -129,7 +131,7 @@ class WidgetServer(HTTPServer):
 
     def server_close(self) -> None:
         super().server_close()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def serve(host: str, port: int, widget_rates: WidgetRates) -> WidgetServer:

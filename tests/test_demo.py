@@ -12,6 +12,7 @@ from typing import Iterator
 
 import pytest
 
+from conftest import free_port
 from ratecared import config as ratecared_config
 from ratecared.config import DatabaseConfig
 from ratecared.db import Database, migrations, timestamp
@@ -138,16 +139,6 @@ def test_cli_exits_78_on_a_bad_config(tmp_path: Path) -> None:
     result = run_cli("--config", str(path))
     assert result.returncode == 78
     assert "database.url" in result.stderr
-
-
-def free_port() -> int:
-    import socket as socketlib
-
-    probe = socketlib.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    return port
 
 
 def standin_config(tmp_path: Path, port: int) -> Path:
