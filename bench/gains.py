@@ -268,8 +268,6 @@ class Gains:
                 client.report(decision, False, duration_ms=PLATFORM_TIMEOUT * 1000)
             else:
                 raise BenchError(f"{OPEN_PLATFORM}'s breaker did not open after 1,000 failures")
-            refused = []
-
             def skipped() -> None:
                 if client.acquire(OPEN_PLATFORM).allowed:
                     raise BenchError(f"{OPEN_PLATFORM}'s open breaker let a call through")

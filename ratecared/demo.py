@@ -77,7 +77,7 @@ def seed(database: Database, now: datetime, days: int = 35, widgets: int = 40,
         _insert(tx, "api_requests",
                 ("widget_id", "platform", "status_code", "response_time_ms", "cache_hit", "created_at"),
                 request_rows)
-        _insert(tx, "cache", ("cache_key", "widget_id", "payload", "created_at", "expires_at"), cache_rows)
+        _insert(tx, "cache", CACHE_COLUMNS, cache_rows)
     now_stamp = timestamp(now)
     return {
         "widgets": len(widget_rows),
@@ -149,6 +149,9 @@ def _cache(rng: random.Random, now: datetime, widget_ids: Sequence[int]) -> list
         rows.append((cache_key(widget_id, platform), widget_id, json.dumps(rates(rng, widget_id, platform)),
                      timestamp(created_at), timestamp(expires_at)))
     return rows
+
+
+CACHE_COLUMNS = ("cache_key", "widget_id", "payload", "created_at", "expires_at")
 
 
 def cache_key(widget_id: int, platform: str) -> str:

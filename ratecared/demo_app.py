@@ -36,11 +36,10 @@ import click
 
 from ratecared.config import EX_CONFIG, ConfigError, load
 from ratecared.db import Database, DatabaseError, timestamp
-from ratecared.demo import cache_key, rates
+from ratecared.demo import CACHE_COLUMNS, cache_key, rates
 
 _PATH = re.compile(r"^/api/v1/widgets/(\d+)/rates$")
 CACHE_TTL = timedelta(hours=6)
-CACHE_COLUMNS = ("cache_key", "widget_id", "payload", "created_at", "expires_at")
 # Threads that serve requests: each keeps its own database connection.
 WORKERS = 8
 
