@@ -156,7 +156,10 @@ def _summarised_whole(ctx: JobContext, part: day_partitions.Partition) -> list[s
 def drop_past_days(ctx: JobContext, cutoff: str) -> dict[str, Any]:
     """Make the days ahead, then drop, oldest first, each day partition wholly before `cutoff`."""
     db = ctx.database
-    added, add_seconds, not_added = day_partitions.add_ahead(db, ctx.today, ctx.tz)
+    try:
+        added, add_seconds, not_added = day_partitions.add_ahead(db, ctx.today, ctx.tz, ctx.stop)
+    except day_partitions.StoppedWaiting:
+        raise Interrupted() from None
     done: dict[str, Any] = {"retention": "partitions", "partitions_added": added,
                             "add_ms": round(add_seconds * 1000, 1), "partitions_dropped": [], "rows_dropped": 0,
                             "drop_ms_max": 0.0, "days_rolled_again": []}
@@ -178,7 +181,10 @@ def drop_past_days(ctx: JobContext, cutoff: str) -> dict[str, Any]:
             raise Interrupted(done["rows_dropped"], done)
         done["days_rolled_again"] += _summarised_whole(ctx, part)
         rows = day_partitions.rows_in(db, part)
-        seconds = day_partitions.drop(db, part)
+        try:
+            seconds = day_partitions.drop(db, part, ctx.stop)
+        except day_partitions.StoppedWaiting:
+            raise Interrupted(done["rows_dropped"], done) from None
         done["partitions_dropped"].append(part.name)
         done["rows_dropped"] += rows
         done["drop_ms_max"] = max(done["drop_ms_max"], round(seconds * 1000, 1))

@@ -62,6 +62,10 @@ class PartitionError(Exception):
     """The conversion cannot go on; the message says why and what to do."""
 
 
+class StoppedWaiting(PartitionError):
+    """`stop` was set while a DDL waited for a query that holds the table; nothing was changed."""
+
+
 @dataclass(frozen=True)
 class Partition:
     name: str
@@ -108,11 +112,11 @@ def partitions(db: Database, table: str = TABLE) -> list[Partition]:
     return out
 
 
-def ddl(db: Database, statement: str, patience: float = DDL_PATIENCE,
-        on_retry: Callable[[int], None] = lambda attempt: None, stop: threading.Event | None = None) -> float:
+def ddl(db: Database, statement: str, stop: threading.Event, patience: float = DDL_PATIENCE,
+        on_retry: Callable[[int], None] = lambda attempt: None) -> float:
     """Run a DDL statement, `{wait}` in it marking where MariaDB takes NOWAIT, without queueing the app's
     writes behind it for long: again and again while a long query holds the table, for up to `patience`
-    seconds, or until `stop` is set (PartitionError); return the seconds of the attempt that ran.
+    seconds, or until `stop` is set (StoppedWaiting); return the seconds of the attempt that ran.
 
     MariaDB: NOWAIT, tried every RETRY_EVERY (its partition ALTERs wait twice for the lock, so a 1 s
     lock_wait_timeout held writes for 2 s). MySQL: lock_wait_timeout = LOCK_WAIT, tried again after
@@ -133,8 +137,8 @@ def ddl(db: Database, statement: str, patience: float = DDL_PATIENCE,
         except DatabaseError as exc:
             if not str(exc).startswith("(1205)") or time.monotonic() >= give_up:
                 raise
-            if stop is not None and stop.wait(pause):
-                raise PartitionError("stopped while waiting for a query that holds the table") from None
+            if stop.wait(pause):
+                raise StoppedWaiting("stopped while waiting for a query that holds the table") from None
             on_retry(attempt)
         finally:
             if not nowait:
@@ -144,7 +148,8 @@ def ddl(db: Database, statement: str, patience: float = DDL_PATIENCE,
                     pass    # a dropped connection's next one has the default
 
 
-def add_ahead(db: Database, today: date, tz: ZoneInfo) -> tuple[list[str], float, str | None]:
+def add_ahead(db: Database, today: date, tz: ZoneInfo,
+              stop: threading.Event) -> tuple[list[str], float, str | None]:
     """Make the day partitions through today + DAYS_AHEAD that are missing, out of pfuture; return their
     names, the statement's seconds, and why none were made when pfuture holds too many rows to split."""
     days = [p.day for p in partitions(db) if p.day is not None]
@@ -160,12 +165,13 @@ def add_ahead(db: Database, today: date, tz: ZoneInfo) -> tuple[list[str], float
                          f"{DAYS_AHEAD} days): splitting it would hold the app's inserts while they are copied, "
                          "so no days were made and its rows are kept until `ratecared partition --revert` then "
                          "`ratecared partition` re-split the table without blocking")
-    seconds = ddl(db, f"ALTER TABLE {TABLE}{{wait}} REORGANIZE PARTITION {FUTURE} INTO ({_definitions(wanted, tz)})")
+    seconds = ddl(db, f"ALTER TABLE {TABLE}{{wait}} REORGANIZE PARTITION {FUTURE} INTO ({_definitions(wanted, tz)})",
+                  stop)
     return [name_of(day) for day in wanted], seconds, None
 
 
-def drop(db: Database, partition: Partition) -> float:
-    return ddl(db, f"ALTER TABLE {TABLE}{{wait}} DROP PARTITION {partition.name}")
+def drop(db: Database, partition: Partition, stop: threading.Event) -> float:
+    return ddl(db, f"ALTER TABLE {TABLE}{{wait}} DROP PARTITION {partition.name}", stop)
 
 
 def rows_in(db: Database, partition: Partition) -> int:
@@ -221,8 +227,7 @@ def _swap(db: Database, stop: threading.Event, say: Callable[[str], None]) -> fl
         past_the_old_ids()
 
     past_the_old_ids()
-    return ddl(db, f"RENAME TABLE {TABLE}{{wait}} TO {DRAINING}, {BUILDING} TO {TABLE}", on_retry=retried,
-               stop=stop)
+    return ddl(db, f"RENAME TABLE {TABLE}{{wait}} TO {DRAINING}, {BUILDING} TO {TABLE}", stop, on_retry=retried)
 
 
 def drain(db: Database, stop: threading.Event, policy: ChunkPolicy,
