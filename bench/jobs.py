@@ -593,42 +593,6 @@ def described(d: dict[str, Any]) -> str:
 
 
 
-class AppInserts:
-    """The app's insert loop on its own connection: a row every 2 ms, as PHP writes them (no id), each timed."""
-
-    def __init__(self, server: BenchMariaDB) -> None:
-        self.sql = Sql(server, "bench")
-        self.stopping = threading.Event()
-        self.latencies: list[float] = []
-        self.errors: list[str] = []
-        self.inserted = 0
-        self.thread = threading.Thread(target=self._run, name="app-inserts", daemon=True)
-
-    def _run(self) -> None:
-        while not self.stopping.is_set():
-            started = time.perf_counter()
-            try:
-                self.sql.execute("INSERT INTO api_requests (widget_id, platform, status_code, response_time_ms,"
-                                 " cache_hit, created_at) VALUES (1, 'booking', 200, 5, 1, UTC_TIMESTAMP())")
-                self.latencies.append(time.perf_counter() - started)
-                self.inserted += 1
-            except Exception as exc:  # noqa: BLE001 - every failed insert is reported
-                self.errors.append(str(exc))
-            time.sleep(0.002)
-
-    def longest_ms(self) -> float:
-        return round(max(self.latencies, default=0.0) * 1000, 1)
-
-    def __enter__(self) -> "AppInserts":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopping.set()
-        self.thread.join(30)
-        self.sql.conn.close()
-
-
 class HeldByAReport:
     """A report the app runs in a transaction, holding api_requests' metadata lock from the start until
     the DDL behind it has been refused ATTEMPTS times (Com_alter_table), or HELD_AT_MOST seconds."""
@@ -637,31 +601,27 @@ class HeldByAReport:
     HELD_AT_MOST = 60.0
 
     def __init__(self, server: BenchMariaDB) -> None:
-        self.report = Sql(server, "bench")
+        self.server = server
         self.watch = Sql(server, "bench")
         self.refused = 0
         self.thread = threading.Thread(target=self._run, name="report", daemon=True)
 
-    def _alters(self) -> int:
-        return int(self.watch.query("SHOW GLOBAL STATUS LIKE 'Com_alter_table'")[0][1])
-
     def _run(self) -> None:
-        first = self._alters()
+        first = harness.alter_attempts(self.watch.query)
         give_up = time.monotonic() + self.HELD_AT_MOST
-        while self._alters() < first + self.ATTEMPTS and time.monotonic() < give_up:
+        while harness.alter_attempts(self.watch.query) < first + self.ATTEMPTS and time.monotonic() < give_up:
             time.sleep(0.05)
-        self.refused = self._alters() - first
-        self.report.execute("COMMIT")
+        self.refused = harness.alter_attempts(self.watch.query) - first
+        self.report.release()
 
     def __enter__(self) -> "HeldByAReport":
-        self.report.execute("BEGIN")
-        self.report.query("SELECT COUNT(*) FROM api_requests")
+        self.report = harness.HeldTable(self.server, "bench")
         self.thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.thread.join(self.HELD_AT_MOST + 30)
-        self.report.conn.close()
+        self.report.close()
         self.watch.conn.close()
 
 
@@ -1098,7 +1058,7 @@ class Bench:
 
         self.prepare("requests", load, "api_requests")
         total = sql.count("api_requests")
-        with AppInserts(self.mariadb) as app:
+        with harness.AppInserts(self.mariadb, "bench") as app:
             started = time.monotonic()
             done = subprocess.run([*_daemon_argv(self.config), "partition"], capture_output=True, text=True,
                                   timeout=3600)
@@ -1112,11 +1072,11 @@ class Bench:
             write_config(self.config.parent, self.url, self.http.server_address[1], retention="partitions")
             with Client(self.sock, timeout=60) as client:
                 client.reload()
-            app.latencies.clear()
+            since = app.inserted
             # The run's first DDL waits behind an open report, as the 1 s holds for that too.
             with HeldByAReport(self.mariadb) as report:
                 result, cpu = self.measured(lambda: run_job(self.sock, "aggregate_statistics"))
-            drop_insert_ms = app.longest_ms()
+            drop_insert_ms = app.longest_ms(since)
             if report.refused < HeldByAReport.ATTEMPTS:
                 raise BenchError(f"the run's DDL was refused {report.refused} times behind the report, expected"
                                  f" {HeldByAReport.ATTEMPTS}: did it queue behind it?")

@@ -16,8 +16,9 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from pathlib import Path
 from socket import AF_UNIX
@@ -318,6 +319,74 @@ class Replicated:
             self.replica.close()
         finally:
             self.primary.close()
+
+
+# -- the app beside the daemon's DDL: its inserts, its reports --------------------------------------------
+
+
+class AppInserts:
+    """The app's insert loop on its own connection: a row every 2 ms, as PHP writes them (no id), each
+    insert timed. `with` starts it and returns once its first rows are in."""
+
+    def __init__(self, server: MariaDB, schema: str) -> None:
+        self.connection = server.root_connect(database=schema)
+        self.stopping = threading.Event()
+        self.latencies: list[float] = []
+        self.errors: list[str] = []
+        self.thread = threading.Thread(target=self._run, name="app-inserts", daemon=True)
+
+    def _run(self) -> None:
+        with self.connection.cursor() as cursor:
+            while not self.stopping.is_set():
+                begun = time.perf_counter()
+                try:
+                    cursor.execute("INSERT INTO api_requests (widget_id, platform, status_code, response_time_ms,"
+                                   " cache_hit, created_at) VALUES (5, 'booking', 200, 100, 1, UTC_TIMESTAMP())")
+                    self.latencies.append(time.perf_counter() - begun)
+                except pymysql.MySQLError as exc:
+                    self.errors.append(str(exc))
+                time.sleep(0.002)
+
+    @property
+    def inserted(self) -> int:
+        return len(self.latencies)
+
+    def longest_ms(self, since: int = 0) -> float:
+        """The longest insert, in ms, of those after the first `since`."""
+        return round(max(self.latencies[since:], default=0.0) * 1000, 1)
+
+    def __enter__(self) -> "AppInserts":
+        self.thread.start()
+        give_up = time.monotonic() + START_TIMEOUT
+        while self.inserted < 5 and not self.errors and time.monotonic() < give_up:
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.thread.join(STOP_TIMEOUT)
+        self.connection.close()
+
+
+class HeldTable:
+    """A report the app runs in a transaction: it holds api_requests' metadata lock until `release`."""
+
+    def __init__(self, server: MariaDB, schema: str) -> None:
+        self.connection = server.root_connect(database=schema)
+        self.connection.begin()
+        with self.connection.cursor() as cursor:
+            cursor.execute("SELECT COUNT(*) FROM api_requests")
+
+    def release(self) -> None:
+        self.connection.commit()
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def alter_attempts(query: Callable[[str], list[tuple]]) -> int:
+    """How many ALTER TABLE statements the server has begun, refused ones too: a DDL's attempts."""
+    return int(query("SHOW GLOBAL STATUS LIKE 'Com_alter_table'")[0][1])
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import wait_for, write_config
 from jobhelpers import REQUEST_COLUMNS, days_of_requests, insert_rows, make_context, request_row
-from mariadb import MariaDB
+from mariadb import AppInserts, HeldTable, MariaDB, alter_attempts
 from ratecared.config import DatabaseConfig
 from ratecared.db import Database, migrations
 from ratecared.job_contract import ChunkPolicy, Interrupted
@@ -36,6 +36,10 @@ def db(mysql_url: str) -> Iterator[Database]:
     migrations.apply(database)
     yield database
     database.close()
+
+
+def schema(mysql_url: str) -> str:
+    return urlparse(mysql_url).path.lstrip("/")
 
 
 def now() -> datetime:
@@ -64,38 +68,6 @@ def tables(db: Database) -> set[str]:
         " AND TABLE_NAME LIKE 'api_requests%'")}
 
 
-class AppInserts:
-    """The app's insert loop: one row at a time, as PHP writes them, without an id; each insert timed."""
-
-    def __init__(self, url: str) -> None:
-        self.db = Database(DatabaseConfig(url=url))
-        self.stopping = threading.Event()
-        self.latencies: list[float] = []
-        self.errors: list[str] = []
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self.stopping.is_set():
-            begun = time.monotonic()
-            try:
-                self.db.execute(f"INSERT INTO api_requests ({', '.join(REQUEST_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?)",
-                                request_row(5, now()))
-                self.latencies.append(time.monotonic() - begun)
-            except Exception as exc:  # noqa: BLE001 - every failed insert is what the test reports
-                self.errors.append(str(exc))
-            time.sleep(0.002)
-
-    def __enter__(self) -> "AppInserts":
-        self.thread.start()
-        wait_for(lambda: len(self.latencies) >= 5, timeout=60)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopping.set()
-        self.thread.join(30)
-        self.db.close()
-
-
 def late_row(db: Database, day) -> None:
     """A row the app writes late, at noon of `day`."""
     insert_rows(db, "api_requests", REQUEST_COLUMNS,
@@ -115,13 +87,13 @@ def converted_config(tmp_path: Path, url: str, **database: object) -> Path:
 
 
 def test_partition_converts_a_live_table_and_revert_goes_back_with_the_app_inserting(
-        db: Database, mysql_url: str, tmp_path: Path) -> None:
+        db: Database, mysql_url: str, mariadb: MariaDB, tmp_path: Path) -> None:
     today = now()
     days_of_requests(db, TZ, today, days=12, per_day=2000)
     aggregate_statistics.run(make_context(db, "aggregate_statistics", today))
     before = summaries(db)
     config = converted_config(tmp_path, mysql_url)
-    with AppInserts(mysql_url) as app:
+    with AppInserts(mariadb, schema(mysql_url)) as app:
         done = partition(config)
         inserted_while_converting = len(app.latencies)
         assert done.returncode == 0, done.stderr
@@ -251,36 +223,17 @@ def test_partitions_retention_on_an_unpartitioned_table_purges_rows_and_says_so(
     assert result.details["rows_deleted"] == 5 * 20
 
 
-class HeldTable:
-    """A report the app runs in a transaction: it holds api_requests' metadata lock until `release`."""
-
-    def __init__(self, mariadb: MariaDB, schema: str) -> None:
-        self.connection = mariadb.root_connect()
-        self.connection.begin()
-        self.connection.cursor().execute(f"SELECT COUNT(*) FROM {schema}.api_requests")
-
-    def release(self) -> None:
-        self.connection.commit()
-
-    def close(self) -> None:
-        self.connection.close()
-
-
-def alter_attempts(db: Database) -> int:
-    return int(db.query("SHOW GLOBAL STATUS LIKE 'Com_alter_table'")[0][1])
-
-
 def test_a_ddl_behind_a_long_query_lets_the_apps_inserts_through_and_keeps_the_jobs_lock(
         db: Database, mysql_url: str, mariadb: MariaDB) -> None:
     today = now()
     day_partitions.convert(db, True, today.date(), ZoneInfo(TZ), threading.Event(), ChunkPolicy(), print)
-    report = HeldTable(mariadb, urlparse(mysql_url).path.lstrip("/"))
+    report = HeldTable(mariadb, schema(mysql_url))
     # Only a DDL that waits on without end gets here: it has queued every insert behind it.
     stuck = threading.Timer(120, report.release)
     retries: list[int] = []
     later = today.date() + timedelta(days=20)
 
-    with AppInserts(mysql_url) as app, db.named_lock(day_partitions.JOBS_LOCK) as got:
+    with AppInserts(mariadb, schema(mysql_url)) as app, db.named_lock(day_partitions.JOBS_LOCK) as got:
         inserted: list[int] = []
 
         def retried(attempt: int) -> None:
@@ -310,7 +263,7 @@ def test_a_run_cancelled_while_its_ddl_waits_for_a_long_query_stops_at_once(
     today = now()
     day_partitions.convert(db, True, (today - timedelta(days=3)).date(), ZoneInfo(TZ), threading.Event(),
                            ChunkPolicy(), print)
-    report = HeldTable(mariadb, urlparse(mysql_url).path.lstrip("/"))
+    report = HeldTable(mariadb, schema(mysql_url))
     stop = threading.Event()
     outcome: list[BaseException | object] = []
 
@@ -321,13 +274,13 @@ def test_a_run_cancelled_while_its_ddl_waits_for_a_long_query_stops_at_once(
         except BaseException as exc:  # noqa: BLE001 - the test asserts what ended the run
             outcome.append(exc)
 
-    before = alter_attempts(db)
+    before = alter_attempts(db.query)
     begun = time.monotonic()
     runner = threading.Thread(target=job, daemon=True)
     runner.start()
     # The days ahead are missing: the run's ALTER is refused again and again while the report holds the table.
-    wait_for(lambda: alter_attempts(db) >= before + 3, timeout=60)
-    attempts, waited = alter_attempts(db) - before, time.monotonic() - begun
+    wait_for(lambda: alter_attempts(db.query) >= before + 3, timeout=60)
+    attempts, waited = alter_attempts(db.query) - before, time.monotonic() - begun
     stop.set()
     runner.join(30)
     report.release()
