@@ -119,6 +119,8 @@ class JobContext:
     throttle: Callable[[], str | None] = unthrottled
     monotonic: Callable[[], float] = time.monotonic
     _recorded_at: float | None = field(default=None, init=False, repr=False)
+    # What the run said last it had done, recorded or not: a failed run's record keeps it.
+    done_so_far: tuple[int, dict[str, Any]] = field(default_factory=lambda: (0, {}), init=False, repr=False)
 
     @property
     def log(self) -> Any:
@@ -130,6 +132,7 @@ class JobContext:
 
     def progress(self, rows: int, details: dict[str, Any]) -> None:
         """What the run has done so far; recorded at most every PROGRESS_EVERY seconds."""
+        self.done_so_far = (rows, details)
         now = self.monotonic()
         if self._recorded_at is not None and now - self._recorded_at < PROGRESS_EVERY:
             return

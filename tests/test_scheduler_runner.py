@@ -205,6 +205,22 @@ def test_a_run_writes_its_progress_as_it_goes(tmp_path: Path, db: Database, db_u
     assert seen == [("running", 10, '{"chunks": 1}')]
 
 
+def test_a_failed_run_keeps_what_it_had_done_in_its_record(tmp_path: Path, db: Database, db_url: str) -> None:
+    def job(ctx: JobContext) -> JobResult:
+        # Three chunks in a moment: only the first is written as it goes, the last is what it had done.
+        for chunk in (1, 2, 3):
+            ctx.progress(10 * chunk, {"chunks": chunk})
+        raise DatabaseError("(2013) Lost connection to server during query")
+
+    r = runner(config_for(tmp_path, db_url), db, jobs={**JOBS, "cleanup_expired_cache": job})
+    r.request("cleanup_expired_cache")
+    record = r.step(at(2026, 3, 28, 12))
+    assert (record.status, record.rows, record.details["chunks"]) == (RunStatus.FAILED, 30, 3)
+    assert record.error == "database error: (2013) Lost connection to server during query"
+    run = r.runs("cleanup_expired_cache")[0]
+    assert (run["status"], run["rows"], run["details"]["chunks"]) == ("failed", 30, 3)
+
+
 def test_a_run_binds_its_job_and_run_id_for_everything_it_logs(tmp_path: Path, db: Database, db_url: str) -> None:
     bound = []
     r = Runner(CurrentConfig(config_for(tmp_path, db_url)), db, "web1", JOBS, settings=lambda: Settings(),

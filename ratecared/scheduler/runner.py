@@ -588,10 +588,12 @@ class Runner(threading.Thread):
                              error=f"{self._stopped_why(running)}; the run ended early, keeping what it had done")
         except DatabaseError as exc:
             ctx.log.error("job failed: database error", error=str(exc))
-            return JobResult(RunStatus.FAILED, error=f"database error: {exc}")
+            rows, details = ctx.done_so_far
+            return JobResult(RunStatus.FAILED, rows=rows, details=details, error=f"database error: {exc}")
         except Exception as exc:  # noqa: BLE001 - recorded, and the next run tries again
             ctx.log.exception("job failed")
-            return JobResult(RunStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+            rows, details = ctx.done_so_far
+            return JobResult(RunStatus.FAILED, rows=rows, details=details, error=f"{type(exc).__name__}: {exc}")
         finally:
             throttle.close()
 
