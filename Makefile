@@ -114,6 +114,7 @@ bench: $(VENV)/.installed
 	$(VENV)/bin/python bench/breaker_kill9.py
 	$(VENV)/bin/python bench/jobs.py
 	$(VENV)/bin/python bench/gains.py
+	$(VENV)/bin/python bench/mariadb_purge_pause.py
 
 clean:
 	rm -rf $(VENV) $(VENV_DEB12) storage build *.egg-info
