@@ -8,7 +8,8 @@ behind it. Purge runs after any commit that leaves history, the app's own insert
 happens at random, more often on a loaded machine. EXCHANGE PARTITION renames instead, and does not stop
 purge. This bench shows both on the tests' private server, with the app's insert loop beside them:
 --partitions day partitions of --rows rows, each removed by DROP PARTITION, and as many moved out by
-EXCHANGE PARTITION (the table they go to is dropped after, when it no longer holds the app up).
+EXCHANGE PARTITION (the table they go to is dropped after, when it no longer holds the app up), each
+through the daemon's own DDL path (day_partitions.ddl: NOWAIT, tried again while a query holds the table).
 
 Floor (issue 13): no insert of the app waits 1 s or more, for each statement. DROP PARTITION fails it
 whenever a purge batch coincides; this is the server's, and the figure that says how often.
@@ -24,44 +25,34 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
-import pymysql
-
 from floors import run_and_report
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))   # the MariaDB harness
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))   # the MariaDB harness
+sys.path.insert(1, str(ROOT))
+
 import mariadb as harness  # noqa: E402  (tests/mariadb.py)
+from ratecared.config import DatabaseConfig  # noqa: E402
+from ratecared.db import Database  # noqa: E402
+from ratecared.jobs.day_partitions import ddl  # noqa: E402
 
 LIMIT_MS = 1000.0
-RETRY_EVERY = 0.1
 
 
 COLUMNS = ("id BIGINT NOT NULL AUTO_INCREMENT, widget_id INT, platform VARCHAR(32), status_code INT,"
            " response_time_ms INT, cache_hit TINYINT, created_at DATETIME, PRIMARY KEY (id)")
 
 
-def _table(cursor: Any, partitions: int, rows: int) -> None:
+def _table(db: Database, partitions: int, rows: int) -> None:
     bounds = ", ".join(f"PARTITION p{n} VALUES LESS THAN ({(n + 1) * rows})" for n in range(2 * partitions))
-    cursor.execute(f"CREATE TABLE api_requests ({COLUMNS}) ENGINE=InnoDB PARTITION BY RANGE (id) ({bounds},"
-                   " PARTITION pfuture VALUES LESS THAN MAXVALUE)")
-    cursor.execute("INSERT INTO api_requests (id, widget_id, platform, status_code, response_time_ms, cache_hit,"
-                   f" created_at) SELECT seq, 1, 'booking', 200, 100, 1, NOW() FROM seq_1_to_{2 * partitions * rows - 1}")
-
-
-def _nowait(cursor: Any, statement: str) -> float:
-    """Run a NOWAIT DDL, again after a pause while a query holds the table; its seconds."""
-    while True:
-        begun = time.perf_counter()
-        try:
-            cursor.execute(statement)
-            return time.perf_counter() - begun
-        except pymysql.err.OperationalError as exc:
-            if exc.args[0] != 1205:
-                raise
-            time.sleep(RETRY_EVERY)
+    db.execute(f"CREATE TABLE api_requests ({COLUMNS}) ENGINE=InnoDB PARTITION BY RANGE (id) ({bounds},"
+               " PARTITION pfuture VALUES LESS THAN MAXVALUE)")
+    db.execute("INSERT INTO api_requests (id, widget_id, platform, status_code, response_time_ms, cache_hit,"
+               f" created_at) SELECT seq, 1, 'booking', 200, 100, 1, NOW() FROM seq_1_to_{2 * partitions * rows - 1}")
 
 
 def _removals(app: harness.AppInserts, partitions: range, remove: Callable[[int], float]) -> dict[str, Any]:
@@ -81,24 +72,23 @@ def bench(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any
     server = harness.MariaDB(Path(tempfile.mkdtemp(prefix="rcb-purge-", dir="/tmp")))
     server.start()
     try:
-        connection = server.root_connect()
-        cursor = connection.cursor()
-        cursor.execute("CREATE DATABASE bench")
-        cursor.execute("USE bench")
-        cursor.execute("SELECT VERSION()")
-        version = cursor.fetchone()[0]
-        _table(cursor, args.partitions, args.rows)
+        # The daemon's own connection and DDL path: NOWAIT, tried again while a query holds the table.
+        db = Database(DatabaseConfig(url=server.create_database("bench")))
+        never = threading.Event()
+        version = db.query("SELECT VERSION()")[0][0]
+        _table(db, args.partitions, args.rows)
         log(f"MariaDB {version}: {2 * args.partitions} partitions of {args.rows:,} rows")
 
         def exchanged(n: int) -> float:
-            cursor.execute(f"CREATE TABLE moved_out ({COLUMNS}) ENGINE=InnoDB")
-            seconds = _nowait(cursor, f"ALTER TABLE api_requests NOWAIT EXCHANGE PARTITION p{n} WITH TABLE moved_out")
-            cursor.execute("DROP TABLE moved_out")
+            db.execute(f"CREATE TABLE moved_out ({COLUMNS}) ENGINE=InnoDB")
+            seconds = ddl(db, f"ALTER TABLE api_requests{{wait}} EXCHANGE PARTITION p{n} WITH TABLE moved_out",
+                          never)
+            db.execute("DROP TABLE moved_out")
             return seconds
 
         with harness.AppInserts(server, "bench") as app:
             dropped = _removals(app, range(args.partitions),
-                                lambda n: _nowait(cursor, f"ALTER TABLE api_requests NOWAIT DROP PARTITION p{n}"))
+                                lambda n: ddl(db, f"ALTER TABLE api_requests{{wait}} DROP PARTITION p{n}", never))
             log(f"  DROP PARTITION: {dropped['statements_over_limit']} of {dropped['statements']} took 1 s or"
                 f" more (longest {dropped['statement_ms_max']:,.0f} ms); the app's longest insert"
                 f" {dropped['insert_ms_max']:,.0f} ms")
@@ -108,7 +98,7 @@ def bench(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any
                 f" {moved['insert_ms_max']:,.0f} ms")
         if app.errors:
             raise RuntimeError(f"the app's inserts failed: {app.errors[:3]}")
-        connection.close()
+        db.close()
         return {"server": version, "rows": args.rows, "drop_partition": dropped, "exchange_partition": moved}
     finally:
         server.close()
