@@ -143,6 +143,24 @@ def test_connection_heals_after_a_mariadb_restart(mariadb: MariaDB, mysql_url: s
     db.close()
 
 
+@pytest.mark.mariadb
+def test_a_statement_the_server_refuses_keeps_the_session_and_its_lock(mysql_url: str) -> None:
+    # With a timeout on its reads, as a watched replica's connection has: the check must not wait it out.
+    holder = Database(DatabaseConfig(url=mysql_url, connect_timeout=2, io_timeout=30))
+    other = Database(DatabaseConfig(url=mysql_url, connect_timeout=2))
+    with holder.named_lock("ratecared:test") as got:
+        assert got
+        session = holder.query("SELECT CONNECTION_ID()")[0][0]
+        # What the purges' throttle asks; this user may not (1227), as many a daemon's may not.
+        with pytest.raises(DatabaseError, match=r"^\(1227\)"):
+            holder.query("SHOW REPLICA HOSTS")
+        assert holder.query("SELECT CONNECTION_ID()")[0][0] == session
+        with other.named_lock("ratecared:test", wait=0) as taken:
+            assert not taken
+    holder.close()
+    other.close()
+
+
 def test_sqlite_file_uses_wal_and_incremental_vacuum(tmp_path) -> None:
     db = Database(DatabaseConfig(url=f"sqlite:///{tmp_path / 'sub' / 'x.db'}"))
     migrations.apply(db)

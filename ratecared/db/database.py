@@ -301,14 +301,22 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-# Lock wait timeout and deadlock: PyMySQL raises them as OperationalError, but they end one statement and
-# leave the session whole, with its named locks (the jobs' lock among them) still held.
-_STATEMENT_ONLY = (1205, 1213)
+# Server errors that end the session: shutdown, a KILL (MariaDB), the idle timeout (MySQL 8).
+_SESSION_ENDED = (1053, 1927, 4031)
 
 
 def _is_connection_error(exc: BaseException) -> bool:
-    if isinstance(exc, pymysql.err.OperationalError) and exc.args and exc.args[0] in _STATEMENT_ONLY:
-        return False
-    if isinstance(exc, (pymysql.err.OperationalError, pymysql.err.InterfaceError)):
+    """Whether the session is gone, not just the statement.
+
+    PyMySQL raises every server error it has no class for as
+    OperationalError, a refused `SHOW REPLICA HOSTS` (1227) or a lock wait
+    (1205) among them; dropping the connection for those would drop the
+    named locks it holds in the middle of a job. The client's own codes
+    (2000–2999: gone away, lost, out of sync) and a closed connection are.
+    """
+    if isinstance(exc, pymysql.err.InterfaceError):
         return True
+    if isinstance(exc, pymysql.err.Error):
+        code = exc.args[0] if exc.args else None
+        return isinstance(code, int) and (2000 <= code < 3000 or code in _SESSION_ENDED)
     return isinstance(exc, sqlite3.OperationalError) and "locked" not in str(exc)
