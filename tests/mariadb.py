@@ -192,6 +192,30 @@ class MariaDB:
         credentials = f"{quote(user, safe='')}:{quote(password, safe='')}"
         return f"mysql://{credentials}@localhost/{name}?unix_socket={quote(self.socket)}"
 
+    def sessions(self, schema: str) -> set[int]:
+        """The ids of the sessions on `schema` now."""
+        with self.root_connect() as conn, conn.cursor() as cur:
+            cur.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s", (schema,))
+            return {row[0] for row in cur.fetchall()}
+
+    def end_sessions(self, schema: str, timeout: float = 60.0) -> int:
+        """Close every session on `schema` from the server's side, as `wait_timeout` does; return how many.
+
+        Returns once they are gone from the process list, which the server
+        leaves only after it has closed the session's socket.
+        """
+        ids = self.sessions(schema)
+        with self.root_connect() as conn, conn.cursor() as cur:
+            for session in ids:
+                with suppress(pymysql.MySQLError):   # it may have ended on its own meanwhile
+                    cur.execute(f"KILL CONNECTION {int(session)}")
+        deadline = time.monotonic() + timeout
+        while ids & self.sessions(schema):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"sessions {sorted(ids)} on {schema} still open after {timeout} s")
+            time.sleep(0.05)
+        return len(ids)
+
     def drop_database(self, name: str) -> None:
         """Drop a database made by create_database, if it is still there."""
         if not _IDENTIFIER.fullmatch(name):

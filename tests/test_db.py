@@ -14,7 +14,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import write_config
+from conftest import wait_for, write_config
 from mariadb import MariaDB
 from ratecared.config import DatabaseConfig
 from ratecared.db import (Database, DatabaseError, DatabaseMissing, IntegrityError, Probe, migrations, parse_timestamp,
@@ -141,6 +141,38 @@ def test_connection_heals_after_a_mariadb_restart(mariadb: MariaDB, mysql_url: s
     db.ping()
     assert db.query("SELECT COUNT(*) FROM settings")[0][0] == 9
     db.close()
+
+
+@pytest.mark.mariadb
+def test_a_connection_the_server_closed_while_idle_is_replaced_before_the_next_call(
+        mariadb: MariaDB, mysql_url: str) -> None:
+    db = Database(DatabaseConfig(url=mysql_url, connect_timeout=2))
+    migrations.apply(db)
+    schema, first = db.query("SELECT DATABASE(), CONNECTION_ID()")[0]
+    # MariaDB's default is 8 hours; a nightly job's connection sits idle for 24.
+    db.execute("SET SESSION wait_timeout = 1")
+    wait_for(lambda: first not in mariadb.sessions(schema), what="the idle session closed by wait_timeout")
+    assert db.query("SELECT COUNT(*) FROM settings")[0][0] == 9
+    assert db.query("SELECT CONNECTION_ID()")[0][0] != first
+    db.close()
+
+
+@pytest.mark.mariadb
+def test_a_session_the_server_closed_fails_its_next_call_instead_of_going_on_without_its_lock(
+        mariadb: MariaDB, mysql_url: str) -> None:
+    holder, other = (Database(DatabaseConfig(url=mysql_url, connect_timeout=2)) for _ in range(2))
+    schema = holder.query("SELECT DATABASE()")[0][0]
+    with holder.named_lock("ratecared:test") as got:
+        assert got
+        assert mariadb.end_sessions(schema) == 1
+        for _ in range(2):   # each statement, until the session ends, not only the first
+            with pytest.raises(DatabaseError, match="was lost mid-session, and with it the session's named locks"):
+                holder.query("SELECT 1")
+        with other.named_lock("ratecared:test", wait=0) as taken:
+            assert taken    # the lock went with the session; a silent reconnect would hide that
+    assert holder.query("SELECT 1") == [(1,)]
+    holder.close()
+    other.close()
 
 
 @pytest.mark.mariadb

@@ -1,11 +1,12 @@
 """One adapter over sqlite3 and PyMySQL: thread-local connections that heal.
 
 Every thread gets its own connection (neither driver may be shared between
-threads). A connection that fails is dropped, and the next call reconnects,
-so a database restart costs the failed calls and nothing else. An SQLite
-connection is also dropped when the file at the path is no longer the one it
-opened (deleted, or replaced by a restore), so the daemon follows the file
-that is there instead of writing to a deleted one.
+threads). A connection that fails is dropped, and the next call reconnects;
+one the server closed while idle (`wait_timeout`, a restart) is replaced
+before it is used, so a database restart costs only the calls in flight.
+An SQLite connection is also dropped when the file at the path is no longer
+the one it opened (deleted, or replaced by a restore), so the daemon follows
+the file that is there instead of writing to a deleted one.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import math
 import sqlite3
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Sequence
@@ -115,7 +116,31 @@ class Database:
                 self._drop(conn)
                 self._note(f"{self.describe()} was replaced by another file while ratecared ran; reconnected to it")
                 conn = None
+            elif self.dialect.closed_by_server(conn):
+                self._drop(conn)
+                conn = None
+        if getattr(self._local, "lost", False):
+            raise DatabaseError(f"the connection to {self.describe()} was lost mid-session, and with it the"
+                                " session's named locks and settings: its statements fail until it ends")
         return conn if conn is not None else self._open(create=False)
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """Statements in this block share one session: its named locks and SET SESSION values.
+
+        Outside such a block, a connection the server has closed while idle
+        is replaced before the next statement, unseen. Inside, once the
+        connection is lost, every statement fails until the outermost block
+        ends: a new session would not hold what the block relies on (a job
+        run going on without the jobs' lock could overlap another daemon's).
+        """
+        self._local.sessions = getattr(self._local, "sessions", 0) + 1
+        try:
+            yield
+        finally:
+            self._local.sessions -= 1
+            if not self._local.sessions:
+                self._local.lost = False
 
     # Any thread may notice what happened to the file; health reads it from another.
     def _note(self, notice: str) -> None:
@@ -146,6 +171,8 @@ class Database:
 
     def _drop(self, conn: Any) -> None:
         self._local.conn = None
+        if getattr(self._local, "sessions", 0) and self.dialect.sessions_hold_state:
+            self._local.lost = True
         with self._lock:
             self._all.discard(conn)
         try:
@@ -227,7 +254,8 @@ class Database:
             if (stop is not None and stop.is_set()) or time.monotonic() >= deadline:
                 break
         try:
-            yield got
+            with self.session() if got else nullcontext():
+                yield got
         finally:
             if got:
                 try:

@@ -9,6 +9,7 @@ space reclaim, read-only checks) are built here.
 from __future__ import annotations
 
 import os
+import select
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ class SQLite:
     timeout: float
 
     name = "sqlite"
+    # Its connections hold no named lock or setting that a new one would lack.
+    sessions_hold_state = False
     # Free pages belong to the file, not to one table: that is what incremental_vacuum returns.
     space_of = "the database file"
 
@@ -62,6 +65,9 @@ class SQLite:
             return None
         st = os.stat(self.path)
         return st.st_dev, st.st_ino
+
+    def closed_by_server(self, conn: sqlite3.Connection) -> bool:
+        return False
 
     def sql(self, text: str) -> str:
         return text
@@ -134,6 +140,7 @@ class MySQL:
     io_timeout: float | None = None
 
     name = "mysql"
+    sessions_hold_state = True
     space_of = "the table"
 
     def connect(self, create: bool = False) -> pymysql.connections.Connection:
@@ -163,6 +170,22 @@ class MySQL:
 
     def identity(self) -> tuple[int, int] | None:
         return None
+
+    def closed_by_server(self, conn: pymysql.connections.Connection) -> bool:
+        """Whether the server has closed this idle connection: `wait_timeout`, a restart, a KILL.
+
+        go-sql-driver/mysql's connCheck: nothing is sent to an idle session,
+        so anything to read, its end included, means the server has let it
+        go. A poll of the socket, with no round trip and no wait: not a recv,
+        which waits out the socket's own timeout first, and not select(),
+        which fails on descriptors past 1024, which a busy daemon has.
+        """
+        sock = conn._sock   # PyMySQL's own socket: None once closed
+        if sock is None:
+            return True
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
 
     def sql(self, text: str) -> str:
         return text.replace("%", "%%").replace("?", "%s")

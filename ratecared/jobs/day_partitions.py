@@ -126,26 +126,28 @@ def ddl(db: Database, statement: str, stop: threading.Event, patience: float = D
     pause = RETRY_EVERY if nowait else LOCK_WAIT / 2
     give_up = time.monotonic() + patience
     attempt = 0
-    while True:
-        attempt += 1
-        if not nowait:
-            db.execute(f"SET SESSION lock_wait_timeout = {LOCK_WAIT}")
-        try:
-            begun = time.monotonic()
-            db.execute(text)
-            return time.monotonic() - begun
-        except DatabaseError as exc:
-            if not str(exc).startswith("(1205)") or time.monotonic() >= give_up:
-                raise
-            if stop.wait(pause):
-                raise StoppedWaiting("stopped while waiting for a query that holds the table") from None
-            on_retry(attempt)
-        finally:
+    # MySQL's wait is a setting of the session: the DDL must run in the one it was set in.
+    with db.session():
+        while True:
+            attempt += 1
             if not nowait:
-                try:
-                    db.execute("SET SESSION lock_wait_timeout = DEFAULT")
-                except DatabaseError:
-                    pass    # a dropped connection's next one has the default
+                db.execute(f"SET SESSION lock_wait_timeout = {LOCK_WAIT}")
+            try:
+                begun = time.monotonic()
+                db.execute(text)
+                return time.monotonic() - begun
+            except DatabaseError as exc:
+                if not str(exc).startswith("(1205)") or time.monotonic() >= give_up:
+                    raise
+                if stop.wait(pause):
+                    raise StoppedWaiting("stopped while waiting for a query that holds the table") from None
+                on_retry(attempt)
+            finally:
+                if not nowait:
+                    try:
+                        db.execute("SET SESSION lock_wait_timeout = DEFAULT")
+                    except DatabaseError:
+                        pass    # a lost session took its setting with it
 
 
 def add_ahead(db: Database, today: date, tz: ZoneInfo,

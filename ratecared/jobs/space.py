@@ -30,8 +30,9 @@ def optimize_if_it_pays(ctx: JobContext, table: str, rows_deleted: int) -> dict[
         )
         return details
     try:
-        for statement in db.dialect.reclaim(table):
-            db.run_to_completion(statement)
+        with db.session():
+            for statement in db.dialect.reclaim(table):
+                db.run_to_completion(statement)
     except DatabaseError as exc:
         # A failed rebuild changes nothing; the rows are already gone.
         ctx.log.warning("optimize failed", table=table, error=str(exc))
