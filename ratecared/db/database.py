@@ -134,13 +134,14 @@ class Database:
         ends: a new session would not hold what the block relies on (a job
         run going on without the jobs' lock could overlap another daemon's).
         """
-        self._local.sessions = getattr(self._local, "sessions", 0) + 1
+        local = self._local     # close() replaces it, maybe while a thread that outlived its join is in here
+        local.sessions = getattr(local, "sessions", 0) + 1
         try:
             yield
         finally:
-            self._local.sessions -= 1
-            if not self._local.sessions:
-                self._local.lost = False
+            local.sessions -= 1
+            if not local.sessions:
+                local.lost = False
 
     # Any thread may notice what happened to the file; health reads it from another.
     def _note(self, notice: str) -> None:
