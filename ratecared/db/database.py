@@ -122,7 +122,10 @@ class Database:
         if getattr(self._local, "lost", False):
             raise DatabaseError(f"the connection to {self.describe()} was lost mid-session, and with it the"
                                 " session's named locks and settings: its statements fail until it ends")
-        return conn if conn is not None else self._open(create=False)
+        conn = conn if conn is not None else self._open(create=False)
+        if getattr(self._local, "sessions", 0) and self._local.session_conn is None:
+            self._local.session_conn = conn
+        return conn
 
     @contextmanager
     def session(self) -> Iterator[None]:
@@ -135,13 +138,17 @@ class Database:
         run going on without the jobs' lock could overlap another daemon's).
         """
         local = self._local     # close() replaces it, maybe while a thread that outlived its join is in here
+        if not getattr(local, "sessions", 0):
+            # The session is the thread's connection now (the one a named lock was just taken on), or else
+            # the one its first statement opens.
+            local.session_conn = getattr(local, "conn", None)
         local.sessions = getattr(local, "sessions", 0) + 1
         try:
             yield
         finally:
             local.sessions -= 1
             if not local.sessions:
-                local.lost = False
+                local.lost, local.session_conn = False, None
 
     # Any thread may notice what happened to the file; health reads it from another.
     def _note(self, notice: str) -> None:
@@ -172,7 +179,8 @@ class Database:
 
     def _drop(self, conn: Any) -> None:
         self._local.conn = None
-        if getattr(self._local, "sessions", 0) and self.dialect.sessions_hold_state:
+        # Only the connection the session's statements ran on held anything: one found closed before them did not.
+        if conn is getattr(self._local, "session_conn", None) and self.dialect.sessions_hold_state:
             self._local.lost = True
         with self._lock:
             self._all.discard(conn)
@@ -330,8 +338,10 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-# Server errors that end the session: shutdown, a KILL (MariaDB), the idle timeout (MySQL 8).
-_SESSION_ENDED = (1053, 1927, 4031)
+# Server errors after which the server closes the session: its shutdown, a KILL (MariaDB's 1927), and the
+# network errors 1153 and 1158-1161. MySQL 8's idle-timeout packet arrives out of sequence, which PyMySQL
+# reports as 2013. (4031 is that error on MySQL but a trigger's on MariaDB, so it is not listed.)
+_SESSION_ENDED = (1053, 1153, 1158, 1159, 1160, 1161, 1927)
 
 
 def _is_connection_error(exc: BaseException) -> bool:
