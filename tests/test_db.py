@@ -184,6 +184,32 @@ def test_a_session_the_server_closed_fails_its_next_call_instead_of_going_on_wit
 
 
 @pytest.mark.mariadb
+def test_close_at_shutdown_fails_a_session_still_running_instead_of_reconnecting_it(mysql_url: str) -> None:
+    db = Database(DatabaseConfig(url=mysql_url, connect_timeout=2))
+    job_ended: list[BaseException] = []
+    in_lock, closed = threading.Event(), threading.Event()
+
+    def job() -> None:     # a job run that outlived the daemon's join
+        with db.named_lock("ratecared:test"):
+            in_lock.set()
+            closed.wait()
+            try:
+                db.query("SELECT 1")
+            except DatabaseError as exc:
+                job_ended.append(exc)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    assert in_lock.wait(HUNG)
+    db.close()
+    closed.set()
+    thread.join(HUNG)
+    assert "was lost mid-session" in str(job_ended[0])
+    assert db.query("SELECT 1") == [(1,)]     # after close(), the next call opens a new connection
+    db.close()
+
+
+@pytest.mark.mariadb
 def test_a_statement_the_server_refuses_keeps_the_session_and_its_lock(mysql_url: str) -> None:
     # With a timeout on its reads, as a watched replica's connection has: the check before each statement
     # must not wait it out (only a hung check takes HUNG).

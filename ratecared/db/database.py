@@ -93,6 +93,8 @@ class Database:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._all: set[Any] = set()
+        # Raised by close(): a thread's connection from before it is closed, whichever thread holds it.
+        self._generation = 0
         self._notice: str | None = None
 
     @property
@@ -102,8 +104,16 @@ class Database:
     def describe(self) -> str:
         return self.dialect.describe()
 
-    def _connection(self) -> Any:
+    def _current(self) -> Any:
+        """This thread's connection; None before its first, and once close() has closed it."""
         conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.generation != self._generation:
+            self._drop(conn)
+            return None
+        return conn
+
+    def _connection(self) -> Any:
+        conn = self._current()
         if conn is not None:
             try:
                 moved = self.dialect.identity() != self._local.identity
@@ -137,7 +147,7 @@ class Database:
         ends: a new session would not hold what the block relies on (a job
         run going on without the jobs' lock could overlap another daemon's).
         """
-        local = self._local     # close() replaces it, maybe while a thread that outlived its join is in here
+        local = self._local
         if not getattr(local, "sessions", 0):
             # The session is the thread's connection now (the one a named lock was just taken on), or else
             # the one its first statement opens.
@@ -167,14 +177,14 @@ class Database:
             raise DatabaseMissing(str(exc)) from None
         except _DRIVER_ERRORS as exc:
             raise DatabaseError(f"cannot connect to {self.describe()}: {_reason(exc)}") from exc
-        self._local.conn, self._local.identity = conn, identity
         with self._lock:
             self._all.add(conn)
+            self._local.conn, self._local.identity, self._local.generation = conn, identity, self._generation
         return conn
 
     def create(self) -> None:
         """Make the database if it is missing: the SQLite file and its directory. Only migrating does."""
-        if getattr(self._local, "conn", None) is None:
+        if self._current() is None:
             self._open(create=True)
 
     def _drop(self, conn: Any) -> None:
@@ -321,15 +331,15 @@ class Database:
                 pass  # the write failed and took the transaction with it
 
     def close(self) -> None:
-        """Close every thread's connection (at shutdown)."""
+        """Close every thread's connection (at shutdown); a thread inside a session then fails, as on any loss."""
         with self._lock:
             conns, self._all = list(self._all), set()
+            self._generation += 1
         for conn in conns:
             try:
                 conn.close()
             except Exception:  # noqa: BLE001
                 pass
-        self._local = threading.local()
 
 
 def _reason(exc: BaseException) -> str:
