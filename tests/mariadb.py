@@ -65,6 +65,11 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
+def schema_of(url: str) -> str:
+    """The database a URL made by `MariaDB.create_database` names."""
+    return url.split("/")[3].split("?")[0]
+
+
 class MariaDB:
     """One mariadbd whose datadir, socket, pid file and error log all live in basedir."""
 

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import DaemonProcess, ctl, rewrite, setting_in_effect, wait_for
 from jobhelpers import HangingWidgets, enable_warming
-from mariadb import MariaDB
+from mariadb import MariaDB, schema_of
 from ratecared.config import DatabaseConfig
 from ratecared.db import Database, migrations, timestamp
 
@@ -311,7 +311,7 @@ def test_runs_and_history_work_after_the_server_closed_the_daemons_idle_sessions
     assert ctl(daemon.socket, "run", "cleanup_expired_cache", "--wait")[0] == 0
     # What MariaDB's wait_timeout (8 hours by default) does to a daemon whose jobs run once a night.
     # The scheduler's session is among them: it claimed and recorded the run just made.
-    assert mariadb.end_sessions(mysql_url.split("/")[3].split("?")[0]) >= 1
+    assert mariadb.end_sessions(schema_of(mysql_url)) >= 1
     code, out, err = ctl(daemon.socket, "run", "aggregate_statistics", "--wait")
     assert code == 0, err
     assert "rows_deleted: 0" in out

@@ -23,7 +23,7 @@ import pytest
 import structlog
 
 from conftest import ctl, free_port, wait_for
-from mariadb import Replicated, available
+from mariadb import Replicated, available, schema_of
 from ratecared.config import DatabaseConfig
 from ratecared.db import Database, migrations
 from ratecared.job_contract import Stalled
@@ -63,7 +63,7 @@ def primary_url(replicated: Replicated) -> Iterator[str]:
 
 
 def replica_url(replicated: Replicated, primary_url: str) -> str:
-    database = primary_url.split("/")[3].split("?")[0]
+    database = schema_of(primary_url)
     return f"mysql://{MONITOR_USER}:{MONITOR_PASSWORD}@127.0.0.1:{replicated.replica.port}/{database}"
 
 
@@ -337,7 +337,7 @@ def _tables(server: Any, database: str) -> set[str]:
 @pytest.mark.mariadb
 def test_a_partition_conversion_waits_for_a_stopped_replica_and_the_replica_drops_the_same_days(
         replicated: Replicated, primary_url: str, config_factory, daemon_factory, tmp_path: Path) -> None:
-    database = primary_url.split("/")[3].split("?")[0]
+    database = schema_of(primary_url)
     db = seeded(primary_url, 6, replicated)
     before = count(db)
     replicated.sql_thread(False)
